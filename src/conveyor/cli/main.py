@@ -1,0 +1,283 @@
+"""The ``conveyor`` command line: ``conveyor scheduler`` and ``conveyor worker``.
+
+Each command runs its servers on one event loop (uvloop when installed) until SIGINT or
+SIGTERM arrives, or until the servers close by themselves (an idle scheduler, workers whose
+scheduler went away); then it closes them and exits with status 0. Start-up problems (bad
+options, an unreachable scheduler) print a one-line ``Error: ...`` and exit with status 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
+from typing import Any, Protocol, TypeVar
+
+import click
+
+from conveyor import config
+from conveyor.server.loop import new_event_loop
+from conveyor.server.scheduler import Scheduler
+from conveyor.server.worker import Worker
+
+__all__ = ["main"]
+
+LOG_FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"
+CLOSE_TIMEOUT = 20.0  # seconds allowed for closing the servers after a signal
+
+logger = logging.getLogger("conveyor.cli")
+
+
+class CommandError(Exception):
+    """The command failed; the message is shown to the user as one line."""
+
+
+class _Server(Protocol):
+    """What the command line needs of a Scheduler or a Worker."""
+
+    def start(self) -> Awaitable[object]: ...
+
+    def close(self) -> Awaitable[object]: ...
+
+    def finished(self) -> Awaitable[object]: ...
+
+
+S = TypeVar("S", bound=_Server)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """conveyor: a dynamic distributed task scheduler with the dask.distributed API."""
+
+
+@main.command()
+@click.option("--host", default=None, help="Address to listen on, e.g. 127.0.0.1.")
+@click.option("--port", type=int, default=8786, show_default=True, help="0: any free port.")
+@click.option("--interface", default=None, help="Network interface to listen on, e.g. eth0.")
+@click.option("--protocol", default=None, help="Transport, e.g. tcp (default) or tls.")
+@click.option(
+    "--scheduler-file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write the scheduler's address to this JSON file for workers and clients.",
+)
+@click.option("--dashboard-address", default=":8787", show_default=True)
+@click.option("--dashboard/--no-dashboard", default=True, help="Serve the dashboard.")
+@click.option(
+    "--idle-timeout", default=None, help="Close after this long without work, e.g. '1 hour'."
+)
+def scheduler(
+    host: str | None,
+    port: int,
+    interface: str | None,
+    protocol: str | None,
+    scheduler_file: str | None,
+    dashboard_address: str,
+    dashboard: bool,
+    idle_timeout: str | None,
+) -> None:
+    """Start a scheduler and serve until SIGINT or SIGTERM."""
+    _configure_logging()
+    try:
+        idle = config.parse_duration(idle_timeout)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--idle-timeout") from None
+
+    def make_servers() -> list[Scheduler]:
+        return [
+            Scheduler(
+                host=host,
+                port=port,
+                interface=interface,
+                protocol=protocol or "tcp",
+                scheduler_file=scheduler_file,
+                idle_timeout=idle,
+                dashboard=dashboard,
+                dashboard_address=dashboard_address if dashboard else None,
+            )
+        ]
+
+    _run(_serve(make_servers))  # the scheduler logs "Scheduler started at ..." itself
+
+
+@main.command()
+@click.argument("address", required=False)
+@click.option(
+    "--scheduler-file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Read the scheduler's address from this file (waits for it to appear).",
+)
+@click.option("--host", default=None, help="Address to listen on, e.g. 127.0.0.1.")
+@click.option("--interface", default=None, help="Network interface to listen on.")
+@click.option("--protocol", default=None, help="Transport, e.g. tcp (default) or tls.")
+@click.option("--nthreads", type=click.IntRange(min=1), default=None, help="Threads per worker.")
+@click.option("--nworkers", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--name", default=None, help="Worker name; NAME-0, NAME-1... with --nworkers.")
+@click.option(
+    "--memory-limit",
+    default="auto",
+    show_default=True,
+    help="Per worker: 'auto', bytes ('4GB'), a fraction of memory (0.5), or 0 for none.",
+)
+@click.option("--local-directory", default=None, help="Directory for spilled data.")
+@click.option("--dashboard/--no-dashboard", default=False, help="Accepted; no worker dashboard.")
+def worker(
+    address: str | None,
+    scheduler_file: str | None,
+    host: str | None,
+    interface: str | None,
+    protocol: str | None,
+    nthreads: int | None,
+    nworkers: int,
+    name: str | None,
+    memory_limit: str,
+    local_directory: str | None,
+    dashboard: bool,
+) -> None:
+    """Start NWORKERS workers connected to the scheduler at ADDRESS."""
+    _configure_logging()
+    if (address is None) == (scheduler_file is None):
+        raise click.ClickException(
+            "give the scheduler's ADDRESS or --scheduler-file (exactly one of them)"
+        )
+    cpus = config.cpu_count()
+    threads = nthreads or max(1, cpus // nworkers)
+    try:
+        limit = config.memory_limit(memory_limit, min(1.0, threads / cpus))
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--memory-limit") from None
+    names = [name] if nworkers == 1 else [name and f"{name}-{i}" for i in range(nworkers)]
+
+    def make_servers() -> list[Worker]:
+        return [
+            Worker(
+                address,
+                scheduler_file=scheduler_file,
+                nthreads=threads,
+                name=worker_name,
+                memory_limit=limit or 0,
+                host=host,
+                interface=interface,
+                protocol=protocol,
+                local_directory=local_directory,
+            )
+            for worker_name in names
+        ]
+
+    def started(server: Worker) -> None:
+        # the worker logs "Worker started at ..." itself
+        logger.info("Registered to: %s", server.scheduler_address)
+
+    _run(_serve(make_servers, started))
+
+
+def _configure_logging() -> None:
+    """Log to stderr: WARNING and above from libraries, INFO and above from conveyor."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    logging.getLogger("conveyor").setLevel(logging.INFO)
+
+
+def _run(main: Coroutine[Any, Any, None]) -> None:
+    """Run ``main`` on a new event loop; a ``CommandError`` becomes a one-line error."""
+    try:
+        with asyncio.Runner(loop_factory=new_event_loop) as runner:
+            runner.run(main)
+    except CommandError as e:
+        raise click.ClickException(str(e)) from None
+
+
+async def _serve(
+    make_servers: Callable[[], list[S]],
+    started: Callable[[S], None] | None = None,
+) -> None:
+    """Start servers, then wait for a signal or for all of them to finish; close them."""
+    stop = asyncio.Event()
+    with _stop_on_signals(stop):
+        try:
+            servers = make_servers()
+        except Exception as e:
+            raise CommandError(_error_line(e)) from e
+        try:
+            done = await _unless_stopped(stop, _start_all(servers))
+        except Exception as e:
+            await _close_all(servers)
+            raise CommandError(_error_line(e)) from e
+        if done:
+            for server in servers:
+                if started is not None:
+                    started(server)
+            finished = asyncio.gather(*(server.finished() for server in servers))
+            if await _unless_stopped(stop, finished):
+                logger.info("All servers closed by themselves; exiting")
+        await _close_all(servers)
+
+
+async def _start_all(servers: Sequence[_Server]) -> None:
+    await asyncio.gather(*(server.start() for server in servers))
+
+
+async def _close_all(servers: Sequence[_Server]) -> None:
+    closing = asyncio.gather(*(server.close() for server in servers), return_exceptions=True)
+    try:
+        results = await asyncio.wait_for(closing, CLOSE_TIMEOUT)
+    except TimeoutError:
+        raise CommandError(f"servers did not close within {CLOSE_TIMEOUT:g}s") from None
+    for result in results:
+        if isinstance(result, BaseException):
+            logger.warning("Error while closing: %r", result)
+
+
+async def _unless_stopped(stop: asyncio.Event, aw: Awaitable[Any]) -> bool:
+    """Await ``aw`` unless ``stop`` is set first; return whether ``aw`` completed.
+
+    If ``stop`` wins, ``aw`` is cancelled. Exceptions from ``aw`` propagate.
+    """
+    task = asyncio.ensure_future(aw)
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+    if task.done():
+        task.result()
+        return True
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return False
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
+    """Set ``stop`` on SIGINT or SIGTERM while inside the block."""
+    loop = asyncio.get_running_loop()
+    signums = (signal.SIGINT, signal.SIGTERM)
+
+    def on_signal(signum: int) -> None:
+        logger.info("Received %s, closing", signal.Signals(signum).name)
+        stop.set()
+
+    for signum in signums:
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        yield
+    finally:
+        for signum in signums:
+            loop.remove_signal_handler(signum)
+
+
+def _error_line(error: Exception) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return f"could not start: {text}"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The user-facing client API: Client, Future, wait, as_completed."""

@@ -1,0 +1,619 @@
+"""The Client: submit work to a conveyor cluster and collect the results."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import threading
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from dask.base import tokenize
+from dask.utils import typename
+
+from conveyor import config
+from conveyor.client import current
+from conveyor.client.future import CancelledError, Future, FutureState
+from conveyor.client.graph import graph_messages, make_task, submit_key, task_message
+from conveyor.client.structure import collect_futures, substitute
+from conveyor.comm import connect
+from conveyor.deploy.local import LocalCluster
+from conveyor.protocol import dumps, loads
+from conveyor.server.loop import LoopRunner
+from conveyor.server.node import Msg, Peer, PeerPool, serve_peer
+from conveyor.server.worker import read_scheduler_file
+
+logger = logging.getLogger("conveyor.client")
+
+_GATHER_ATTEMPTS = 5
+
+
+class Client:
+    """Connect to a cluster (or start a LocalCluster) and run work on it.
+
+    ``Client()`` starts a LocalCluster with the keyword arguments given;
+    ``Client("tcp://host:8786")`` or ``Client(scheduler_file=...)`` connects to a running
+    scheduler; ``Client(cluster)`` connects to a cluster object. With
+    ``asynchronous=True``, ``await`` the client and its methods.
+    """
+
+    def __init__(
+        self,
+        address: Any = None,
+        *,
+        timeout: float | str | None = None,
+        set_as_default: bool = True,
+        scheduler_file: str | None = None,
+        asynchronous: bool = False,
+        name: str | None = None,
+        direct_to_workers: bool | None = None,
+        **cluster_kwargs: Any,
+    ) -> None:
+        self.id = f"Client-{name + '-' if name else ''}{uuid.uuid4()}"
+        self.asynchronous = asynchronous
+        self.status = "created"
+        self._timeout = config.parse_duration(
+            config.get("comm.timeouts.connect") if timeout is None else timeout
+        ) or 30.0
+        self.cluster: Any = None
+        self._own_cluster = False
+        self._cluster_kwargs: dict[str, Any] | None = None
+        self.scheduler_file = scheduler_file
+        if address is not None and not isinstance(address, str):
+            self.cluster = address
+        elif address is None and scheduler_file is None:
+            self._cluster_kwargs = cluster_kwargs
+        elif cluster_kwargs:
+            raise TypeError(f"unexpected keyword arguments {sorted(cluster_kwargs)}")
+        self._address = address if isinstance(address, str) else None
+        self.futures: dict[Any, FutureState] = {}
+        self._refcount: dict[Any, int] = {}
+        self._lock = threading.Lock()
+        self.scheduler: Peer | None = None
+        self.pool: PeerPool | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._runner: LoopRunner | None = None
+        self._serve_task: asyncio.Task[None] | None = None
+        self._handlers: dict[str, Callable[[Peer, Msg], Any]] = {
+            "key-in-memory": self._on_key_in_memory,
+            "task-erred": self._on_task_erred,
+            "lost-data": self._on_lost_data,
+            "cancelled-keys": self._on_cancelled_keys,
+        }
+        if set_as_default:
+            current.set_default(self)
+        self._started: Any = None
+        if asynchronous:
+            self._started = asyncio.ensure_future(self._start())
+        else:
+            self._runner = LoopRunner.acquire()
+            self.loop = self._runner.loop
+            try:
+                self._runner.run_sync(self._start)
+            except BaseException:
+                self._release_runner()
+                current.unset_default(self)
+                raise
+
+    def __repr__(self) -> str:
+        address = self.scheduler.address if self.scheduler is not None else "not connected"
+        return f"<Client: {address} status={self.status}>"
+
+    # --------------------------------------------------------------- lifecycle
+
+    async def _start(self) -> Client:
+        if self.status == "running":
+            return self
+        self.loop = asyncio.get_running_loop()
+        if self._cluster_kwargs is not None:
+            kwargs = {"dashboard_address": None, **self._cluster_kwargs}
+            self.cluster = await LocalCluster(asynchronous=True, **kwargs)
+            self._own_cluster = True
+        if self.cluster is not None:
+            address = self.cluster.scheduler_address
+        elif self.scheduler_file is not None:
+            address = await self.loop.run_in_executor(
+                None, read_scheduler_file, self.scheduler_file, self._timeout
+            )
+        else:
+            address = self._address
+        try:
+            comm = await connect(address, self._timeout, role="client")
+        except OSError as e:
+            await self._close_cluster()
+            raise OSError(f"Could not connect to the scheduler at {address}: {e}") from e
+        self.scheduler = Peer(comm, self.loop)
+        self._serve_task = self.loop.create_task(self._serve(self.scheduler))
+        self.pool = PeerPool("client", {}, self._timeout)
+        await self.scheduler.request({"op": "register-client", "client": self.id})
+        self.status = "running"
+        return self
+
+    def __await__(self) -> Any:
+        if self._started is None:
+            self._started = asyncio.ensure_future(self._start())
+        return self._started.__await__()
+
+    async def _serve(self, peer: Peer) -> None:
+        await serve_peer(peer, self._handlers)
+        if self.status == "running":
+            self.status = "closed"
+            logger.warning("Lost connection to the scheduler at %s", peer.address)
+        for st in list(self.futures.values()):
+            if not st.done():
+                st.cancel("the connection to the scheduler was lost")
+
+    def close(self, timeout: float | str | None = None) -> Any:
+        """Disconnect, and stop the LocalCluster if this client started it."""
+        if self.asynchronous:
+            return self._close()
+        if self._runner is None:
+            return None
+        try:
+            self._runner.run_sync(self._close, timeout=config.parse_duration(timeout))
+        finally:
+            self._release_runner()
+        return None
+
+    async def _close(self) -> None:
+        if self.status in ("closing", "closed") and self.scheduler is None:
+            return
+        self.status = "closing"
+        current.unset_default(self)
+        if self.pool is not None:
+            await self.pool.close()
+        if self.scheduler is not None:
+            await self.scheduler.close()
+            self.scheduler = None
+        if self._serve_task is not None:
+            self._serve_task.cancel()
+        await self._close_cluster()
+        self.futures.clear()
+        self.status = "closed"
+
+    async def _close_cluster(self) -> None:
+        if self._own_cluster and self.cluster is not None:
+            await self.cluster.close()
+            self.cluster = None
+
+    def _release_runner(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            runner.release()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Client:
+        return await self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._close()
+
+    def __del__(self) -> None:
+        if self._runner is not None and self.status == "running":
+            try:
+                self.close()
+            except Exception:
+                pass
+
+    # ------------------------------------------------------------- sync bridge
+
+    def sync(self, fn: Callable[..., Any], *args: Any, timeout: Any = None, **kwargs: Any) -> Any:
+        """Run coroutine function ``fn``: awaitable if asynchronous, else blocking."""
+        seconds = config.parse_duration(timeout)
+        if self.asynchronous or self._in_loop_thread():
+            coro = fn(*args, **kwargs)
+            return asyncio.wait_for(coro, seconds) if seconds is not None else coro
+        if self._runner is None:
+            raise RuntimeError("this client is closed")
+        return self._runner.run_sync(fn, *args, timeout=seconds, **kwargs)
+
+    def _in_loop_thread(self) -> bool:
+        return self._runner is not None and self._runner.in_loop_thread()
+
+    def _send(self, msg: Msg) -> None:
+        scheduler = self.scheduler
+        if scheduler is None:
+            raise RuntimeError("this client is not connected")
+        if self.asynchronous or self._in_loop_thread():
+            scheduler.send(msg)
+        else:
+            assert self.loop is not None
+            self.loop.call_soon_threadsafe(scheduler.send, msg)
+
+    # ------------------------------------------------------ reference counting
+
+    def _inc_ref(self, key: Any) -> FutureState:
+        with self._lock:
+            self._refcount[key] = self._refcount.get(key, 0) + 1
+            st = self.futures.get(key)
+            if st is None:
+                st = self.futures[key] = FutureState(key)
+            return st
+
+    def _dec_ref(self, key: Any) -> None:
+        with self._lock:
+            n = self._refcount.get(key, 0) - 1
+            if n > 0:
+                self._refcount[key] = n
+                return
+            self._refcount.pop(key, None)
+            self.futures.pop(key, None)
+        if self.status == "running" and self.scheduler is not None and self.loop is not None:
+            try:
+                self.loop.call_soon_threadsafe(self._release_key, key)
+            except RuntimeError:  # loop closed
+                pass
+
+    def _release_key(self, key: Any) -> None:
+        if key in self._refcount or self.scheduler is None:
+            return
+        self.scheduler.send({"op": "client-releases-keys", "keys": [key]})
+
+    # ------------------------------------------------------- scheduler events
+
+    def _on_key_in_memory(self, peer: Peer, msg: Msg) -> None:
+        st = self.futures.get(msg["key"])
+        if st is not None:
+            st.finish(msg.get("type"), list(msg.get("workers") or ()))
+
+    def _on_task_erred(self, peer: Peer, msg: Msg) -> None:
+        st = self.futures.get(msg["key"])
+        if st is not None:
+            st.set_error(
+                msg.get("exception"),
+                msg.get("traceback"),
+                msg.get("exception_text", ""),
+                msg.get("traceback_text", ""),
+            )
+
+    def _on_lost_data(self, peer: Peer, msg: Msg) -> None:
+        st = self.futures.get(msg["key"])
+        if st is not None:
+            st.lose()
+
+    def _on_cancelled_keys(self, peer: Peer, msg: Msg) -> None:
+        for key in msg["keys"]:
+            st = self.futures.get(key)
+            if st is not None:
+                st.cancel()
+
+    # ---------------------------------------------------------------- submit
+
+    def submit(
+        self,
+        func: Callable[..., Any],
+        *args: Any,
+        key: Any = None,
+        workers: str | Iterable[str] | None = None,
+        allow_other_workers: bool = False,
+        retries: int | None = None,
+        priority: int = 0,
+        pure: bool = True,
+        **kwargs: Any,
+    ) -> Future:
+        """Run ``func(*args, **kwargs)`` on the cluster; return a Future for the result."""
+        if not callable(func):
+            raise TypeError("First input to submit must be a callable function")
+        if key is None:
+            key = submit_key(func, args, kwargs, pure)
+        fut = Future(key, self)
+        msg = task_message(
+            make_task(key, func, args, kwargs),
+            0,
+            _as_list(workers),
+            allow_other_workers,
+            retries or 0,
+        )
+        self._send({"op": "update-graph", "tasks": [msg], "keys": [key], "priority": priority})
+        return fut
+
+    def map(
+        self,
+        func: Callable[..., Any],
+        *iterables: Iterable[Any],
+        key: str | list[Any] | None = None,
+        workers: str | Iterable[str] | None = None,
+        allow_other_workers: bool = False,
+        retries: int | None = None,
+        priority: int = 0,
+        pure: bool = True,
+        **kwargs: Any,
+    ) -> list[Future]:
+        """Apply ``func`` to each element (or zipped elements) of the iterables."""
+        if not callable(func):
+            raise TypeError("First input to map must be a callable function")
+        if not iterables:
+            raise TypeError("map needs at least one iterable")
+        rows = list(zip(*iterables, strict=False))
+        if isinstance(key, list):
+            if len(key) != len(rows):
+                raise ValueError(f"{len(key)} keys given for {len(rows)} tasks")
+            keys = key
+        elif pure:
+            prefix = key or None
+            keys = [
+                f"{prefix}-{tokenize(func, kwargs, *row)}" if prefix else submit_key(func, row, kwargs, True)
+                for row in rows
+            ]
+        else:
+            prefix = key or submit_key(func, (), {}, False).rsplit("-", 1)[0]
+            keys = [f"{prefix}-{uuid.uuid4().hex}" for _ in rows]
+        futures = [Future(k, self) for k in keys]
+        wl = _as_list(workers)
+        msgs = [
+            task_message(make_task(k, func, row, kwargs), i, wl, allow_other_workers, retries or 0)
+            for i, (k, row) in enumerate(zip(keys, rows, strict=True))
+        ]
+        self._send({"op": "update-graph", "tasks": msgs, "keys": keys, "priority": priority})
+        return futures
+
+    def get(self, dsk: Any, keys: Any, *, priority: int = 0, **kwargs: Any) -> Any:
+        """Compute ``keys`` of a task graph (dict, HighLevelGraph or dask expression).
+
+        This is what ``dask.compute(..., scheduler=client)`` calls.
+        """
+        flat = _flatten_keys(keys)
+        msgs = graph_messages(dsk, flat)
+        futures = {k: Future(k, self) for k in flat}
+        self._send({"op": "update-graph", "tasks": msgs, "keys": flat, "priority": priority})
+        packed = _pack_keys(keys, futures)
+        try:
+            return self.gather(packed)
+        finally:
+            del futures, packed
+
+    # ---------------------------------------------------------------- gather
+
+    def gather(self, futures: Any, errors: str = "raise", direct: bool | None = None) -> Any:
+        """Wait for futures (anywhere inside lists, tuples, dicts, sets) and fetch results."""
+        if errors not in ("raise", "skip"):
+            raise ValueError(f"errors must be 'raise' or 'skip', not {errors!r}")
+        return self.sync(self._gather, futures, errors)
+
+    async def _gather_one(self, fut: Future) -> Any:
+        st = fut._state
+        await st.wait()
+        if st.status != "finished":
+            raise st.make_exception()
+        data = await self._fetch({fut.key: st})
+        return data[fut.key]
+
+    async def _gather(self, futures: Any, errors: str = "raise") -> Any:
+        found = collect_futures(futures)
+        states = {f.key: f._state for f in found}
+        await asyncio.gather(*(st.wait() for st in states.values()))
+        bad = [k for k, st in states.items() if st.status != "finished"]
+        if bad and errors == "raise":
+            raise states[bad[0]].make_exception()
+        good = {k: st for k, st in states.items() if st.status == "finished"}
+        data = await self._fetch(good)
+        return substitute(futures, data, skip=set(bad))
+
+    async def _fetch(self, states: dict[Any, FutureState]) -> dict[Any, Any]:
+        """Fetch finished keys straight from the workers holding them."""
+        out: dict[Any, Any] = {}
+        todo = dict(states)
+        for _attempt in range(_GATHER_ATTEMPTS):
+            by_worker: dict[str, list[Any]] = {}
+            for key, st in todo.items():
+                if st.workers:
+                    by_worker.setdefault(random.choice(st.workers), []).append(key)
+            no_holder = [k for k, st in todo.items() if not st.workers]
+            results = await asyncio.gather(
+                *(self._get_data(w, keys) for w, keys in by_worker.items())
+            )
+            for got in results:
+                for key, value in got.items():
+                    out[key] = value
+                    todo.pop(key, None)
+            if not todo:
+                return out
+            await self._refresh_who_has(todo, no_holder)
+        raise CancelledError(f"could not fetch results for {list(todo)[:5]} from any worker")
+
+    async def _get_data(self, worker: str, keys: list[Any]) -> dict[Any, Any]:
+        assert self.pool is not None
+        try:
+            peer = await self.pool.get(worker)
+            reply = await peer.request({"op": "get-data", "keys": keys})
+        except OSError as e:
+            logger.info("Could not fetch %d keys from %s: %s", len(keys), worker, e)
+            self.pool.drop(worker)
+            return {}
+        return {k: loads(ser) for k, ser in reply["data"].items()}
+
+    async def _refresh_who_has(self, todo: dict[Any, FutureState], no_holder: list[Any]) -> None:
+        assert self.scheduler is not None
+        who_has = await self.scheduler.request({"op": "who-has", "keys": list(todo)})
+        for key, st in todo.items():
+            holders = list(who_has.get(key) or ())
+            if holders:
+                st.workers = holders
+            elif st.status == "finished":
+                st.lose()
+        for st in todo.values():
+            await st.wait()
+            if st.status != "finished":
+                raise st.make_exception()
+
+    # --------------------------------------------------------------- scatter
+
+    def scatter(
+        self,
+        data: Any,
+        workers: str | Iterable[str] | None = None,
+        broadcast: bool = False,
+        hash: bool = True,
+    ) -> Any:
+        """Move data into the workers' memory; return Futures pointing at it."""
+        return self.sync(self._scatter, data, _as_list(workers), broadcast, hash)
+
+    async def _scatter(
+        self, data: Any, workers: list[str] | None, broadcast: bool, hash: bool
+    ) -> Any:
+        assert self.scheduler is not None and self.pool is not None
+        single = not isinstance(data, (list, tuple, set, frozenset, dict))
+        if isinstance(data, dict):
+            items = list(data.items())
+        else:
+            values = [data] if single else list(data)
+            items = [
+                (f"{typename(type(v)).split('.')[-1]}-{tokenize(v) if hash else uuid.uuid4().hex}", v)
+                for v in values
+            ]
+        targets = await self._scatter_targets(workers)
+        placement: dict[str, dict[Any, Any]] = {w: {} for w in targets}
+        for i, (key, value) in enumerate(items):
+            ser = dumps(value)
+            for w in targets if broadcast else [targets[i % len(targets)]]:
+                placement[w][key] = ser
+        futures = {key: Future(key, self) for key, _ in items}
+        replies = await asyncio.gather(
+            *(self._update_worker(w, d) for w, d in placement.items() if d)
+        )
+        who_has: dict[Any, list[str]] = {}
+        nbytes: dict[Any, int] = {}
+        for w, sizes in replies:
+            for key, n in sizes.items():
+                who_has.setdefault(key, []).append(w)
+                nbytes[key] = n
+        await self.scheduler.request({"op": "update-data", "who_has": who_has, "nbytes": nbytes})
+        if single:
+            return futures[items[0][0]]
+        if isinstance(data, dict):
+            return futures
+        out = [futures[k] for k, _ in items]
+        return type(data)(out) if isinstance(data, (tuple, set, frozenset)) else out
+
+    async def _scatter_targets(self, workers: list[str] | None) -> list[str]:
+        assert self.scheduler is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout
+        while True:
+            ncores = await self.scheduler.request({"op": "ncores"})
+            targets = sorted(ncores)
+            if workers:
+                targets = [w for w in targets if w in workers]
+            if targets:
+                return targets
+            if loop.time() > deadline:
+                raise TimeoutError(f"no worker to scatter to after {self._timeout} s")
+            await asyncio.sleep(0.05)
+
+    async def _update_worker(self, worker: str, data: dict[Any, Any]) -> tuple[str, dict[Any, int]]:
+        assert self.pool is not None
+        peer = await self.pool.get(worker)
+        reply = await peer.request({"op": "update-data", "data": data})
+        return worker, dict(reply["nbytes"])
+
+    # --------------------------------------------------------- cancel, info
+
+    def cancel(self, futures: Any, force: bool = False) -> Any:
+        """Stop computing these futures and release their results."""
+        return self.sync(self._cancel, collect_futures(futures), force)
+
+    async def _cancel(self, futures: list[Future], force: bool) -> None:
+        assert self.scheduler is not None
+        keys = list({f.key for f in futures})
+        await self.scheduler.request({"op": "cancel-keys", "keys": keys, "force": force})
+        for f in futures:
+            if not f._state.done() or f._state.status == "finished":
+                f._state.cancel()
+            with self._lock:
+                if self.futures.get(f.key) is f._state:
+                    del self.futures[f.key]
+
+    def scheduler_info(self) -> dict[str, Any]:
+        """The scheduler's identity and its workers."""
+        return self.sync(self._request, {"op": "scheduler-info"})  # type: ignore[no-any-return]
+
+    def who_has(self, futures: Any = None) -> dict[Any, list[str]]:
+        """Which workers hold each key."""
+        keys = None if futures is None else [f.key for f in collect_futures(futures)]
+        return self.sync(self._request, {"op": "who-has", "keys": keys})  # type: ignore[no-any-return]
+
+    def nthreads(self) -> dict[str, int]:
+        """Threads per worker."""
+        return self.sync(self._request, {"op": "ncores"})  # type: ignore[no-any-return]
+
+    ncores = nthreads
+
+    def story(self, *keys: Any) -> list[Any]:
+        """The scheduler's transition log for these keys."""
+        return self.sync(self._request, {"op": "story", "keys": list(keys)})  # type: ignore[no-any-return]
+
+    async def _request(self, msg: Msg) -> Any:
+        if self.scheduler is None:
+            raise RuntimeError("this client is not connected")
+        return await self.scheduler.request(msg)
+
+    def wait_for_workers(self, n_workers: int = 1, timeout: float | str | None = None) -> Any:
+        """Block until at least ``n_workers`` workers are connected."""
+        return self.sync(self._wait_for_workers, n_workers, config.parse_duration(timeout))
+
+    async def _wait_for_workers(self, n_workers: int, timeout: float | None) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while len(await self._request({"op": "ncores"})) < n_workers:
+            if deadline is not None and loop.time() > deadline:
+                raise TimeoutError(f"fewer than {n_workers} workers after {timeout} s")
+            await asyncio.sleep(0.05)
+
+    def _add_done_callback(self, fut: Future, fn: Callable[[Future], Any]) -> None:
+        def run() -> None:
+            assert self.loop is not None
+            self.loop.run_in_executor(None, _call_safely, fn, fut)
+
+        def register() -> None:
+            if fut._state.done():
+                run()
+            else:
+                fut._state.callbacks.append(run)
+
+        if self.asynchronous or self._in_loop_thread():
+            register()
+        else:
+            assert self.loop is not None
+            self.loop.call_soon_threadsafe(register)
+
+
+def _call_safely(fn: Callable[[Future], Any], fut: Future) -> None:
+    try:
+        fn(fut)
+    except Exception:
+        logger.exception("Error in the done-callback %r of %r", fn, fut)
+
+
+def _as_list(workers: str | Iterable[str] | None) -> list[str] | None:
+    if workers is None:
+        return None
+    if isinstance(workers, str):
+        return [workers]
+    return list(workers)
+
+
+def _flatten_keys(keys: Any) -> list[Any]:
+    if isinstance(keys, list):
+        out: list[Any] = []
+        for k in keys:
+            out.extend(_flatten_keys(k))
+        return out
+    return [keys]
+
+
+def _pack_keys(keys: Any, futures: dict[Any, Future]) -> Any:
+    if isinstance(keys, list):
+        return [_pack_keys(k, futures) for k in keys]
+    return futures[keys]
+
+
+def default_client() -> Client:
+    """The most recently created client that was set as default."""
+    return current.default_client()

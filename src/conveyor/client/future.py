@@ -1,0 +1,220 @@
+"""Futures: handles on remote results, reference-counted by their client."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Generator
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from dask._task_spec import TaskRef
+
+from conveyor.client.current import default_client
+from conveyor.protocol import unpickle_bytes
+from conveyor.server.execute import unpack_traceback
+
+if TYPE_CHECKING:
+    from conveyor.client.client import Client
+
+logger = logging.getLogger("conveyor.client")
+
+
+class KilledWorker(Exception):
+    """Every worker that tried to run this task died while running it."""
+
+
+class CancelledError(asyncio.CancelledError):
+    """The future was cancelled, or its result can no longer be had."""
+
+
+class FutureState:
+    """The client's view of one key, shared by every Future for it.
+
+    Mutated only on the client's event loop.
+    """
+
+    __slots__ = (
+        "_event",
+        "callbacks",
+        "exception",
+        "exception_text",
+        "key",
+        "status",
+        "traceback",
+        "traceback_text",
+        "type",
+        "workers",
+    )
+
+    def __init__(self, key: Any) -> None:
+        self.key = key
+        #: pending, finished, error, lost or cancelled
+        self.status = "pending"
+        self.type: str | None = None
+        self.workers: list[str] = []
+        self.exception: bytes | None = None
+        self.traceback: bytes | None = None
+        self.exception_text = ""
+        self.traceback_text = ""
+        self._event: asyncio.Event | None = None
+        self.callbacks: list[Callable[[], None]] = []
+
+    @property
+    def event(self) -> asyncio.Event:
+        if self._event is None:
+            self._event = asyncio.Event()
+            if self.status != "pending":
+                self._event.set()
+        return self._event
+
+    def done(self) -> bool:
+        return self.status != "pending"
+
+    async def wait(self) -> None:
+        if self.status == "pending":
+            await self.event.wait()
+
+    def _settle(self, status: str) -> None:
+        self.status = status
+        if self._event is not None:
+            self._event.set()
+        callbacks, self.callbacks = self.callbacks, []
+        for cb in callbacks:
+            cb()
+
+    def finish(self, type: str | None, workers: list[str]) -> None:
+        self.type = type
+        self.workers = list(workers)
+        self._settle("finished")
+
+    def set_error(self, exception: Any, traceback: Any, text: str, tb_text: str) -> None:
+        self.exception, self.traceback = exception, traceback
+        self.exception_text, self.traceback_text = text, tb_text
+        self._settle("error")
+
+    def lose(self) -> None:
+        """The result was lost and is being recomputed."""
+        self.status = "pending"
+        self.workers = []
+        if self._event is not None:
+            self._event.clear()
+
+    def cancel(self, reason: str = "") -> None:
+        self.exception_text = reason
+        self._settle("cancelled")
+
+    def make_exception(self) -> BaseException:
+        """The exception the task raised, with its remote traceback attached."""
+        if self.status == "cancelled":
+            return CancelledError(self.exception_text or f"{self.key!r} was cancelled")
+        exc: BaseException
+        if self.exception is None:
+            text = self.exception_text
+            name, _, message = text.partition(": ")
+            exc = KilledWorker(message) if name == "KilledWorker" else RuntimeError(text)
+            return exc
+        try:
+            loaded = unpickle_bytes(self.exception)
+            exc = loaded if isinstance(loaded, BaseException) else RuntimeError(repr(loaded))
+        except Exception as e:
+            exc = RuntimeError(f"{self.exception_text} (could not unpickle it here: {e})")
+        tb = unpack_traceback(self.traceback)
+        return exc.with_traceback(tb) if tb is not None else exc
+
+    def make_traceback(self) -> TracebackType | None:
+        return unpack_traceback(self.traceback)
+
+
+class Future(TaskRef):
+    """A remote computation's result, identified by ``key``.
+
+    Keeps the result alive on the cluster while any Future for its key exists.
+    """
+
+    __slots__ = ("__weakref__", "_client", "_state")
+    _client: Client
+    _state: FutureState
+
+    def __init__(self, key: Any, client: Client | None = None) -> None:
+        if client is None:
+            client = default_client()
+        self.key = key
+        self._client = client
+        self._state = client._inc_ref(key)
+
+    def __del__(self) -> None:
+        if getattr(self, "_state", None) is None:
+            return
+        try:
+            self._client._dec_ref(self.key)
+        except Exception:  # interpreter shutdown, client gone
+            pass
+
+    def __reduce__(self) -> Any:
+        return Future, (self.key,)
+
+    def __repr__(self) -> str:
+        extra = f", type: {self._state.type}" if self._state.type else ""
+        return f"<Future: {self.status}{extra}, key: {self.key}>"
+
+    def __dask_tokenize__(self) -> Any:
+        return (type(self).__name__, self.key)
+
+    @property
+    def client(self) -> Client:
+        """The client this future belongs to."""
+        return self._client
+
+    @property
+    def status(self) -> str:
+        """pending, finished, error, lost or cancelled."""
+        return self._state.status
+
+    def done(self) -> bool:
+        """Whether the computation finished, failed or was cancelled."""
+        return self._state.done()
+
+    def cancelled(self) -> bool:
+        """Whether the future was cancelled."""
+        return self._state.status == "cancelled"
+
+    def result(self, timeout: float | str | None = None) -> Any:
+        """Wait for and return the result; raise the task's exception if it failed."""
+        return self._client.sync(self._client._gather_one, self, timeout=timeout)
+
+    def exception(self, timeout: float | str | None = None) -> BaseException | None:
+        """The exception the task raised, or None if it succeeded."""
+        return self._client.sync(self._exception, timeout=timeout)  # type: ignore[no-any-return]
+
+    async def _exception(self) -> BaseException | None:
+        await self._state.wait()
+        if self._state.status in ("error", "cancelled"):
+            return self._state.make_exception()
+        return None
+
+    def traceback(self, timeout: float | str | None = None) -> TracebackType | None:
+        """The remote traceback of a failed task, or None."""
+        return self._client.sync(self._traceback, timeout=timeout)  # type: ignore[no-any-return]
+
+    async def _traceback(self) -> TracebackType | None:
+        await self._state.wait()
+        return self._state.make_traceback() if self._state.status == "error" else None
+
+    def add_done_callback(self, fn: Callable[[Future], Any]) -> None:
+        """Call ``fn(future)`` (in a thread) once the future is done."""
+        self._client._add_done_callback(self, fn)
+
+    def cancel(self, force: bool = False) -> Any:
+        """Cancel this future's computation."""
+        return self._client.cancel([self], force=force)
+
+    def release(self) -> None:
+        """Drop this handle now instead of waiting for garbage collection."""
+        if getattr(self, "_state", None) is not None:
+            self._client._dec_ref(self.key)
+            del self._state
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self._client._gather_one(self).__await__()
+

@@ -1,0 +1,142 @@
+"""Waiting on many futures: ``wait`` and ``as_completed``."""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from collections.abc import AsyncIterator, Iterable, Iterator
+from typing import Any, NamedTuple
+
+from conveyor import config
+from conveyor.client.future import Future
+
+ALL_COMPLETED = "ALL_COMPLETED"
+FIRST_COMPLETED = "FIRST_COMPLETED"
+FIRST_EXCEPTION = "FIRST_EXCEPTION"
+
+
+class DoneAndNotDoneFutures(NamedTuple):
+    """What ``wait`` returns."""
+
+    done: set[Future]
+    not_done: set[Future]
+
+
+def wait(
+    fs: Future | Iterable[Future],
+    timeout: float | str | None = None,
+    return_when: str = ALL_COMPLETED,
+) -> Any:
+    """Wait until all (or the first, or the first failed) of ``fs`` are done.
+
+    Returns ``(done, not_done)`` sets; raises TimeoutError after ``timeout``.
+    """
+    futures = [fs] if isinstance(fs, Future) else list(fs)
+    if return_when not in (ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION):
+        raise ValueError(f"unknown return_when {return_when!r}")
+    if not futures:
+        return DoneAndNotDoneFutures(set(), set())
+    client = futures[0].client
+    return client.sync(_wait, futures, return_when, timeout=config.parse_duration(timeout))
+
+
+async def _wait(futures: list[Future], return_when: str) -> DoneAndNotDoneFutures:
+    pending = {asyncio.ensure_future(f._state.wait()): f for f in futures if not f.done()}
+    try:
+        while pending:
+            if return_when == FIRST_COMPLETED and any(f.done() for f in futures):
+                break
+            if return_when == FIRST_EXCEPTION and any(
+                f.status in ("error", "cancelled") for f in futures
+            ):
+                break
+            finished, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for t in finished:
+                pending.pop(t)
+    finally:
+        for t in pending:
+            t.cancel()
+    done = {f for f in futures if f.done()}
+    return DoneAndNotDoneFutures(done, set(futures) - done)
+
+
+class as_completed:  # noqa: N801 (distributed's name)
+    """Iterate over futures in the order they finish.
+
+    ``for fut in as_completed(futures): ...`` or ``async for``; ``with_results=True``
+    yields ``(future, result)`` pairs. ``add(future)`` extends a running iteration.
+    """
+
+    def __init__(
+        self,
+        futures: Iterable[Future] = (),
+        with_results: bool = False,
+        raise_errors: bool = True,
+    ) -> None:
+        self.with_results = with_results
+        self.raise_errors = raise_errors
+        self._queue: queue.SimpleQueue[Future] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._outstanding = 0
+        for f in futures:
+            self.add(f)
+
+    def add(self, future: Future) -> None:
+        """Also yield ``future`` once it is done."""
+        with self._lock:
+            self._outstanding += 1
+        future.add_done_callback(self._queue.put)
+
+    def update(self, futures: Iterable[Future]) -> None:
+        """Add several futures."""
+        for f in futures:
+            self.add(f)
+
+    def count(self) -> int:
+        """Futures not yet yielded."""
+        return self._outstanding
+
+    def is_empty(self) -> bool:
+        """Whether every added future has been yielded."""
+        return self._outstanding == 0
+
+    def _take(self, fut: Future) -> Any:
+        with self._lock:
+            self._outstanding -= 1
+        if not self.with_results:
+            return fut
+        if fut.status != "finished":
+            if self.raise_errors:
+                raise fut._state.make_exception()
+            return fut, fut._state.make_exception()
+        return fut, fut.result()
+
+    def __iter__(self) -> Iterator[Any]:
+        while not self.is_empty():
+            yield self._take(self._queue.get())
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._aiter()
+
+    async def _aiter(self) -> AsyncIterator[Any]:
+        loop = asyncio.get_running_loop()
+        while not self.is_empty():
+            fut = await loop.run_in_executor(None, self._queue.get)
+            with self._lock:
+                self._outstanding -= 1
+            if self.with_results:
+                yield (fut, await fut)
+            else:
+                yield fut
+
+    def batches(self) -> Iterator[list[Any]]:
+        """Yield lists of everything completed since the last batch."""
+        while not self.is_empty():
+            batch = [self._take(self._queue.get())]
+            while True:
+                try:
+                    batch.append(self._take(self._queue.get_nowait()))
+                except queue.Empty:
+                    break
+            yield batch

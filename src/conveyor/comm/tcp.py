@@ -1,0 +1,401 @@
+"""TCP transport: framed messages over asyncio's zero-copy ``BufferedProtocol``.
+
+Received bytes go through a :class:`~conveyor.protocol.FrameDecoder`, which lets the
+socket write large frames straight into their final buffers. Complete messages wait in a
+queue until :meth:`TCPComm.read` decodes them; when too many bytes are queued, reading
+from the socket pauses so a fast sender cannot exhaust memory. Writes respect the
+transport's flow control: :meth:`TCPComm.write` waits while the transport is paused.
+A peer that sends bad bytes is disconnected with one warning in the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from conveyor.comm.addressing import (
+    get_ip,
+    parse_address,
+    parse_host_port,
+    unparse_address,
+    unparse_host_port,
+)
+from conveyor.comm.core import (
+    DEFAULT_MAX_FRAME_SIZE,
+    Backend,
+    Comm,
+    CommClosedError,
+    Handler,
+    Listener,
+)
+from conveyor.protocol import FrameDecoder, ProtocolError, decode, encode, encode_frames
+from conveyor.protocol.framing import format_bytes
+
+__all__ = ["TCPBackend", "TCPComm", "TCPListener"]
+
+logger = logging.getLogger("conveyor.comm")
+
+#: Pause reading from the socket when this many received bytes wait to be read ...
+_READ_HIGH_WATER = 64 * 1024 * 1024
+#: ... and resume once the reader has brought them down to this.
+_READ_LOW_WATER = 16 * 1024 * 1024
+#: Frames at least this big are handed to the transport on their own, never joined ...
+_LARGE_WRITE = 64 * 1024
+#: ... and in chunks of this size when the transport would copy them (Python < 3.12).
+_WRITE_CHUNK = 1024 * 1024
+#: How long a graceful close may take to flush before the connection is aborted.
+_CLOSE_TIMEOUT = 5.0
+_ANY_HOSTS = frozenset({"", "0.0.0.0", "::"})
+
+
+@dataclass(frozen=True, slots=True)
+class _Limits:
+    max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
+    max_frames: int = 10_000
+    max_message_size: int | None = None
+
+    def decoder(self) -> FrameDecoder:
+        return FrameDecoder(self.max_frame_size, self.max_frames, self.max_message_size)
+
+
+def _tcp_address(sockaddr: Any) -> str:
+    if not isinstance(sockaddr, tuple):
+        return "tcp://<unknown>"
+    return unparse_address("tcp", unparse_host_port(str(sockaddr[0]), int(sockaddr[1])))
+
+
+def _nbytes(frame: bytes | memoryview) -> int:
+    return frame.nbytes if isinstance(frame, memoryview) else len(frame)
+
+
+def _configure_socket(transport: asyncio.BaseTransport) -> None:
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    except OSError:  # not a TCP socket
+        pass
+
+
+class _FrameProtocol(asyncio.BufferedProtocol):
+    """Receives framed messages into a queue and exposes flow control to the comm."""
+
+    def __init__(
+        self,
+        decoder: FrameDecoder,
+        server_side: bool,
+        on_connect: Callable[[_FrameProtocol], None] | None = None,
+    ) -> None:
+        self._decoder = decoder
+        self._server_side = server_side
+        self._on_connect = on_connect
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._native_writelines = False
+        self.local_address = self.peer_address = "tcp://<unknown>"
+        self._messages: deque[tuple[list[memoryview], int]] = deque()
+        self._queued_bytes = 0
+        self._reading_paused = False
+        self._read_waiter: asyncio.Future[None] | None = None
+        self._writing_paused = False
+        self._drain_waiters: deque[asyncio.Future[None]] = deque()
+        self._write_lock = asyncio.Lock()
+        self._reason = "closed by peer"
+        self._error: BaseException | None = None
+        self.is_closed = False
+        self.lost: asyncio.Future[None] = self._loop.create_future()
+
+    @property
+    def transport(self) -> asyncio.Transport:
+        assert self._transport is not None, "not connected"
+        return self._transport
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        # asyncio's default writelines joins (copies) everything; uvloop and
+        # Python >= 3.12 override it with a zero-copy version.
+        self._native_writelines = (
+            type(transport).writelines is not asyncio.WriteTransport.writelines
+        )
+        _configure_socket(transport)
+        self.local_address = _tcp_address(transport.get_extra_info("sockname"))
+        self.peer_address = _tcp_address(transport.get_extra_info("peername"))
+        if self._on_connect is not None:
+            self._on_connect(self)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._decoder.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        try:
+            messages = self._decoder.buffer_updated(nbytes)
+        except ProtocolError as e:
+            self.fail(e)
+            return
+        if not messages:
+            return
+        for frames in messages:
+            size = sum(f.nbytes for f in frames)
+            self._messages.append((frames, size))
+            self._queued_bytes += size
+        if self._queued_bytes > _READ_HIGH_WATER and not self._reading_paused:
+            self._reading_paused = True
+            self.transport.pause_reading()
+        self._wake_reader()
+
+    def eof_received(self) -> bool:
+        if self._decoder.mid_message:
+            self._reason = "closed by peer in the middle of a message"
+        return False  # close the transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.is_closed = True
+        if exc is not None and self._error is None:
+            self._error = exc
+            self._reason = f"lost: {exc!r}"
+        self._wake_reader()
+        self._wake_writers()
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        self._wake_writers()
+
+    def fail(self, error: ProtocolError) -> None:
+        """Abort the connection because the peer sent bad bytes; log it once."""
+        if self._error is None:
+            self._error = error
+            self._reason = str(error)
+            direction = "from" if self._server_side else "to"
+            logger.warning("Closing connection %s %s: %s", direction, self.peer_address, error)
+        if self._transport is not None:
+            self._transport.abort()
+
+    def closed_error(self) -> CommClosedError:
+        """The error to raise for IO on this closed connection."""
+        direction = "from" if self._server_side else "to"
+        error = CommClosedError(f"Connection {direction} {self.peer_address} {self._reason}")
+        error.__cause__ = self._error
+        return error
+
+    async def read_frames(self) -> list[memoryview]:
+        """Return the next received message's frames."""
+        while not self._messages:
+            if self.is_closed:
+                raise self.closed_error()
+            if self._read_waiter is not None:
+                raise RuntimeError(f"Concurrent read() calls on the comm to {self.peer_address}")
+            self._read_waiter = self._loop.create_future()
+            try:
+                await self._read_waiter
+            finally:
+                self._read_waiter = None
+        frames, size = self._messages.popleft()
+        self._queued_bytes -= size
+        if self._reading_paused and self._queued_bytes <= _READ_LOW_WATER:
+            self._reading_paused = False
+            if not self.transport.is_closing():
+                self.transport.resume_reading()
+        return frames
+
+    async def write_message(self, frames: Sequence[bytes | memoryview]) -> None:
+        """Send one message's frames, without interleaving them with other messages."""
+        if self._native_writelines:
+            self.transport.writelines(frames)
+            await self.drain()
+            return
+        async with self._write_lock:
+            small: list[bytes | memoryview] = []
+            for frame in frames:
+                if _nbytes(frame) < _LARGE_WRITE:
+                    small.append(frame)
+                    continue
+                if small:
+                    self.transport.write(b"".join(small))
+                    small = []
+                await self._write_large(frame)
+            if small:
+                self.transport.write(b"".join(small))
+            await self.drain()
+
+    async def _write_large(self, frame: bytes | memoryview) -> None:
+        # asyncio's transport copies whatever the socket does not take at once into its
+        # buffer; feeding a large frame in chunks as the buffer drains keeps that copy
+        # small and lets the kernel read straight from the frame most of the time.
+        view = memoryview(frame)
+        if view.ndim != 1 or view.format != "B":
+            view = view.cast("B")
+        for start in range(0, view.nbytes, _WRITE_CHUNK):
+            await self.drain()
+            self.transport.write(view[start : start + _WRITE_CHUNK])
+
+    async def drain(self) -> None:
+        """Wait until the transport accepts more data."""
+        if self.is_closed:
+            raise self.closed_error()
+        if not self._writing_paused:
+            return
+        waiter = self._loop.create_future()
+        self._drain_waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            if waiter in self._drain_waiters:
+                self._drain_waiters.remove(waiter)
+        if self.is_closed:
+            raise self.closed_error()
+
+    def _wake_reader(self) -> None:
+        if self._read_waiter is not None and not self._read_waiter.done():
+            self._read_waiter.set_result(None)
+
+    def _wake_writers(self) -> None:
+        while self._drain_waiters:
+            waiter = self._drain_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+
+
+class TCPComm(Comm):
+    """A :class:`Comm` over one TCP connection."""
+
+    def __init__(self, protocol: _FrameProtocol, limits: _Limits) -> None:
+        super().__init__()
+        self._protocol = protocol
+        self._limits = limits
+        self._closing = False
+
+    @property
+    def local_address(self) -> str:
+        return self._protocol.local_address
+
+    @property
+    def peer_address(self) -> str:
+        return self._protocol.peer_address
+
+    def closed(self) -> bool:
+        return self._closing or self._protocol.is_closed
+
+    def _check_open(self) -> None:
+        if self._closing:
+            raise CommClosedError(f"Comm to {self.peer_address} was closed locally")
+        if self._protocol.is_closed:
+            raise self._protocol.closed_error()
+
+    async def read(self) -> object:
+        self._check_open()
+        frames = await self._protocol.read_frames()
+        try:
+            return decode(frames)
+        except ProtocolError as e:
+            self._protocol.fail(e)
+            raise self._protocol.closed_error() from e
+
+    async def write(self, msg: object) -> int:
+        self._check_open()
+        frames = encode_frames(encode(msg))
+        nbytes = 0
+        for frame in frames:
+            size = _nbytes(frame)
+            if size > self._limits.max_frame_size:
+                raise ValueError(
+                    f"Cannot send a frame of {format_bytes(size)} to {self.peer_address}: "
+                    f"it exceeds max_frame_size {format_bytes(self._limits.max_frame_size)}"
+                )
+            nbytes += size
+        await self._protocol.write_message(frames)
+        return nbytes
+
+    async def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        transport = self._protocol.transport
+        transport.close()
+        try:
+            async with asyncio.timeout(_CLOSE_TIMEOUT):
+                await asyncio.shield(self._protocol.lost)
+        except TimeoutError:
+            transport.abort()
+
+    def abort(self) -> None:
+        self._closing = True
+        self._protocol.transport.abort()
+
+
+class TCPListener(Listener):
+    """Accepts TCP connections and runs ``handler`` on each new :class:`TCPComm`."""
+
+    def __init__(self, loc: str, handler: Handler, limits: _Limits) -> None:
+        self._host, self._port = parse_host_port(loc, default_port=0)
+        self._handler = handler
+        self._limits = limits
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Future[None]] = set()
+
+    async def start(self) -> None:
+        if self._server is not None:
+            return
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            self._make_protocol, host=self._host or None, port=self._port, reuse_address=True
+        )
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    def _make_protocol(self) -> _FrameProtocol:
+        return _FrameProtocol(self._limits.decoder(), server_side=True, on_connect=self._accept)
+
+    def _accept(self, protocol: _FrameProtocol) -> None:
+        comm = TCPComm(protocol, self._limits)
+        task = asyncio.ensure_future(self._handler(comm))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @property
+    def listen_address(self) -> str:
+        if self._server is not None and self._server.sockets:
+            return _tcp_address(self._server.sockets[0].getsockname())
+        return unparse_address("tcp", unparse_host_port(self._host, self._port))
+
+    @property
+    def contact_address(self) -> str:
+        host, port = parse_host_port(parse_address(self.listen_address)[1])
+        if host in _ANY_HOSTS:
+            host = get_ip()
+        return unparse_address("tcp", unparse_host_port(host, port))
+
+
+class TCPBackend(Backend):
+    """The ``tcp://`` transport.
+
+    Keyword arguments: ``max_frame_size``, ``max_frames`` and ``max_message_size``
+    bound what a peer may send (see :class:`~conveyor.protocol.FrameDecoder`).
+    """
+
+    async def connect(self, loc: str, **kwargs: Any) -> TCPComm:
+        limits = _Limits(**kwargs)
+        host, port = parse_host_port(loc)
+        loop = asyncio.get_running_loop()
+        decoder = limits.decoder()
+        _, protocol = await loop.create_connection(
+            lambda: _FrameProtocol(decoder, server_side=False), host, port
+        )
+        return TCPComm(protocol, limits)
+
+    def listen(self, loc: str, handler: Handler, **kwargs: Any) -> TCPListener:
+        return TCPListener(loc, handler, _Limits(**kwargs))

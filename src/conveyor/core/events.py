@@ -1,0 +1,141 @@
+"""Events the scheduler's state machine consumes. Each carries the time it happened."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from conveyor.core.types import Key
+
+
+@dataclass(slots=True)
+class SchedulerEvent:
+    """Base class. ``now`` is the caller's clock, in seconds."""
+
+    now: float
+
+
+@dataclass(slots=True)
+class AddWorker(SchedulerEvent):
+    address: str
+    name: str | int
+    nthreads: int
+    memory_limit: int
+    host: str
+    #: keys the worker already holds, with their sizes
+    data: dict[Key, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class RemoveWorker(SchedulerEvent):
+    address: str
+    reason: str = "worker-close"
+
+
+@dataclass(slots=True)
+class WorkerHeartbeat(SchedulerEvent):
+    address: str
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class AddClient(SchedulerEvent):
+    client_id: str
+
+
+@dataclass(slots=True)
+class RemoveClient(SchedulerEvent):
+    client_id: str
+
+
+@dataclass(slots=True)
+class TaskSpec:
+    """One task of a graph as submitted by a client. ``run_spec`` is opaque bytes."""
+
+    key: Key
+    run_spec: Any
+    dependencies: tuple[Key, ...] = ()
+    order: int = 0
+    workers: tuple[str, ...] | None = None
+    allow_other_workers: bool = False
+    retries: int = 0
+
+
+@dataclass(slots=True)
+class UpdateGraph(SchedulerEvent):
+    client_id: str
+    tasks: list[TaskSpec]
+    wanted: list[Key]
+    user_priority: int = 0
+
+
+@dataclass(slots=True)
+class TaskFinished(SchedulerEvent):
+    worker: str
+    key: Key
+    nbytes: int
+    type: str | None = None
+    start: float = 0.0
+    stop: float = 0.0
+
+
+@dataclass(slots=True)
+class TaskErred(SchedulerEvent):
+    worker: str
+    key: Key
+    exception: Any
+    traceback: Any
+    exception_text: str = ""
+    traceback_text: str = ""
+    start: float = 0.0
+    stop: float = 0.0
+
+
+@dataclass(slots=True)
+class ClientDesiresKeys(SchedulerEvent):
+    client_id: str
+    keys: list[Key]
+
+
+@dataclass(slots=True)
+class ClientReleasesKeys(SchedulerEvent):
+    client_id: str
+    keys: list[Key]
+
+
+@dataclass(slots=True)
+class CancelKeys(SchedulerEvent):
+    client_id: str
+    keys: list[Key]
+    force: bool = False
+
+
+@dataclass(slots=True)
+class UpdateData(SchedulerEvent):
+    """A client scattered data straight to workers."""
+
+    client_id: str
+    who_has: dict[Key, list[str]]
+    nbytes: dict[Key, int]
+
+
+@dataclass(slots=True)
+class WorkerAddKeys(SchedulerEvent):
+    """A worker now holds replicas of these keys (fetched as dependencies)."""
+
+    worker: str
+    keys: dict[Key, int]
+
+
+@dataclass(slots=True)
+class MissingData(SchedulerEvent):
+    """``worker`` could not get ``key`` from ``errant_worker``."""
+
+    worker: str
+    key: Key
+    errant_worker: str
+
+
+@dataclass(slots=True)
+class Tick(SchedulerEvent):
+    """Periodic check (worker time-to-live)."""

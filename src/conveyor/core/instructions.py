@@ -1,0 +1,77 @@
+"""Instructions the scheduler's state machine emits; the server shell carries them out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from conveyor.core.types import Key, Priority
+
+
+@dataclass(slots=True)
+class ToWorker:
+    """Base class of messages to one worker."""
+
+    worker: str
+
+
+@dataclass(slots=True)
+class ComputeTask(ToWorker):
+    key: Key
+    run_spec: Any
+    priority: Priority
+    who_has: dict[Key, list[str]]
+    nbytes: dict[Key, int]
+    duration: float
+
+
+@dataclass(slots=True)
+class FreeKeys(ToWorker):
+    keys: list[Key]
+
+
+@dataclass(slots=True)
+class RefreshWhoHas(ToWorker):
+    who_has: dict[Key, list[str]]
+
+
+@dataclass(slots=True)
+class CloseWorker(ToWorker):
+    reason: str
+
+
+@dataclass(slots=True)
+class ToClient:
+    """Base class of messages to one client."""
+
+    client_id: str
+
+
+@dataclass(slots=True)
+class KeyInMemory(ToClient):
+    key: Key
+    type: str | None
+    #: addresses of the workers holding the result, so the client can fetch directly
+    workers: list[str]
+
+
+@dataclass(slots=True)
+class KeyErred(ToClient):
+    key: Key
+    exception: Any
+    traceback: Any
+    exception_text: str
+    traceback_text: str
+
+
+@dataclass(slots=True)
+class LostData(ToClient):
+    key: Key
+
+
+@dataclass(slots=True)
+class KeysCancelled(ToClient):
+    keys: list[Key]
+
+
+Instruction = ToWorker | ToClient

@@ -1,0 +1,83 @@
+"""Invariant checks for the scheduler state (run after every event when validating)."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+from conveyor.core.transitions import ACTIVE
+
+if TYPE_CHECKING:
+    from conveyor.core.records import TaskState
+    from conveyor.core.scheduler import SchedulerState
+
+
+def _check(cond: bool, ts: object, what: str) -> None:
+    if not cond:
+        raise AssertionError(f"{ts!r}: {what}")
+
+
+def _validate_task(s: SchedulerState, ts: TaskState) -> None:
+    state = ts.state
+    _check(s.tasks.get(ts.key) is ts, ts, "not registered under its key")
+    for dep in ts.dependencies:
+        _check(ts in dep.dependents, ts, f"missing from dependents of {dep!r}")
+        _check(dep.state != "forgotten", ts, f"depends on forgotten {dep!r}")
+    for dts in ts.dependents:
+        _check(ts in dts.dependencies, ts, f"missing from dependencies of {dts!r}")
+    for w in ts.waiters:
+        _check(w in ts.dependents, ts, f"waiter {w!r} is not a dependent")
+        _check(w.state in ACTIVE, ts, f"waiter {w!r} is not active")
+    for cs in ts.who_wants:
+        _check(ts in cs.wants_what, ts, f"{cs!r} does not list it")
+    _check((state == "processing") == (ts.processing_on is not None), ts, "processing_on")
+    _check((state == "memory") == bool(ts.who_has), ts, "who_has vs memory")
+    _check((state == "queued") == (ts in s.queued), ts, "queued set")
+    _check((state == "no-worker") == (ts in s.unrunnable), ts, "unrunnable set")
+    if state == "waiting":
+        expect = {d for d in ts.dependencies if d.state != "memory"}
+        _check(ts.waiting_on == expect, ts, f"waiting_on {ts.waiting_on} != {expect}")
+        _check(bool(ts.waiting_on), ts, "waiting on nothing")
+    else:
+        _check(not ts.waiting_on, ts, "waiting_on outside waiting")
+    if state in ACTIVE:
+        for dep in ts.dependencies:
+            _check(ts in dep.waiters, ts, f"not among waiters of {dep!r}")
+    if state in ("processing", "queued", "no-worker"):
+        for dep in ts.dependencies:
+            _check(dep.state == "memory", ts, f"dependency {dep!r} not in memory")
+    if state == "processing":
+        ws = ts.processing_on
+        assert ws is not None
+        _check(ts in ws.processing, ts, "absent from its worker's processing")
+        _check(s.workers.get(ws.address) is ws, ts, "processing on a removed worker")
+    for ws in ts.who_has:
+        _check(ts in ws.has_what, ts, f"absent from has_what of {ws!r}")
+        _check(s.workers.get(ws.address) is ws, ts, "held by a removed worker")
+    if state == "erred":
+        _check(ts.exception_blame is not None, ts, "erred without blame")
+
+
+def validate_scheduler(s: SchedulerState) -> None:
+    """Raise AssertionError if any invariant of ``s`` is broken."""
+    for ts in s.tasks.values():
+        _validate_task(s, ts)
+    nthreads = 0
+    for address, ws in s.workers.items():
+        nthreads += ws.nthreads
+        _check(ws.address == address, ws, "registered under another address")
+        n = len(ws.processing)
+        _check((address in s.idle) == (n < ws.nthreads), ws, "idle set")
+        _check((ws in s.saturated) == (n > ws.nthreads), ws, "saturated set")
+        _check((address in s.open_slots) == (n < s._slots(ws)), ws, "open-slot set")
+        _check(math.isclose(ws.occupancy, sum(ws.processing.values()), abs_tol=1e-6), ws, "occ")
+        for ts in ws.processing:
+            _check(ts.processing_on is ws, ws, f"{ts!r} processing elsewhere")
+        for ts in ws.has_what:
+            _check(ws in ts.who_has, ws, f"{ts!r} does not list it")
+        _check(ws.nbytes == sum(max(t.nbytes, 0) for t in ws.has_what), ws, "nbytes")
+    _check(nthreads == s.total_nthreads, s, "total_nthreads")
+    _check(not (s.queued and s.open_slots), s, "queued tasks while a worker has open slots")
+    for cs in s.clients.values():
+        for ts in cs.wants_what:
+            _check(cs in ts.who_wants, cs, f"{ts!r} does not list it")

@@ -1,0 +1,191 @@
+"""Slotted records the scheduler keeps about tasks, task groups, workers and clients.
+
+They hold state only; every change to them is made by :class:`SchedulerState`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from conveyor.core.types import Key, Priority
+
+
+class TaskPrefix:
+    """All tasks sharing a key prefix (``"inc"`` for ``"inc-abc123"``); learns durations."""
+
+    __slots__ = ("_duration_sum", "_duration_count", "duration_average", "name")
+
+    def __init__(self, name: str, default_duration: float | None) -> None:
+        self.name = name
+        #: Exponentially weighted mean run time in seconds, or None while unknown.
+        self.duration_average: float | None = default_duration
+        self._duration_count = 0
+        self._duration_sum = 0.0
+
+    def add_duration(self, seconds: float) -> None:
+        """Fold one observed run time into the running estimate."""
+        if seconds < 0:
+            return
+        self._duration_count += 1
+        self._duration_sum += seconds
+        old = self.duration_average
+        if old is None or self._duration_count == 1:
+            self.duration_average = seconds
+        else:
+            self.duration_average = 0.5 * old + 0.5 * seconds
+
+    def __repr__(self) -> str:
+        return f"<TaskPrefix {self.name!r} avg={self.duration_average}>"
+
+
+class TaskGroup:
+    """Tasks sharing a group name (key prefix plus token); used to spot root-ish tasks."""
+
+    __slots__ = ("dependencies", "name", "ntasks", "prefix")
+
+    def __init__(self, name: str, prefix: TaskPrefix) -> None:
+        self.name = name
+        self.prefix = prefix
+        #: Number of live (not forgotten) tasks in the group.
+        self.ntasks = 0
+        self.dependencies: set[TaskGroup] = set()
+
+    def __repr__(self) -> str:
+        return f"<TaskGroup {self.name!r} n={self.ntasks}>"
+
+
+class TaskState:
+    """What the scheduler knows about one task. The run spec is opaque bytes."""
+
+    __slots__ = (
+        "dependencies",
+        "dependents",
+        "erred_on",
+        "exception",
+        "exception_blame",
+        "exception_text",
+        "group",
+        "key",
+        "loose_restrictions",
+        "nbytes",
+        "prefix",
+        "priority",
+        "processing_on",
+        "retries",
+        "run_spec",
+        "state",
+        "suspicious",
+        "traceback",
+        "traceback_text",
+        "type",
+        "waiters",
+        "waiting_on",
+        "who_has",
+        "who_wants",
+        "worker_restrictions",
+    )
+
+    def __init__(self, key: Key, run_spec: Any, prefix: TaskPrefix, group: TaskGroup) -> None:
+        self.key = key
+        #: Opaque serialized task (bytes or a Serialized); None for scattered data.
+        self.run_spec = run_spec
+        self.prefix = prefix
+        self.group = group
+        self.state = "released"
+        self.priority: Priority = ()
+        self.dependencies: set[TaskState] = set()
+        self.dependents: set[TaskState] = set()
+        #: Dependencies not yet in memory (only while waiting).
+        self.waiting_on: set[TaskState] = set()
+        #: Dependents that still need this task's result.
+        self.waiters: set[TaskState] = set()
+        self.who_wants: set[ClientInfo] = set()
+        self.who_has: set[WorkerInfo] = set()
+        self.processing_on: WorkerInfo | None = None
+        self.nbytes = -1
+        self.type: str | None = None
+        self.exception: Any = None
+        self.traceback: Any = None
+        self.exception_text = ""
+        self.traceback_text = ""
+        self.exception_blame: TaskState | None = None
+        self.erred_on: set[str] = set()
+        self.suspicious = 0
+        self.retries = 0
+        self.worker_restrictions: frozenset[str] | None = None
+        self.loose_restrictions = False
+
+    def __repr__(self) -> str:
+        return f"<TaskState {self.key!r} {self.state}>"
+
+    def __lt__(self, other: TaskState) -> bool:
+        return self.priority < other.priority
+
+
+class WorkerInfo:
+    """What the scheduler knows about one worker."""
+
+    __slots__ = (
+        "address",
+        "executing_slots",
+        "has_what",
+        "host",
+        "last_seen",
+        "memory_limit",
+        "metrics",
+        "name",
+        "nbytes",
+        "nthreads",
+        "occupancy",
+        "processing",
+        "status",
+    )
+
+    def __init__(
+        self,
+        address: str,
+        name: str | int,
+        nthreads: int,
+        memory_limit: int,
+        host: str,
+        now: float,
+    ) -> None:
+        self.address = address
+        self.name = name
+        self.nthreads = nthreads
+        self.memory_limit = memory_limit
+        self.host = host
+        self.status = "running"
+        #: Tasks sent to this worker and not yet finished, with their expected durations.
+        self.processing: dict[TaskState, float] = {}
+        #: Sum of expected durations of ``processing``, kept incrementally.
+        self.occupancy = 0.0
+        self.has_what: set[TaskState] = set()
+        #: Sum of nbytes of ``has_what``, kept incrementally.
+        self.nbytes = 0
+        self.last_seen = now
+        self.metrics: dict[str, Any] = {}
+        self.executing_slots = nthreads
+
+    def __repr__(self) -> str:
+        return (
+            f"<WorkerInfo {self.address!r} name={self.name!r} threads={self.nthreads} "
+            f"processing={len(self.processing)} memory={len(self.has_what)}>"
+        )
+
+    def __lt__(self, other: WorkerInfo) -> bool:
+        return self.address < other.address
+
+
+class ClientInfo:
+    """A connected client and the keys it wants kept."""
+
+    __slots__ = ("client_id", "last_seen", "wants_what")
+
+    def __init__(self, client_id: str, now: float) -> None:
+        self.client_id = client_id
+        self.last_seen = now
+        self.wants_what: set[TaskState] = set()
+
+    def __repr__(self) -> str:
+        return f"<ClientInfo {self.client_id!r} wants={len(self.wants_what)}>"

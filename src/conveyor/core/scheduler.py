@@ -1,0 +1,436 @@
+"""The scheduler's state machine: ``SchedulerState.handle(event) -> list[Instruction]``.
+
+It owns every task, worker and client record, and never performs IO, reads a clock or
+unpickles anything: run specs, results and exceptions pass through as opaque values.
+Transition functions live in :mod:`conveyor.core.transitions`; this module turns events
+into recommendations and answers read-only queries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from conveyor.core import events as ev
+from conveyor.core.instructions import FreeKeys, Instruction, KeyErred, KeyInMemory, RefreshWhoHas
+from conveyor.core.invariants import validate_scheduler
+from conveyor.core.records import ClientInfo, TaskState, WorkerInfo
+from conveyor.core.transitions import Recs, SchedulerTransitions
+from conveyor.core.types import Key
+
+
+class SchedulerState(SchedulerTransitions):
+    """Everything the scheduler knows, and the rules for changing it.
+
+    Feed it events with :meth:`handle`; carry out the instructions it returns.
+    """
+
+    def __init__(self, *, worker_ttl: float | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.worker_ttl = worker_ttl
+        self.generation = 0
+        self.names: dict[str | int, str] = {}
+        self.host_info: dict[str, dict[str, Any]] = {}
+        self.event_counter = 0
+        #: time of the last event that changed the set of tasks or workers' work
+        self.last_activity = 0.0
+        self._handlers: dict[type, Callable[[Any], None]] = {
+            ev.AddWorker: self._add_worker,
+            ev.RemoveWorker: self._remove_worker,
+            ev.WorkerHeartbeat: self._heartbeat,
+            ev.AddClient: self._add_client,
+            ev.RemoveClient: self._remove_client,
+            ev.UpdateGraph: self._update_graph,
+            ev.TaskFinished: self._task_finished,
+            ev.TaskErred: self._task_erred,
+            ev.ClientDesiresKeys: self._client_desires_keys,
+            ev.ClientReleasesKeys: self._client_releases_keys,
+            ev.CancelKeys: self._cancel_keys,
+            ev.UpdateData: self._update_data,
+            ev.WorkerAddKeys: self._worker_add_keys,
+            ev.MissingData: self._missing_data,
+            ev.Tick: self._tick,
+        }
+
+    # ------------------------------------------------------------------ entry
+
+    def handle(self, event: ev.SchedulerEvent) -> list[Instruction]:
+        """Apply one event; return the instructions it produced, in order."""
+        self.event_counter += 1
+        self._now = event.now
+        self._stimulus = f"{type(event).__name__}-{self.event_counter}"
+        self._handlers[type(event)](event)
+        out, self._out = self._out, []
+        if self.validate_state:
+            self.validate()
+        return out
+
+    def validate(self) -> None:
+        """Check every invariant; raise AssertionError naming the first one broken."""
+        validate_scheduler(self)
+
+    # ---------------------------------------------------------------- workers
+
+    def _add_worker(self, e: ev.AddWorker) -> None:
+        if e.address in self.workers:
+            self._remove_worker(ev.RemoveWorker(e.now, e.address, "re-registered"))
+        ws = WorkerInfo(e.address, e.name, e.nthreads, e.memory_limit, e.host, e.now)
+        self.workers[e.address] = ws
+        self.names[e.name] = e.address
+        self.total_nthreads += e.nthreads
+        info = self.host_info.setdefault(e.host, {"addresses": set(), "nthreads": 0})
+        info["addresses"].add(e.address)
+        info["nthreads"] += e.nthreads
+        self._update_worker_sets(ws)
+        self.last_activity = e.now
+        recs: Recs = {}
+        stale = []
+        for key, nbytes in e.data.items():
+            ts = self.tasks.get(key)
+            if ts is not None and ts.state in ("memory", "released"):
+                if ts.state == "memory":
+                    self._add_replica(ts, ws, nbytes)
+                else:
+                    self._transition(ts, "memory", recs, workers=[ws], nbytes=nbytes)
+            else:
+                stale.append(key)
+        if stale:
+            self._out.append(FreeKeys(e.address, stale))
+        for ts in list(self.unrunnable):
+            recs[ts] = "processing"
+        self._transitions(recs)
+        self._fill_slots(ws, recs)
+        self._transitions(recs)
+
+    def _remove_worker(self, e: ev.RemoveWorker) -> None:
+        ws = self.workers.pop(e.address, None)
+        if ws is None:
+            return
+        if self.names.get(ws.name) == e.address:
+            del self.names[ws.name]
+        self.idle.pop(e.address, None)
+        self.open_slots.pop(e.address, None)
+        self.saturated.discard(ws)
+        self.total_nthreads -= ws.nthreads
+        info = self.host_info[ws.host]
+        info["addresses"].discard(e.address)
+        info["nthreads"] -= ws.nthreads
+        if not info["addresses"]:
+            del self.host_info[ws.host]
+        ws.status = "closed"
+        self.last_activity = e.now
+        recs: Recs = {}
+        for ts in sorted(ws.processing, key=lambda t: t.priority):
+            ts.suspicious += 1
+            if ts.suspicious > self.allowed_failures:
+                text = (
+                    f"KilledWorker: attempted to run task {ts.key!r} on {ts.suspicious} "
+                    f"different workers, but all those workers died while running it; "
+                    f"the last was {e.address} ({e.reason})"
+                )
+                self._transition(ts, "erred", recs, worker=e.address, exception_text=text)
+            else:
+                self._transition(ts, "released", recs, force=True)
+        for ts in list(ws.has_what):
+            self._remove_replica(ts, ws)
+            if not ts.who_has and ts.state == "memory":
+                self._transition(ts, "released", recs, force=True, lost=True)
+        self._transitions(recs)
+
+    def _heartbeat(self, e: ev.WorkerHeartbeat) -> None:
+        ws = self.workers.get(e.address)
+        if ws is not None:
+            ws.last_seen = e.now
+            ws.metrics = e.metrics
+
+    def _tick(self, e: ev.Tick) -> None:
+        ttl = self.worker_ttl
+        if ttl is None:
+            return
+        for ws in [w for w in self.workers.values() if e.now - w.last_seen > ttl]:
+            reason = f"no heartbeat for {e.now - ws.last_seen:.1f}s (worker-ttl {ttl}s)"
+            self._remove_worker(ev.RemoveWorker(e.now, ws.address, reason))
+
+    # ---------------------------------------------------------------- clients
+
+    def _client(self, client_id: str, now: float) -> ClientInfo:
+        cs = self.clients.get(client_id)
+        if cs is None:
+            cs = self.clients[client_id] = ClientInfo(client_id, now)
+        return cs
+
+    def _add_client(self, e: ev.AddClient) -> None:
+        self._client(e.client_id, e.now)
+
+    def _remove_client(self, e: ev.RemoveClient) -> None:
+        cs = self.clients.pop(e.client_id, None)
+        if cs is None:
+            return
+        recs: Recs = {}
+        for ts in list(cs.wants_what):
+            self._unwant(cs, ts, recs)
+        self._transitions(recs)
+
+    def _want(self, cs: ClientInfo, ts: TaskState, recs: Recs) -> None:
+        if cs not in ts.who_wants:
+            ts.who_wants.add(cs)
+            cs.wants_what.add(ts)
+        state = ts.state
+        if state == "memory":
+            holders = [ws.address for ws in ts.who_has]
+            self._out.append(KeyInMemory(cs.client_id, ts.key, ts.type, holders))
+        elif state == "erred":
+            blame = ts.exception_blame or ts
+            self._out.append(
+                KeyErred(
+                    cs.client_id,
+                    ts.key,
+                    blame.exception,
+                    blame.traceback,
+                    blame.exception_text,
+                    blame.traceback_text,
+                )
+            )
+        elif state == "released":
+            recs[ts] = "waiting"
+
+    def _unwant(self, cs: ClientInfo, ts: TaskState, recs: Recs) -> None:
+        cs.wants_what.discard(ts)
+        ts.who_wants.discard(cs)
+        if self._needed(ts):
+            return
+        if ts.state in ("released", "erred"):
+            recs[ts] = "forgotten"
+        else:
+            recs[ts] = "released"
+
+    def _update_graph(self, e: ev.UpdateGraph) -> None:
+        cs = self._client(e.client_id, e.now)
+        self.generation += 1
+        self.last_activity = e.now
+        new: list[tuple[TaskState, ev.TaskSpec]] = []
+        for spec in e.tasks:
+            ts = self.tasks.get(spec.key)
+            if ts is None:
+                ts = self._new_task(spec.key, spec.run_spec)
+            elif ts.state == "released" and ts.run_spec is None:
+                ts.run_spec = spec.run_spec
+            else:
+                continue
+            new.append((ts, spec))
+        recs: Recs = {}
+        broken: list[TaskState] = []
+        for ts, spec in new:
+            ts.priority = (-e.user_priority, self.generation, spec.order)
+            ts.retries = spec.retries
+            if spec.workers:
+                ts.worker_restrictions = frozenset(self.names.get(w, w) for w in spec.workers)
+                ts.loose_restrictions = spec.allow_other_workers
+            for dkey in spec.dependencies:
+                dep = self.tasks.get(dkey)
+                if dep is None:
+                    ts.exception_text = (
+                        f"MissingDependency: task {ts.key!r} depends on {dkey!r}, "
+                        "which the scheduler does not know (was its future released?)"
+                    )
+                    ts.exception_blame = ts
+                    broken.append(ts)
+                    continue
+                ts.dependencies.add(dep)
+                dep.dependents.add(ts)
+                if dep.group is not ts.group:
+                    ts.group.dependencies.add(dep.group)
+        for ts in broken:
+            self._transition(ts, "erred", recs)
+        for key in reversed(e.wanted):
+            wanted = self.tasks.get(key)
+            if wanted is not None:
+                self._want(cs, wanted, recs)
+        self._transitions(recs)
+        for ts, _ in new:
+            if ts.state == "released" and not self._needed(ts) and not ts.dependents:
+                recs[ts] = "forgotten"
+        self._transitions(recs)
+
+    def _client_desires_keys(self, e: ev.ClientDesiresKeys) -> None:
+        cs = self._client(e.client_id, e.now)
+        recs: Recs = {}
+        for key in e.keys:
+            ts = self.tasks.get(key)
+            if ts is not None:
+                self._want(cs, ts, recs)
+        self._transitions(recs)
+
+    def _client_releases_keys(self, e: ev.ClientReleasesKeys) -> None:
+        cs = self.clients.get(e.client_id)
+        if cs is None:
+            return
+        recs: Recs = {}
+        for key in e.keys:
+            ts = self.tasks.get(key)
+            if ts is not None and ts in cs.wants_what:
+                self._unwant(cs, ts, recs)
+        self._transitions(recs)
+
+    def _cancel_keys(self, e: ev.CancelKeys) -> None:
+        recs: Recs = {}
+        for key in e.keys:
+            ts = self.tasks.get(key)
+            if ts is None:
+                continue
+            holders = list(ts.who_wants) if e.force else [self._client(e.client_id, e.now)]
+            for cs in holders:
+                if ts in cs.wants_what:
+                    self._unwant(cs, ts, recs)
+        self._transitions(recs)
+
+    def _update_data(self, e: ev.UpdateData) -> None:
+        cs = self._client(e.client_id, e.now)
+        recs: Recs = {}
+        for key, addresses in e.who_has.items():
+            holders = [self.workers[a] for a in addresses if a in self.workers]
+            if not holders:
+                continue
+            ts = self.tasks.get(key)
+            if ts is None:
+                ts = self._new_task(key, None)
+            nbytes = e.nbytes.get(key, -1)
+            if ts.state == "memory":
+                for ws in holders:
+                    self._add_replica(ts, ws, nbytes)
+            else:
+                if ts.state != "released":
+                    self._transition(ts, "released", recs, force=True)
+                self._transition(ts, "memory", recs, workers=holders, nbytes=nbytes)
+            self._want(cs, ts, recs)
+        self._transitions(recs)
+
+    # ------------------------------------------------------------ task results
+
+    def _task_finished(self, e: ev.TaskFinished) -> None:
+        ws = self.workers.get(e.worker)
+        if ws is None:
+            return
+        ws.last_seen = e.now
+        self.last_activity = e.now
+        ts = self.tasks.get(e.key)
+        if ts is not None and ts.state == "processing" and ts.processing_on is ws:
+            recs: Recs = {}
+            duration = e.stop - e.start if e.stop >= e.start else None
+            self._transition(
+                ts, "memory", recs, worker=ws, nbytes=e.nbytes, type=e.type, duration=duration
+            )
+            self._transitions(recs)
+        elif ts is not None and ts.state == "memory":
+            self._add_replica(ts, ws, e.nbytes)
+        else:
+            self._out.append(FreeKeys(e.worker, [e.key]))
+
+    def _task_erred(self, e: ev.TaskErred) -> None:
+        ws = self.workers.get(e.worker)
+        if ws is None:
+            return
+        self.last_activity = e.now
+        ts = self.tasks.get(e.key)
+        if ts is None or ts.state != "processing" or ts.processing_on is not ws:
+            self._out.append(FreeKeys(e.worker, [e.key]))
+            return
+        recs: Recs = {}
+        if ts.retries > 0:
+            ts.retries -= 1
+            self._transition(ts, "released", recs, force=True)
+        else:
+            self._transition(
+                ts,
+                "erred",
+                recs,
+                worker=e.worker,
+                exception=e.exception,
+                traceback=e.traceback,
+                exception_text=e.exception_text,
+                traceback_text=e.traceback_text,
+            )
+        self._transitions(recs)
+
+    def _worker_add_keys(self, e: ev.WorkerAddKeys) -> None:
+        ws = self.workers.get(e.worker)
+        if ws is None:
+            return
+        stale = []
+        for key, nbytes in e.keys.items():
+            ts = self.tasks.get(key)
+            if ts is not None and ts.state == "memory":
+                self._add_replica(ts, ws, nbytes)
+            else:
+                stale.append(key)
+        if stale:
+            self._out.append(FreeKeys(e.worker, stale))
+
+    def _missing_data(self, e: ev.MissingData) -> None:
+        ts = self.tasks.get(e.key)
+        if ts is None:
+            return
+        errant = self.workers.get(e.errant_worker)
+        if errant is not None:
+            self._remove_replica(ts, errant)
+        recs: Recs = {}
+        if ts.state == "memory" and not ts.who_has:
+            self._transition(ts, "released", recs, force=True, lost=True)
+        elif ts.who_has and e.worker in self.workers:
+            self._out.append(RefreshWhoHas(e.worker, {ts.key: [w.address for w in ts.who_has]}))
+        self._transitions(recs)
+
+    # ---------------------------------------------------------------- queries
+
+    def who_has(self, keys: Iterable[Key] | None = None) -> dict[Key, list[str]]:
+        """Addresses of the workers holding each key (all keys in memory by default)."""
+        tasks = self.tasks
+        sel = tasks.values() if keys is None else (tasks[k] for k in keys if k in tasks)
+        return {ts.key: [ws.address for ws in ts.who_has] for ts in sel}
+
+    def has_what(self, workers: Iterable[str] | None = None) -> dict[str, list[Key]]:
+        """Keys held by each worker."""
+        addrs = self.workers if workers is None else [w for w in workers if w in self.workers]
+        return {a: [ts.key for ts in self.workers[a].has_what] for a in addrs}
+
+    def nthreads(self) -> dict[str, int]:
+        """Threads per worker address."""
+        return {a: ws.nthreads for a, ws in self.workers.items()}
+
+    @property
+    def task_duration(self) -> dict[str, float]:
+        """Learned average duration per key prefix, in seconds."""
+        return {
+            name: p.duration_average
+            for name, p in self.task_prefixes.items()
+            if p.duration_average is not None
+        }
+
+    def story(self, *keys: Key) -> list[tuple[Key, str, str, str, float]]:
+        """Transition log entries (key, start, finish, stimulus, time) for these keys."""
+        wanted = set(keys)
+        return [entry for entry in self.transition_log if entry[0] in wanted]
+
+    def is_idle(self) -> bool:
+        """No task is waiting, queued or running."""
+        return all(not ws.processing for ws in self.workers.values()) and not (
+            self.queued or self.unrunnable
+        )
+
+    def workers_info(self) -> dict[str, dict[str, Any]]:
+        """A summary of each worker for ``Client.scheduler_info``."""
+        return {
+            a: {
+                "name": ws.name,
+                "nthreads": ws.nthreads,
+                "memory_limit": ws.memory_limit,
+                "host": ws.host,
+                "status": ws.status,
+                "processing": len(ws.processing),
+                "nbytes": ws.nbytes,
+                "nkeys": len(ws.has_what),
+                "last_seen": ws.last_seen,
+                "metrics": ws.metrics,
+            }
+            for a, ws in self.workers.items()
+        }

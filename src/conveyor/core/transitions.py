@@ -1,0 +1,561 @@
+"""Scheduler task transitions: the legal ``(start, finish)`` pairs and what each one does.
+
+Theory of operation
+-------------------
+A task moves through ``released -> waiting -> (queued | no-worker) -> processing -> memory``
+or ``erred``, and ends ``forgotten``. Event handlers (``scheduler.py``) never set
+``ts.state`` themselves; they call :meth:`SchedulerTransitions._transition` or put a
+*recommendation* ``{task: finish_state}`` into a dict that :meth:`_transitions` drains.
+Each transition function may add further recommendations and append instructions to
+``self._out``. A pair missing from :data:`TRANSITIONS` is routed through ``released``.
+
+Some arrows are conditional and may leave the task where it is:
+
+* ``waiting -> processing`` lands in ``queued`` (root-ish task, every worker's slots are
+  full) or ``no-worker`` (no worker can run it);
+* ``* -> released`` is a no-op while a client or a waiting dependent still needs the
+  task, unless ``force=True`` (worker death, lost data, retries);
+* ``released -> forgotten`` is a no-op while the task has dependents or is wanted.
+
+Bookkeeping kept in step by these functions:
+
+* ``ts.waiting_on``: dependencies of a ``waiting`` task not yet in memory;
+* ``ts.waiters``: dependents in an active state (waiting .. processing) that need ``ts``;
+* ``ws.processing`` / ``ws.occupancy``: tasks sent to a worker and their expected time;
+* ``idle``, ``saturated`` and the open-slot set, updated whenever ``processing`` changes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from dask.utils import key_split
+
+from conveyor.core.heapset import HeapSet
+from conveyor.core.instructions import (
+    ComputeTask,
+    FreeKeys,
+    Instruction,
+    KeyErred,
+    KeyInMemory,
+    LostData,
+)
+from conveyor.core.records import ClientInfo, TaskGroup, TaskPrefix, TaskState, WorkerInfo
+from conveyor.core.types import Key
+
+Recs = dict[TaskState, str]
+
+ACTIVE = frozenset({"waiting", "queued", "no-worker", "processing"})
+
+
+class InvalidTransition(RuntimeError):
+    """A transition that no table entry or route through ``released`` allows."""
+
+
+def group_name(key: Key) -> str:
+    """Name of the task group of ``key``: a tuple key's first element, else its prefix."""
+    if isinstance(key, tuple) and key and isinstance(key[0], str):
+        return key[0]
+    return str(key_split(key))
+
+
+class SchedulerTransitions:
+    """State containers and the transition functions of the scheduler."""
+
+    def __init__(
+        self,
+        *,
+        allowed_failures: int = 3,
+        validate: bool = False,
+        transition_log_length: int = 100_000,
+        unknown_task_duration: float = 0.5,
+        default_task_durations: dict[str, float] | None = None,
+        worker_saturation: float = 1.1,
+        bandwidth: float = 100e6,
+    ) -> None:
+        self.allowed_failures = allowed_failures
+        self.validate_state = validate
+        self.unknown_task_duration = unknown_task_duration
+        self.default_task_durations = dict(default_task_durations or {})
+        self.worker_saturation = worker_saturation
+        self.bandwidth = bandwidth
+        self.tasks: dict[Key, TaskState] = {}
+        self.task_prefixes: dict[str, TaskPrefix] = {}
+        self.task_groups: dict[str, TaskGroup] = {}
+        self.workers: dict[str, WorkerInfo] = {}
+        self.clients: dict[str, ClientInfo] = {}
+        #: workers running fewer tasks than they have threads
+        self.idle: dict[str, WorkerInfo] = {}
+        #: workers with more tasks than threads
+        self.saturated: set[WorkerInfo] = set()
+        #: tasks no current worker can run (restrictions)
+        self.unrunnable: set[TaskState] = set()
+        #: root-ish tasks held back until a worker has an open slot
+        self.queued: HeapSet[TaskState] = HeapSet()
+        self.open_slots: dict[str, WorkerInfo] = {}
+        self.total_nthreads = 0
+        self.transition_log: deque[tuple[Key, str, str, str, float]] = deque(
+            maxlen=transition_log_length
+        )
+        self.transition_counter = 0
+        self._out: list[Instruction] = []
+        self._stimulus = ""
+        self._now = 0.0
+
+    # ------------------------------------------------------------------ driver
+
+    def _transitions(self, recs: Recs) -> None:
+        """Carry out recommendations (and those they produce) until none remain."""
+        while recs:
+            ts, finish = recs.popitem()
+            self._transition(ts, finish, recs)
+
+    def _transition(self, ts: TaskState, finish: str, recs: Recs, **kwargs: Any) -> None:
+        start = ts.state
+        if start == finish or start == "forgotten":
+            return
+        fn = TRANSITIONS.get((start, finish))
+        if fn is None:
+            if start == "released" or finish == "released" or (start, "released") not in TRANSITIONS:
+                raise InvalidTransition(f"{ts.key!r}: {start} -> {finish}")
+            self._transition(ts, "released", recs)
+            if ts.state != "released":
+                return
+            recs.pop(ts, None)
+            start = "released"
+            fn = TRANSITIONS.get((start, finish))
+            if fn is None:
+                raise InvalidTransition(f"{ts.key!r}: released -> {finish}")
+        fn(self, ts, recs, **kwargs)
+        if ts.state != start:
+            self.transition_counter += 1
+            self.transition_log.append((ts.key, start, ts.state, self._stimulus, self._now))
+
+    # ----------------------------------------------------------- bookkeeping
+
+    def _new_task(self, key: Key, run_spec: Any) -> TaskState:
+        pname = str(key_split(key))
+        prefix = self.task_prefixes.get(pname)
+        if prefix is None:
+            prefix = TaskPrefix(pname, self.default_task_durations.get(pname))
+            self.task_prefixes[pname] = prefix
+        gname = group_name(key)
+        group = self.task_groups.get(gname)
+        if group is None:
+            group = TaskGroup(gname, prefix)
+            self.task_groups[gname] = group
+        group.ntasks += 1
+        ts = TaskState(key, run_spec, prefix, group)
+        self.tasks[key] = ts
+        return ts
+
+    def _expected_duration(self, ts: TaskState) -> float:
+        avg = ts.prefix.duration_average
+        return self.unknown_task_duration if avg is None else avg
+
+    def _slots(self, ws: WorkerInfo) -> int:
+        if math.isinf(self.worker_saturation):
+            return 1 << 30
+        return max(math.ceil(ws.nthreads * self.worker_saturation), 1)
+
+    def _update_worker_sets(self, ws: WorkerInfo) -> None:
+        address = ws.address
+        if address not in self.workers:
+            return
+        n = len(ws.processing)
+        if n < ws.nthreads:
+            self.idle[address] = ws
+        else:
+            self.idle.pop(address, None)
+        if n > ws.nthreads:
+            self.saturated.add(ws)
+        else:
+            self.saturated.discard(ws)
+        if n < self._slots(ws):
+            self.open_slots[address] = ws
+        else:
+            self.open_slots.pop(address, None)
+
+    def _add_replica(self, ts: TaskState, ws: WorkerInfo, nbytes: int) -> None:
+        if ws in ts.who_has:
+            return
+        if nbytes >= 0:
+            ts.nbytes = nbytes
+        ts.who_has.add(ws)
+        ws.has_what.add(ts)
+        ws.nbytes += max(ts.nbytes, 0)
+
+    def _remove_replica(self, ts: TaskState, ws: WorkerInfo) -> None:
+        if ws not in ts.who_has:
+            return
+        ts.who_has.discard(ws)
+        ws.has_what.discard(ts)
+        ws.nbytes -= max(ts.nbytes, 0)
+
+    def _add_processing(self, ts: TaskState, ws: WorkerInfo) -> None:
+        duration = self._expected_duration(ts)
+        ts.state = "processing"
+        ts.processing_on = ws
+        ws.processing[ts] = duration
+        ws.occupancy += duration
+        self._update_worker_sets(ws)
+        deps = ts.dependencies
+        self._out.append(
+            ComputeTask(
+                ws.address,
+                ts.key,
+                ts.run_spec,
+                ts.priority,
+                {d.key: [w.address for w in d.who_has] for d in deps} if deps else {},
+                {d.key: d.nbytes for d in deps} if deps else {},
+                duration,
+            )
+        )
+
+    def _remove_processing(self, ts: TaskState) -> WorkerInfo | None:
+        ws = ts.processing_on
+        ts.processing_on = None
+        if ws is None:
+            return None
+        duration = ws.processing.pop(ts, None)
+        if duration is not None:
+            ws.occupancy = ws.occupancy - duration if ws.processing else 0.0
+        self._update_worker_sets(ws)
+        return ws
+
+    def _needed(self, ts: TaskState) -> bool:
+        return bool(ts.who_wants or ts.waiters)
+
+    def _leave_active(self, ts: TaskState, recs: Recs) -> None:
+        """``ts`` no longer waits for its dependencies: drop it from their waiters."""
+        for dep in ts.dependencies:
+            waiters = dep.waiters
+            if ts in waiters:
+                waiters.discard(ts)
+                if not waiters and not dep.who_wants and dep.state != "released":
+                    if dep.state == "memory" or dep.state in ACTIVE:
+                        recs[dep] = "released"
+
+    def _released_followup(self, ts: TaskState, recs: Recs) -> None:
+        if self._needed(ts):
+            recs[ts] = "waiting"
+        elif not ts.dependents:
+            recs[ts] = "forgotten"
+
+    def _fill_slots(self, ws: WorkerInfo, recs: Recs) -> None:
+        """Hand queued root-ish tasks to ``ws`` while it has open slots."""
+        queued = self.queued
+        while queued and ws.address in self.open_slots:
+            ts = queued.pop()
+            self._transition(ts, "processing", recs, worker=ws)
+
+    # -------------------------------------------------------------- placement
+
+    def _is_rootish(self, ts: TaskState) -> bool:
+        """Root-ish: an unrestricted task in a large group with few, small dependencies."""
+        if ts.worker_restrictions is not None or math.isinf(self.worker_saturation):
+            return False
+        group = ts.group
+        if group.ntasks <= 2 * self.total_nthreads:
+            return False
+        deps = group.dependencies
+        return len(deps) < 5 and sum(g.ntasks for g in deps) < 5
+
+    def _decide_rootish(self) -> WorkerInfo | None:
+        best: WorkerInfo | None = None
+        best_load = math.inf
+        for ws in self.open_slots.values():
+            load = len(ws.processing) / ws.nthreads
+            if load < best_load:
+                best, best_load = ws, load
+        return best
+
+    def _decide_worker(self, ts: TaskState) -> WorkerInfo | None:
+        """The worker where ``ts`` would start earliest, or None if none can run it."""
+        if not self.workers:
+            return None
+        if self._is_rootish(ts):
+            return self._decide_rootish()
+        pool: list[WorkerInfo] | set[WorkerInfo] | None = None
+        if ts.worker_restrictions is not None:
+            pool = [self.workers[a] for a in ts.worker_restrictions if a in self.workers]
+            if not pool:
+                if not ts.loose_restrictions:
+                    return None
+                pool = None
+        if pool is None:
+            if ts.dependencies:
+                pool = set()
+                for dep in ts.dependencies:
+                    pool.update(dep.who_has)
+                if len(self.idle) <= 20:
+                    pool.update(self.idle.values())
+                if not pool:
+                    pool = set(self.workers.values())
+            else:
+                pool = set((self.idle or self.workers).values())
+        return min(pool, key=lambda ws: (self._start_time(ts, ws), ws.address))
+
+    def _start_time(self, ts: TaskState, ws: WorkerInfo) -> float:
+        missing = 0
+        for dep in ts.dependencies:
+            if ws not in dep.who_has:
+                missing += max(dep.nbytes, 0)
+        return ws.occupancy / ws.nthreads + missing / self.bandwidth
+
+    # -------------------------------------------------------------- transitions
+
+    def _released_waiting(self, ts: TaskState, recs: Recs) -> None:
+        if ts.run_spec is None:
+            ts.exception_text = (
+                f"LostData: every replica of scattered key {ts.key!r} was lost "
+                "and it cannot be recomputed"
+            )
+            ts.exception_blame = ts
+            self._to_erred(ts, recs)
+            return
+        for dep in ts.dependencies:
+            if dep.state == "erred":
+                ts.exception_blame = dep.exception_blame or dep
+                self._to_erred(ts, recs)
+                return
+        ts.state = "waiting"
+        waiting_on = ts.waiting_on
+        for dep in ts.dependencies:
+            dep.waiters.add(ts)
+            if dep.state != "memory":
+                waiting_on.add(dep)
+                if dep.state == "released":
+                    recs[dep] = "waiting"
+        if not waiting_on:
+            recs[ts] = "processing"
+
+    def _waiting_processing(
+        self, ts: TaskState, recs: Recs, worker: WorkerInfo | None = None
+    ) -> None:
+        ws = worker or self._decide_worker(ts)
+        if ws is not None:
+            self._add_processing(ts, ws)
+        elif self._is_rootish(ts):
+            ts.state = "queued"
+            self.queued.add(ts)
+        else:
+            ts.state = "no-worker"
+            self.unrunnable.add(ts)
+
+    def _queued_processing(
+        self, ts: TaskState, recs: Recs, worker: WorkerInfo | None = None
+    ) -> None:
+        ws = worker or self._decide_rootish()
+        if ws is None:
+            self.queued.add(ts)
+            return
+        self.queued.discard(ts)
+        self._add_processing(ts, ws)
+
+    def _no_worker_processing(
+        self, ts: TaskState, recs: Recs, worker: WorkerInfo | None = None
+    ) -> None:
+        ws = worker or self._decide_worker(ts)
+        if ws is None:
+            return
+        self.unrunnable.discard(ts)
+        self._add_processing(ts, ws)
+
+    def _processing_memory(
+        self,
+        ts: TaskState,
+        recs: Recs,
+        worker: WorkerInfo,
+        nbytes: int = -1,
+        type: str | None = None,
+        duration: float | None = None,
+    ) -> None:
+        ws = self._remove_processing(ts)
+        if duration is not None:
+            ts.prefix.add_duration(duration)
+        ts.state = "memory"
+        ts.type = type
+        self._add_replica(ts, worker, nbytes)
+        self._on_memory(ts, recs)
+        if ws is not None:
+            self._fill_slots(ws, recs)
+
+    def _released_memory(
+        self, ts: TaskState, recs: Recs, workers: list[WorkerInfo], nbytes: int = -1
+    ) -> None:
+        ts.state = "memory"
+        for ws in workers:
+            self._add_replica(ts, ws, nbytes)
+        self._on_memory(ts, recs)
+
+    def _on_memory(self, ts: TaskState, recs: Recs) -> None:
+        for dts in ts.dependents:
+            waiting_on = dts.waiting_on
+            if ts in waiting_on:
+                waiting_on.discard(ts)
+                if not waiting_on and dts.state == "waiting":
+                    recs[dts] = "processing"
+        self._leave_active(ts, recs)
+        if ts.who_wants:
+            holders = [ws.address for ws in ts.who_has]
+            for cs in ts.who_wants:
+                self._out.append(KeyInMemory(cs.client_id, ts.key, ts.type, holders))
+        if not self._needed(ts):
+            recs[ts] = "released"
+
+    def _processing_erred(
+        self,
+        ts: TaskState,
+        recs: Recs,
+        worker: str | None = None,
+        exception: Any = None,
+        traceback: Any = None,
+        exception_text: str = "",
+        traceback_text: str = "",
+    ) -> None:
+        ws = self._remove_processing(ts)
+        if worker is not None:
+            ts.erred_on.add(worker)
+        ts.exception = exception
+        ts.traceback = traceback
+        ts.exception_text = exception_text
+        ts.traceback_text = traceback_text
+        ts.exception_blame = ts
+        self._to_erred(ts, recs)
+        if ws is not None:
+            self._fill_slots(ws, recs)
+
+    def _active_erred(self, ts: TaskState, recs: Recs) -> None:
+        """waiting/queued/no-worker/released -> erred: a dependency failed."""
+        self.queued.discard(ts)
+        self.unrunnable.discard(ts)
+        self._to_erred(ts, recs)
+
+    def _to_erred(self, ts: TaskState, recs: Recs) -> None:
+        ts.state = "erred"
+        ts.waiting_on.clear()
+        self._leave_active(ts, recs)
+        blame = ts.exception_blame or ts
+        for dts in ts.dependents:
+            if dts.state in ACTIVE:
+                dts.exception_blame = blame
+                recs[dts] = "erred"
+        for cs in ts.who_wants:
+            self._out.append(
+                KeyErred(
+                    cs.client_id,
+                    ts.key,
+                    blame.exception,
+                    blame.traceback,
+                    blame.exception_text,
+                    blame.traceback_text,
+                )
+            )
+
+    def _active_released(self, ts: TaskState, recs: Recs, force: bool = False) -> None:
+        """waiting/queued/no-worker/processing -> released."""
+        if not force and self._needed(ts):
+            return
+        state = ts.state
+        ws = None
+        if state == "queued":
+            self.queued.discard(ts)
+        elif state == "no-worker":
+            self.unrunnable.discard(ts)
+        elif state == "processing":
+            ws = self._remove_processing(ts)
+            if ws is not None and ws.address in self.workers:
+                self._out.append(FreeKeys(ws.address, [ts.key]))
+        ts.state = "released"
+        ts.waiting_on.clear()
+        self._leave_active(ts, recs)
+        if ws is not None and ws.address in self.workers:
+            self._fill_slots(ws, recs)
+        self._released_followup(ts, recs)
+
+    def _memory_released(
+        self, ts: TaskState, recs: Recs, force: bool = False, lost: bool = False
+    ) -> None:
+        if not force and self._needed(ts):
+            return
+        for ws in list(ts.who_has):
+            self._remove_replica(ts, ws)
+            if ws.address in self.workers:
+                self._out.append(FreeKeys(ws.address, [ts.key]))
+        ts.state = "released"
+        if lost:
+            for cs in ts.who_wants:
+                self._out.append(LostData(cs.client_id, ts.key))
+        for dts in list(ts.dependents):
+            if dts.state == "waiting":
+                dts.waiting_on.add(ts)
+            elif dts.state in ("processing", "queued", "no-worker"):
+                self._transition(dts, "released", recs, force=True)
+        self._released_followup(ts, recs)
+
+    def _erred_released(self, ts: TaskState, recs: Recs, force: bool = False) -> None:
+        ts.state = "released"
+        ts.exception = ts.traceback = ts.exception_blame = None
+        ts.exception_text = ts.traceback_text = ""
+        self._released_followup(ts, recs)
+
+    def _released_erred(self, ts: TaskState, recs: Recs) -> None:
+        self._to_erred(ts, recs)
+
+    def _forget(self, ts: TaskState, recs: Recs) -> None:
+        if ts.who_wants or ts.waiters or ts.dependents:
+            return
+        for dep in ts.dependencies:
+            dep.dependents.discard(ts)
+            dep.waiters.discard(ts)
+            if dep.who_wants or dep.waiters:
+                continue
+            if not dep.dependents and dep.state in ("released", "erred", "memory"):
+                recs[dep] = "forgotten"
+            elif dep.state == "memory" or dep.state in ACTIVE:
+                recs[dep] = "released"
+        ts.dependencies = set()
+        del self.tasks[ts.key]
+        group = ts.group
+        group.ntasks -= 1
+        if group.ntasks == 0:
+            del self.task_groups[group.name]
+            for g in self.task_groups.values():
+                g.dependencies.discard(group)
+        ts.state = "forgotten"
+
+    def _released_forgotten(self, ts: TaskState, recs: Recs) -> None:
+        self._forget(ts, recs)
+
+    def _erred_forgotten(self, ts: TaskState, recs: Recs) -> None:
+        self._forget(ts, recs)
+
+
+_Fn = Callable[..., None]
+
+#: The legal transitions. Any other pair is routed through ``released``.
+TRANSITIONS: dict[tuple[str, str], _Fn] = {
+    ("released", "waiting"): SchedulerTransitions._released_waiting,
+    ("released", "memory"): SchedulerTransitions._released_memory,
+    ("released", "erred"): SchedulerTransitions._released_erred,
+    ("released", "forgotten"): SchedulerTransitions._released_forgotten,
+    ("waiting", "processing"): SchedulerTransitions._waiting_processing,
+    ("waiting", "released"): SchedulerTransitions._active_released,
+    ("waiting", "erred"): SchedulerTransitions._active_erred,
+    ("queued", "processing"): SchedulerTransitions._queued_processing,
+    ("queued", "released"): SchedulerTransitions._active_released,
+    ("queued", "erred"): SchedulerTransitions._active_erred,
+    ("no-worker", "processing"): SchedulerTransitions._no_worker_processing,
+    ("no-worker", "released"): SchedulerTransitions._active_released,
+    ("no-worker", "erred"): SchedulerTransitions._active_erred,
+    ("processing", "memory"): SchedulerTransitions._processing_memory,
+    ("processing", "erred"): SchedulerTransitions._processing_erred,
+    ("processing", "released"): SchedulerTransitions._active_released,
+    ("memory", "released"): SchedulerTransitions._memory_released,
+    ("erred", "released"): SchedulerTransitions._erred_released,
+    ("erred", "forgotten"): SchedulerTransitions._erred_forgotten,
+}

@@ -1,0 +1,434 @@
+"""The worker's state machine: ``WorkerState.handle(event) -> list[WorkerInstruction]``.
+
+Theory of operation
+-------------------
+The scheduler sends *compute* requests (a key, its opaque run spec, and where each
+dependency lives) and *free* requests. A task to compute is ``waiting`` until every
+dependency is in local ``memory``, then ``ready`` (a priority queue), then ``executing``
+on one of ``nthreads`` threads, then ``memory`` or ``error``. A dependency held elsewhere
+is ``fetch`` (queued per peer worker), ``flight`` (a transfer is under way), or
+``missing`` (no known holder; the scheduler will say where it went or reschedule).
+A task freed while it executes or travels is ``cancelled``: its thread or transfer is
+allowed to finish and the result is dropped, unless a new compute request arrives
+first, which resumes it.
+
+The shell owns the data: it stores results and fetched values and tells the state
+machine their sizes; the state machine tells it what to run, fetch and delete.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from conveyor.core import worker_events as we
+from conveyor.core.heapset import HeapSet
+from conveyor.core.types import Key, Priority
+
+_ACTIVE = frozenset({"waiting", "ready", "executing"})
+
+
+class WTask:
+    """What a worker knows about one task or dependency."""
+
+    __slots__ = (
+        "coming_from",
+        "computed",
+        "dependencies",
+        "dependents",
+        "duration",
+        "freed",
+        "key",
+        "nbytes",
+        "priority",
+        "run_spec",
+        "state",
+        "type",
+        "waiting_for_data",
+        "who_has",
+    )
+
+    def __init__(self, key: Key) -> None:
+        self.key = key
+        self.state = "released"
+        self.run_spec: Any = None
+        self.priority: Priority = ()
+        self.duration = 0.0
+        self.dependencies: set[WTask] = set()
+        self.dependents: set[WTask] = set()
+        self.waiting_for_data: set[WTask] = set()
+        self.who_has: set[str] = set()
+        self.nbytes = -1
+        self.type: str | None = None
+        #: peer a transfer is running from (flight, or cancelled while in flight)
+        self.coming_from: str | None = None
+        #: the scheduler asked this worker to compute (or hold) this key
+        self.computed = False
+        #: the scheduler freed it while local tasks still needed its data
+        self.freed = False
+
+    def __repr__(self) -> str:
+        return f"<WTask {self.key!r} {self.state}>"
+
+    def __lt__(self, other: WTask) -> bool:
+        return self.priority < other.priority
+
+
+class WorkerState:
+    """Everything a worker knows about its tasks, and the rules for changing it."""
+
+    def __init__(
+        self,
+        address: str,
+        nthreads: int,
+        *,
+        transfer_message_bytes_limit: int = 50_000_000,
+        outgoing_connections: int = 50,
+        validate: bool = False,
+        log_length: int = 10_000,
+    ) -> None:
+        self.address = address
+        self.nthreads = nthreads
+        self.transfer_message_bytes_limit = transfer_message_bytes_limit
+        self.outgoing_connections = outgoing_connections
+        self.validate_state = validate
+        self.tasks: dict[Key, WTask] = {}
+        self.ready: HeapSet[WTask] = HeapSet()
+        self.executing_keys: set[Key] = set()
+        self.data_needed: dict[str, HeapSet[WTask]] = {}
+        self.in_flight_workers: dict[str, list[Key]] = {}
+        self.missing: set[WTask] = set()
+        self.log: deque[tuple[Key, str, str, float]] = deque(maxlen=log_length)
+        self._out: list[we.WorkerInstruction] = []
+        self._now = 0.0
+        self._handlers: dict[type, Callable[[Any], None]] = {
+            we.ComputeTaskEvent: self._compute_task,
+            we.FreeKeysEvent: self._free_keys,
+            we.RefreshWhoHasEvent: self._refresh_who_has,
+            we.ExecuteSuccess: self._execute_success,
+            we.ExecuteFailure: self._execute_failure,
+            we.GatherDepDone: self._gather_dep_done,
+            we.UpdateDataEvent: self._update_data,
+        }
+
+    # ------------------------------------------------------------------ entry
+
+    def handle(self, event: we.WorkerEvent) -> list[we.WorkerInstruction]:
+        """Apply one event; return the instructions it produced, in order."""
+        self._now = event.now
+        self._handlers[type(event)](event)
+        self._ensure_communicating()
+        self._ensure_computing()
+        out, self._out = self._out, []
+        if self.validate_state:
+            self.validate()
+        return out
+
+    def story(self, key: Key) -> list[tuple[Key, str, str, float]]:
+        """Logged state changes of ``key`` on this worker."""
+        return [e for e in self.log if e[0] == key]
+
+    # ------------------------------------------------------------- helpers
+
+    def _set_state(self, ts: WTask, state: str) -> None:
+        self.log.append((ts.key, ts.state, state, self._now))
+        ts.state = state
+
+    def _task(self, key: Key) -> WTask:
+        ts = self.tasks.get(key)
+        if ts is None:
+            ts = self.tasks[key] = WTask(key)
+        return ts
+
+    def _to_fetch_or_missing(self, ts: WTask) -> None:
+        ts.who_has.discard(self.address)
+        if ts.who_has:
+            self._set_state(ts, "fetch")
+            for worker in ts.who_has:
+                heap = self.data_needed.get(worker)
+                if heap is None:
+                    heap = self.data_needed[worker] = HeapSet()
+                heap.add(ts)
+        else:
+            self._set_state(ts, "missing")
+            self.missing.add(ts)
+
+    def _leave_fetch(self, ts: WTask) -> None:
+        for worker in ts.who_has:
+            heap = self.data_needed.get(worker)
+            if heap is not None:
+                heap.discard(ts)
+                if not heap:
+                    del self.data_needed[worker]
+
+    def _put_in_memory(self, ts: WTask, nbytes: int) -> None:
+        self._set_state(ts, "memory")
+        ts.nbytes = nbytes
+        for dts in ts.dependents:
+            if ts in dts.waiting_for_data:
+                dts.waiting_for_data.discard(ts)
+                if not dts.waiting_for_data and dts.state == "waiting":
+                    self._set_state(dts, "ready")
+                    self.ready.add(dts)
+
+    def _has_active_dependents(self, ts: WTask) -> bool:
+        return any(d.state in _ACTIVE for d in ts.dependents)
+
+    def _release(self, ts: WTask) -> None:
+        """Drop ``ts`` and whatever it alone kept here."""
+        state = ts.state
+        if state == "memory":
+            self._out.append(we.DeleteData([ts.key]))
+        elif state == "ready":
+            self.ready.discard(ts)
+        elif state == "fetch":
+            self._leave_fetch(ts)
+        elif state == "missing":
+            self.missing.discard(ts)
+        self._set_state(ts, "released")
+        ts.run_spec = None
+        ts.computed = ts.freed = False
+        ts.waiting_for_data.clear()
+        deps, ts.dependencies = ts.dependencies, set()
+        for dep in deps:
+            dep.dependents.discard(ts)
+            self._maybe_drop(dep)
+        if not ts.dependents:
+            del self.tasks[ts.key]
+            self._set_state(ts, "forgotten")
+
+    def _maybe_drop(self, dep: WTask) -> None:
+        """A dependent of ``dep`` went away: drop ``dep`` if nothing here needs it."""
+        if dep.state == "memory":
+            if dep.freed and not self._has_active_dependents(dep):
+                self._release(dep)
+            return
+        if dep.dependents or dep.computed:
+            return
+        if dep.state in ("fetch", "missing", "released"):
+            self._release(dep)
+        elif dep.state == "flight":
+            self._set_state(dep, "cancelled")
+
+    def _finished_running(self, ts: WTask) -> None:
+        for dep in ts.dependencies:
+            if dep.freed:
+                self._maybe_drop(dep)
+
+    # ---------------------------------------------------------------- events
+
+    def _compute_task(self, e: we.ComputeTaskEvent) -> None:
+        ts = self._task(e.key)
+        state = ts.state
+        ts.priority = e.priority
+        ts.duration = e.duration
+        ts.computed = True
+        ts.freed = False
+        if state == "memory":
+            self._out.append(we.TaskFinishedMsg(ts.key, ts.nbytes, ts.type, 0.0, 0.0))
+            return
+        if state in ("executing", "flight", "waiting", "ready"):
+            return
+        if state == "cancelled":
+            self._set_state(ts, "flight" if ts.coming_from is not None else "executing")
+            return
+        if state == "fetch":
+            self._leave_fetch(ts)
+        elif state == "missing":
+            self.missing.discard(ts)
+        ts.run_spec = e.run_spec
+        for dkey, addresses in e.who_has.items():
+            dts = self._task(dkey)
+            ts.dependencies.add(dts)
+            dts.dependents.add(ts)
+            if dts.state == "memory":
+                continue
+            ts.waiting_for_data.add(dts)
+            dts.nbytes = e.nbytes.get(dkey, dts.nbytes)
+            if dts.state == "released":
+                dts.who_has = set(addresses)
+                dts.priority = ts.priority
+                self._to_fetch_or_missing(dts)
+            elif dts.state == "cancelled":
+                self._set_state(dts, "flight" if dts.coming_from is not None else "executing")
+        if ts.waiting_for_data:
+            self._set_state(ts, "waiting")
+        else:
+            self._set_state(ts, "ready")
+            self.ready.add(ts)
+
+    def _free_keys(self, e: we.FreeKeysEvent) -> None:
+        for key in e.keys:
+            ts = self.tasks.get(key)
+            if ts is None:
+                continue
+            ts.computed = False
+            state = ts.state
+            if state in ("executing", "flight"):
+                self._set_state(ts, "cancelled")
+            elif state == "memory" and self._has_active_dependents(ts):
+                ts.freed = True
+            elif state != "cancelled":
+                self._release(ts)
+
+    def _refresh_who_has(self, e: we.RefreshWhoHasEvent) -> None:
+        for key, addresses in e.who_has.items():
+            ts = self.tasks.get(key)
+            if ts is None or ts.state not in ("fetch", "missing"):
+                continue
+            if ts.state == "fetch":
+                self._leave_fetch(ts)
+            else:
+                self.missing.discard(ts)
+            ts.who_has = set(addresses)
+            self._to_fetch_or_missing(ts)
+
+    def _update_data(self, e: we.UpdateDataEvent) -> None:
+        for key, nbytes in e.data.items():
+            ts = self._task(key)
+            if ts.state in ("fetch", "missing"):
+                self._leave_fetch(ts)
+                self.missing.discard(ts)
+            ts.computed = True
+            if ts.state == "memory":
+                ts.nbytes = nbytes
+            elif ts.state in ("released", "fetch", "missing"):
+                self._put_in_memory(ts, nbytes)
+
+    def _execute_success(self, e: we.ExecuteSuccess) -> None:
+        self.executing_keys.discard(e.key)
+        ts = self.tasks.get(e.key)
+        if ts is None:
+            self._out.append(we.DeleteData([e.key]))
+            return
+        if ts.state == "executing":
+            ts.type = e.type
+            self._put_in_memory(ts, e.nbytes)
+            self._out.append(we.TaskFinishedMsg(ts.key, e.nbytes, e.type, e.start, e.stop))
+            self._finished_running(ts)
+        elif ts.state == "cancelled":
+            self._set_state(ts, "memory")
+            self._release(ts)
+
+    def _execute_failure(self, e: we.ExecuteFailure) -> None:
+        self.executing_keys.discard(e.key)
+        ts = self.tasks.get(e.key)
+        if ts is None:
+            return
+        if ts.state == "executing":
+            self._set_state(ts, "error")
+            self._out.append(
+                we.TaskErredMsg(
+                    ts.key,
+                    e.exception,
+                    e.traceback,
+                    e.exception_text,
+                    e.traceback_text,
+                    e.start,
+                    e.stop,
+                )
+            )
+            self._finished_running(ts)
+        elif ts.state == "cancelled":
+            self._release(ts)
+
+    def _gather_dep_done(self, e: we.GatherDepDone) -> None:
+        keys = self.in_flight_workers.pop(e.worker, [])
+        added: dict[Key, int] = {}
+        for key in keys:
+            ts = self.tasks.get(key)
+            if ts is None or ts.coming_from != e.worker:
+                continue
+            ts.coming_from = None
+            if ts.state == "cancelled":
+                if key in e.received:
+                    self._set_state(ts, "memory")
+                self._release(ts)
+            elif ts.state != "flight":
+                continue
+            elif key in e.received:
+                self._put_in_memory(ts, e.received[key])
+                if ts.computed:
+                    self._out.append(we.TaskFinishedMsg(key, ts.nbytes, ts.type, 0.0, 0.0))
+                else:
+                    added[key] = ts.nbytes
+            else:
+                ts.who_has.discard(e.worker)
+                self._out.append(we.MissingDataMsg(key, e.worker))
+                self._to_fetch_or_missing(ts)
+        if added:
+            self._out.append(we.AddKeysMsg(added))
+        if e.failed:
+            heap = self.data_needed.pop(e.worker, None)
+            for ts in list(heap or ()):
+                ts.who_has.discard(e.worker)
+                if not ts.who_has:
+                    self._leave_fetch(ts)
+                    self._out.append(we.MissingDataMsg(ts.key, e.worker))
+                    self._to_fetch_or_missing(ts)
+
+    # -------------------------------------------------------------- dispatch
+
+    def _ensure_computing(self) -> None:
+        ready = self.ready
+        executing = self.executing_keys
+        while ready and len(executing) < self.nthreads:
+            ts = ready.pop()
+            self._set_state(ts, "executing")
+            executing.add(ts.key)
+            self._out.append(we.Execute(ts.key))
+
+    def _ensure_communicating(self) -> None:
+        if not self.data_needed:
+            return
+        for worker in list(self.data_needed):
+            if len(self.in_flight_workers) >= self.outgoing_connections:
+                return
+            if worker in self.in_flight_workers:
+                continue
+            heap = self.data_needed.get(worker)
+            if heap is None:
+                continue
+            keys: list[Key] = []
+            total = 0
+            while heap:
+                ts = heap.peek()
+                size = max(ts.nbytes, 0)
+                if keys and total + size > self.transfer_message_bytes_limit:
+                    break
+                self._leave_fetch(ts)
+                self._set_state(ts, "flight")
+                ts.coming_from = worker
+                keys.append(ts.key)
+                total += size
+            if keys:
+                self.in_flight_workers[worker] = keys
+                self._out.append(we.GatherDep(worker, keys, total))
+
+    # ------------------------------------------------------------- checking
+
+    def validate(self) -> None:
+        """Raise AssertionError if an invariant is broken."""
+        for key, ts in self.tasks.items():
+            assert ts.key == key, ts
+            state = ts.state
+            assert (state == "ready") == (ts in self.ready), ts
+            assert (state == "missing") == (ts in self.missing), ts
+            if state == "executing":
+                assert key in self.executing_keys, ts
+            if state == "fetch":
+                assert any(ts in self.data_needed.get(w, ()) for w in ts.who_has), ts
+            if state == "flight":
+                assert ts.coming_from in self.in_flight_workers, ts
+            if state == "waiting":
+                assert ts.waiting_for_data, ts
+                assert all(d.state != "memory" for d in ts.waiting_for_data), ts
+            for dep in ts.dependencies:
+                assert ts in dep.dependents, (ts, dep)
+                assert dep.key in self.tasks, (ts, dep)
+        for heap in self.data_needed.values():
+            assert heap, "empty fetch queue kept"
+            for ts in heap:
+                assert ts.state == "fetch", ts
+        assert len(self.executing_keys) <= self.nthreads

@@ -1,0 +1,133 @@
+"""Events the worker's state machine consumes and the instructions it emits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from conveyor.core.types import Key, Priority
+
+# ----------------------------------------------------------------------- events
+
+
+@dataclass(slots=True)
+class WorkerEvent:
+    """Base class. ``now`` is the caller's clock, in seconds."""
+
+    now: float
+
+
+@dataclass(slots=True)
+class ComputeTaskEvent(WorkerEvent):
+    key: Key
+    run_spec: Any
+    priority: Priority
+    who_has: dict[Key, list[str]] = field(default_factory=dict)
+    nbytes: dict[Key, int] = field(default_factory=dict)
+    duration: float = 0.5
+
+
+@dataclass(slots=True)
+class FreeKeysEvent(WorkerEvent):
+    keys: list[Key]
+
+
+@dataclass(slots=True)
+class RefreshWhoHasEvent(WorkerEvent):
+    who_has: dict[Key, list[str]]
+
+
+@dataclass(slots=True)
+class ExecuteSuccess(WorkerEvent):
+    """The shell ran the task and stored its result under ``key``."""
+
+    key: Key
+    nbytes: int
+    type: str | None
+    start: float
+    stop: float
+
+
+@dataclass(slots=True)
+class ExecuteFailure(WorkerEvent):
+    key: Key
+    exception: Any
+    traceback: Any
+    exception_text: str
+    traceback_text: str
+    start: float
+    stop: float
+
+
+@dataclass(slots=True)
+class GatherDepDone(WorkerEvent):
+    """A fetch from ``worker`` ended: the shell stored ``received``; ``missing`` were
+    not there; ``failed`` means the peer could not be reached at all."""
+
+    worker: str
+    received: dict[Key, int]
+    missing: list[Key] = field(default_factory=list)
+    failed: bool = False
+
+
+@dataclass(slots=True)
+class UpdateDataEvent(WorkerEvent):
+    """Data was put straight into this worker's store (scatter)."""
+
+    data: dict[Key, int]
+
+
+# ----------------------------------------------------------------- instructions
+
+
+@dataclass(slots=True)
+class Execute:
+    key: Key
+
+
+@dataclass(slots=True)
+class GatherDep:
+    worker: str
+    keys: list[Key]
+    total_nbytes: int
+
+
+@dataclass(slots=True)
+class DeleteData:
+    keys: list[Key]
+
+
+@dataclass(slots=True)
+class TaskFinishedMsg:
+    key: Key
+    nbytes: int
+    type: str | None
+    start: float
+    stop: float
+
+
+@dataclass(slots=True)
+class TaskErredMsg:
+    key: Key
+    exception: Any
+    traceback: Any
+    exception_text: str
+    traceback_text: str
+    start: float
+    stop: float
+
+
+@dataclass(slots=True)
+class AddKeysMsg:
+    keys: dict[Key, int]
+
+
+@dataclass(slots=True)
+class MissingDataMsg:
+    key: Key
+    errant_worker: str
+
+
+WorkerInstruction = (
+    Execute | GatherDep | DeleteData | TaskFinishedMsg | TaskErredMsg | AddKeysMsg | MissingDataMsg
+)

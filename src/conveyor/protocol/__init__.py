@@ -1,0 +1,29 @@
+"""The wire protocol, without IO: framing, control-message codec, data serialization."""
+
+from conveyor.protocol.codec import decode, encode
+from conveyor.protocol.errors import ProtocolError
+from conveyor.protocol.framing import FrameDecoder, encode_frames
+from conveyor.protocol.serialize import (
+    Serialized,
+    dumps,
+    dumps_function,
+    loads,
+    loads_function,
+    pickle_bytes,
+    unpickle_bytes,
+)
+
+__all__ = [
+    "FrameDecoder",
+    "ProtocolError",
+    "Serialized",
+    "decode",
+    "dumps",
+    "dumps_function",
+    "encode",
+    "encode_frames",
+    "loads",
+    "loads_function",
+    "pickle_bytes",
+    "unpickle_bytes",
+]

@@ -1,0 +1,196 @@
+"""Message schemas: wire dicts to and from the core's events and instructions.
+
+Every message is a msgpack map with an ``"op"``. On a stream, messages travel in
+batches (a list of maps per wire message). Opaque values (run specs, exceptions,
+tracebacks) are passed through untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from conveyor.core import events as se
+from conveyor.core import instructions as si
+from conveyor.core import worker_events as we
+
+Msg = dict[str, Any]
+
+
+# ------------------------------------------------------ scheduler -> worker/client
+
+
+def scheduler_instruction_to_msg(instr: si.Instruction) -> Msg:
+    """Encode a scheduler instruction as the message its recipient understands."""
+    if type(instr) is si.ComputeTask:
+        return {
+            "op": "compute-task",
+            "key": instr.key,
+            "run_spec": instr.run_spec,
+            "priority": instr.priority,
+            "who_has": instr.who_has,
+            "nbytes": instr.nbytes,
+            "duration": instr.duration,
+        }
+    if isinstance(instr, si.FreeKeys):
+        return {"op": "free-keys", "keys": instr.keys}
+    if isinstance(instr, si.KeyInMemory):
+        return {"op": "key-in-memory", "key": instr.key, "type": instr.type, "workers": instr.workers}
+    if isinstance(instr, si.KeyErred):
+        return {
+            "op": "task-erred",
+            "key": instr.key,
+            "exception": instr.exception,
+            "traceback": instr.traceback,
+            "exception_text": instr.exception_text,
+            "traceback_text": instr.traceback_text,
+        }
+    if isinstance(instr, si.LostData):
+        return {"op": "lost-data", "key": instr.key}
+    if isinstance(instr, si.KeysCancelled):
+        return {"op": "cancelled-keys", "keys": instr.keys}
+    if isinstance(instr, si.RefreshWhoHas):
+        return {"op": "refresh-who-has", "who_has": instr.who_has}
+    if isinstance(instr, si.CloseWorker):
+        return {"op": "close", "reason": instr.reason}
+    raise TypeError(f"no wire form for {instr!r}")
+
+
+def worker_event_from_msg(msg: Msg, now: float) -> we.WorkerEvent:
+    """Decode a scheduler->worker stream message into a worker event."""
+    op = msg["op"]
+    if op == "compute-task":
+        return we.ComputeTaskEvent(
+            now,
+            msg["key"],
+            msg["run_spec"],
+            tuple(msg["priority"]),
+            dict(msg.get("who_has") or {}),
+            dict(msg.get("nbytes") or {}),
+            float(msg.get("duration", 0.5)),
+        )
+    if op == "free-keys":
+        return we.FreeKeysEvent(now, list(msg["keys"]))
+    if op == "refresh-who-has":
+        return we.RefreshWhoHasEvent(now, dict(msg["who_has"]))
+    raise ValueError(f"unknown worker op {op!r}")
+
+
+# ------------------------------------------------------------ worker -> scheduler
+
+
+def worker_instruction_to_msg(instr: we.WorkerInstruction) -> Msg:
+    """Encode a worker's outgoing scheduler message."""
+    if type(instr) is we.TaskFinishedMsg:
+        return {
+            "op": "task-finished",
+            "key": instr.key,
+            "nbytes": instr.nbytes,
+            "type": instr.type,
+            "start": instr.start,
+            "stop": instr.stop,
+        }
+    if isinstance(instr, we.TaskErredMsg):
+        return {
+            "op": "task-erred",
+            "key": instr.key,
+            "exception": instr.exception,
+            "traceback": instr.traceback,
+            "exception_text": instr.exception_text,
+            "traceback_text": instr.traceback_text,
+            "start": instr.start,
+            "stop": instr.stop,
+        }
+    if isinstance(instr, we.AddKeysMsg):
+        return {"op": "add-keys", "keys": instr.keys}
+    if isinstance(instr, we.MissingDataMsg):
+        return {"op": "missing-data", "key": instr.key, "errant_worker": instr.errant_worker}
+    raise TypeError(f"no wire form for {instr!r}")
+
+
+def _task_finished(w: str, m: Msg, now: float) -> se.SchedulerEvent:
+    return se.TaskFinished(now, w, m["key"], int(m["nbytes"]), m.get("type"), m["start"], m["stop"])
+
+
+def _task_erred(w: str, m: Msg, now: float) -> se.SchedulerEvent:
+    return se.TaskErred(
+        now,
+        w,
+        m["key"],
+        m.get("exception"),
+        m.get("traceback"),
+        str(m.get("exception_text", "")),
+        str(m.get("traceback_text", "")),
+        m.get("start", 0.0),
+        m.get("stop", 0.0),
+    )
+
+
+def _add_keys(w: str, m: Msg, now: float) -> se.SchedulerEvent:
+    return se.WorkerAddKeys(now, w, dict(m["keys"]))
+
+
+def _missing_data(w: str, m: Msg, now: float) -> se.SchedulerEvent:
+    return se.MissingData(now, w, m["key"], str(m["errant_worker"]))
+
+
+def _heartbeat(w: str, m: Msg, now: float) -> se.SchedulerEvent:
+    return se.WorkerHeartbeat(now, w, dict(m.get("metrics") or {}))
+
+
+#: op -> constructor of the scheduler event for a message from a worker
+WORKER_STREAM_OPS: dict[str, Callable[[str, Msg, float], se.SchedulerEvent]] = {
+    "task-finished": _task_finished,
+    "task-erred": _task_erred,
+    "add-keys": _add_keys,
+    "missing-data": _missing_data,
+    "heartbeat-worker": _heartbeat,
+}
+
+
+# ------------------------------------------------------------ client -> scheduler
+
+
+def _task_spec(t: Msg) -> se.TaskSpec:
+    workers = t.get("workers")
+    return se.TaskSpec(
+        t["key"],
+        t["spec"],
+        tuple(t.get("deps") or ()),
+        int(t.get("order", 0)),
+        tuple(workers) if workers else None,
+        bool(t.get("allow_other_workers", False)),
+        int(t.get("retries", 0)),
+    )
+
+
+def _update_graph(c: str, m: Msg, now: float) -> se.SchedulerEvent:
+    tasks = [_task_spec(t) for t in m["tasks"]]
+    return se.UpdateGraph(now, c, tasks, list(m.get("keys") or ()), int(m.get("priority", 0)))
+
+
+def _desires(c: str, m: Msg, now: float) -> se.SchedulerEvent:
+    return se.ClientDesiresKeys(now, c, list(m["keys"]))
+
+
+def _releases(c: str, m: Msg, now: float) -> se.SchedulerEvent:
+    return se.ClientReleasesKeys(now, c, list(m["keys"]))
+
+
+def _cancel(c: str, m: Msg, now: float) -> se.SchedulerEvent:
+    return se.CancelKeys(now, c, list(m["keys"]), bool(m.get("force", False)))
+
+
+def _update_data(c: str, m: Msg, now: float) -> se.SchedulerEvent:
+    who_has = {k: list(v) for k, v in dict(m["who_has"]).items()}
+    return se.UpdateData(now, c, who_has, dict(m.get("nbytes") or {}))
+
+
+#: op -> constructor of the scheduler event for a message from a client
+CLIENT_STREAM_OPS: dict[str, Callable[[str, Msg, float], se.SchedulerEvent]] = {
+    "update-graph": _update_graph,
+    "client-desires-keys": _desires,
+    "client-releases-keys": _releases,
+    "cancel-keys": _cancel,
+    "update-data": _update_data,
+}

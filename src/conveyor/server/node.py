@@ -1,0 +1,269 @@
+"""Machinery every server shares: batched streams, requests over one connection, dispatch.
+
+A connection carries batches: each wire message is a list of op-maps. Messages sent
+while handling one batch are coalesced and flushed when the event loop next turns
+(``loop.call_soon``): an idle system answers at once, a busy one batches by itself.
+A map with a ``"reply"`` id is a request; the answer comes back on the same
+connection as ``{"op": "reply", "id": ..., "result": ...}`` or ``..."error": text}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from conveyor.comm import Comm, CommClosedError, connect
+
+logger = logging.getLogger("conveyor.server")
+
+Msg = dict[str, Any]
+#: A handler gets the peer and the message; it may return a value or an awaitable.
+Handler = Callable[["Peer", Msg], Any]
+
+
+class RemoteError(Exception):
+    """A request failed on the other side; the message says how."""
+
+
+class Peer:
+    """One connection: a coalescing outgoing stream plus request/reply bookkeeping."""
+
+    def __init__(self, comm: Comm, loop: asyncio.AbstractEventLoop) -> None:
+        self.comm = comm
+        self.loop = loop
+        self.address = comm.peer_address
+        #: "worker" / "client" / ... once the peer has registered
+        self.role = ""
+        #: the worker address or client id the peer registered as
+        self.ident = ""
+        self._buffer: list[Msg] = []
+        self._flush_scheduled = False
+        self._writing = False
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._ids = itertools.count(1)
+        self.closed = False
+        self.messages_sent = 0
+        self.batches_sent = 0
+
+    def __repr__(self) -> str:
+        return f"<Peer {self.role or '?'} {self.ident or self.address}>"
+
+    # ------------------------------------------------------------- sending
+
+    def send(self, msg: Msg) -> None:
+        """Queue ``msg``; it leaves with everything else queued this loop turn."""
+        if self.closed:
+            return
+        self._buffer.append(msg)
+        if not self._flush_scheduled and not self._writing:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self.closed or not self._buffer or self._writing:
+            return
+        batch, self._buffer = self._buffer, []
+        self._writing = True
+        self.loop.create_task(self._write(batch))
+
+    async def _write(self, batch: list[Msg]) -> None:
+        try:
+            await self.comm.write(batch)
+            self.messages_sent += len(batch)
+            self.batches_sent += 1
+        except (CommClosedError, OSError) as e:
+            logger.debug("Sending to %r failed: %s", self, e)
+            self.abort()
+        except Exception:
+            logger.exception("Could not send a batch of %d messages to %r", len(batch), self)
+            self.abort()
+        finally:
+            self._writing = False
+            if self._buffer and not self.closed:
+                self._flush()
+
+    async def request(self, msg: Msg) -> Any:
+        """Send a request and wait for its reply; raise RemoteError if it failed there."""
+        if self.closed:
+            raise CommClosedError(f"connection to {self.address} is closed")
+        rid = next(self._ids)
+        fut: asyncio.Future[Any] = self.loop.create_future()
+        self._pending[rid] = fut
+        msg["reply"] = rid
+        self.send(msg)
+        try:
+            return await fut
+        finally:
+            self._pending.pop(rid, None)
+
+    def _resolve(self, msg: Msg) -> None:
+        fut = self._pending.get(msg.get("id", -1))
+        if fut is None or fut.done():
+            return
+        if "error" in msg:
+            fut.set_exception(RemoteError(str(msg["error"])))
+        else:
+            fut.set_result(msg.get("result"))
+
+    # ------------------------------------------------------------- closing
+
+    def abort(self) -> None:
+        """Close at once; pending requests fail with CommClosedError."""
+        if self.closed:
+            return
+        self.closed = True
+        self.comm.abort()
+        self._fail_pending()
+
+    async def close(self) -> None:
+        """Flush what is queued, then close."""
+        if self.closed:
+            return
+        if self._buffer and not self._writing:
+            batch, self._buffer = self._buffer, []
+            try:
+                await self.comm.write(batch)
+            except (CommClosedError, OSError):
+                pass
+        self.closed = True
+        try:
+            await self.comm.close()
+        except (CommClosedError, OSError):
+            pass
+        self._fail_pending()
+
+    def _fail_pending(self) -> None:
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(CommClosedError(f"connection to {self.address} closed"))
+        self._pending.clear()
+
+
+async def serve_peer(
+    peer: Peer,
+    handlers: dict[str, Handler],
+    on_batch_done: Callable[[], None] | None = None,
+) -> None:
+    """Read batches from ``peer`` and dispatch each op until the connection closes."""
+    comm = peer.comm
+    while not peer.closed:
+        try:
+            batch = await comm.read()
+        except (CommClosedError, OSError):
+            break
+        if isinstance(batch, dict):
+            batch = (batch,)
+        if not isinstance(batch, (list, tuple)):
+            logger.warning("Closing %r: expected a batch of messages, got %s", peer, type(batch))
+            break
+        for msg in batch:
+            if not isinstance(msg, dict):
+                logger.warning("Closing %r: malformed message of type %s", peer, type(msg))
+                peer.abort()
+                return
+            op = msg.get("op")
+            if op == "reply":
+                peer._resolve(msg)
+                continue
+            handler = handlers.get(op)  # type: ignore[arg-type]
+            rid = msg.get("reply")
+            if handler is None:
+                text = f"unknown operation {op!r}"
+                if rid is not None:
+                    peer.send({"op": "reply", "id": rid, "error": text})
+                else:
+                    logger.warning("Message from %r: %s", peer, text)
+                continue
+            _dispatch(peer, handler, msg, rid)
+        if on_batch_done is not None:
+            on_batch_done()
+    peer.abort()
+
+
+def _dispatch(peer: Peer, handler: Handler, msg: Msg, rid: Any) -> None:
+    try:
+        result = handler(peer, msg)
+    except Exception as e:
+        _reply_error(peer, msg, rid, e)
+        return
+    if isinstance(result, Awaitable):
+        peer.loop.create_task(_finish(peer, msg, rid, result))
+    elif rid is not None:
+        peer.send({"op": "reply", "id": rid, "result": result})
+
+
+async def _finish(peer: Peer, msg: Msg, rid: Any, result: Awaitable[Any]) -> None:
+    try:
+        value = await result
+    except asyncio.CancelledError:
+        raise
+    except Exception as e:
+        _reply_error(peer, msg, rid, e)
+        return
+    if rid is not None:
+        peer.send({"op": "reply", "id": rid, "result": value})
+
+
+def _reply_error(peer: Peer, msg: Msg, rid: Any, e: Exception) -> None:
+    text = f"{type(e).__name__}: {e}"
+    if rid is not None:
+        peer.send({"op": "reply", "id": rid, "error": text})
+        logger.debug("Request %r from %r failed: %s", msg.get("op"), peer, text, exc_info=True)
+    else:
+        logger.error("Handling %r from %r failed: %s", msg.get("op"), peer, text, exc_info=True)
+
+
+class PeerPool:
+    """Shared outgoing connections, one per address, opened on first use."""
+
+    def __init__(self, role: str, handlers: dict[str, Handler], timeout: float) -> None:
+        self.role = role
+        self.handlers = handlers
+        self.timeout = timeout
+        self._peers: dict[str, Peer] = {}
+        self._connecting: dict[str, asyncio.Future[Peer]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def get(self, address: str) -> Peer:
+        """The open connection to ``address``, connecting if there is none."""
+        peer = self._peers.get(address)
+        if peer is not None and not peer.closed:
+            return peer
+        pending = self._connecting.get(address)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Peer] = loop.create_future()
+        self._connecting[address] = fut
+        try:
+            comm = await connect(address, self.timeout, role=self.role)
+            peer = Peer(comm, loop)
+            self._peers[address] = peer
+            task = loop.create_task(serve_peer(peer, self.handlers))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            fut.set_result(peer)
+            return peer
+        except BaseException as e:
+            fut.set_exception(e)
+            fut.exception()
+            raise
+        finally:
+            del self._connecting[address]
+
+    def drop(self, address: str) -> None:
+        """Forget (and abort) the connection to ``address``."""
+        peer = self._peers.pop(address, None)
+        if peer is not None:
+            peer.abort()
+
+    async def close(self) -> None:
+        """Close every connection."""
+        peers, self._peers = list(self._peers.values()), {}
+        await asyncio.gather(*(p.close() for p in peers), return_exceptions=True)
+        for task in list(self._tasks):
+            task.cancel()

@@ -1,0 +1,349 @@
+"""The scheduler server: an asyncio shell around :class:`conveyor.core.SchedulerState`.
+
+It accepts connections from workers and clients, turns their messages into events,
+hands them to the state machine and sends out the instructions it returns. It never
+unpickles anything a peer sends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Generator
+from typing import Any
+
+from conveyor import config
+from conveyor.comm import Listener, get_ip_interface, listen, unparse_host_port
+from conveyor.core import events as se
+from conveyor.core.instructions import ToWorker
+from conveyor.core.records import ClientInfo, TaskState, WorkerInfo
+from conveyor.core.scheduler import SchedulerState
+from conveyor.protocol.messages import (
+    CLIENT_STREAM_OPS,
+    WORKER_STREAM_OPS,
+    scheduler_instruction_to_msg,
+)
+from conveyor.server.node import Handler, Msg, Peer, serve_peer
+
+logger = logging.getLogger("conveyor.scheduler")
+
+#: Keywords of distributed's Scheduler accepted for compatibility; their features
+#: arrive with later work and are ignored until then.
+_ACCEPTED_LATER = frozenset(
+    {"services", "extensions", "plugins", "preload", "preload_argv", "http_prefix",
+     "security", "dashboard", "jupyter", "blocked_handlers", "loop"}
+)
+
+
+def listen_address(
+    protocol: str, host: str | None, port: int | None, interface: str | None
+) -> str:
+    """The address to listen on from the usual host/port/interface/protocol options."""
+    if protocol == "inproc":
+        return "inproc://"
+    if interface:
+        if host:
+            raise ValueError("pass either host or interface, not both")
+        host = get_ip_interface(interface)
+    return f"{protocol}://{unparse_host_port(host or '0.0.0.0', port or 0)}"
+
+
+class Scheduler:
+    """The central scheduler server.
+
+    ``async with Scheduler(port=0) as s:`` runs one in-process; ``conveyor scheduler``
+    runs one from the command line. Durations accept numbers or strings such as "2s".
+    """
+
+    def __init__(
+        self,
+        host: str | None = None,
+        port: int | None = 0,
+        interface: str | None = None,
+        protocol: str = "tcp",
+        scheduler_file: str | None = None,
+        validate: bool | None = None,
+        allowed_failures: int | None = None,
+        worker_ttl: float | str | None = None,
+        idle_timeout: float | str | None = None,
+        dashboard_address: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        unknown = set(kwargs) - _ACCEPTED_LATER
+        if unknown:
+            raise TypeError(f"Scheduler() got unexpected keyword arguments {sorted(unknown)}")
+        self._listen_at = listen_address(protocol, host, port, interface)
+        self.scheduler_file = scheduler_file
+        self.dashboard_address = dashboard_address
+        self.validate = bool(config.get("scheduler.validate") if validate is None else validate)
+        if allowed_failures is None:
+            allowed_failures = int(config.get("scheduler.allowed-failures"))
+        self.allowed_failures = allowed_failures
+        self.worker_ttl = config.parse_duration(
+            config.get("scheduler.worker-ttl") if worker_ttl is None else worker_ttl
+        )
+        self.idle_timeout = config.parse_duration(
+            config.get("scheduler.idle-timeout") if idle_timeout is None else idle_timeout
+        )
+        self.id = f"Scheduler-{uuid.uuid4()}"
+        self.state = SchedulerState(
+            allowed_failures=allowed_failures,
+            validate=self.validate,
+            worker_ttl=self.worker_ttl,
+            transition_log_length=int(config.get("scheduler.transition-log-length")),
+            unknown_task_duration=config.parse_duration(
+                config.get("scheduler.unknown-task-duration")
+            )
+            or 0.5,
+            default_task_durations={
+                k: config.parse_duration(v) or 0.0
+                for k, v in (config.get("scheduler.default-task-durations") or {}).items()
+            },
+            worker_saturation=float(config.get("scheduler.worker-saturation")),
+            bandwidth=float(config.parse_size(config.get("scheduler.bandwidth")) or 100e6),
+        )
+        #: client id -> connection
+        self.client_comms: dict[str, Peer] = {}
+        #: worker address -> connection
+        self.stream_comms: dict[str, Peer] = {}
+        self.services: dict[str, Any] = {}
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.address = ""
+        self.status = "created"
+        self._listener: Listener | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closed = asyncio.Event()
+        self._idle_since: float | None = None
+        self._handlers: dict[str, Handler] = {
+            "register-worker": self._register_worker,
+            "register-client": self._register_client,
+            "who-has": lambda p, m: self.state.who_has(m.get("keys")),
+            "has-what": lambda p, m: self.state.has_what(m.get("workers")),
+            "ncores": lambda p, m: self.state.nthreads(),
+            "scheduler-info": lambda p, m: self.identity(),
+            "identity": lambda p, m: self.identity(),
+            "story": lambda p, m: [list(e) for e in self.state.story(*m["keys"])],
+        }
+        for op, make in WORKER_STREAM_OPS.items():
+            self._handlers[op] = self._stream_handler("worker", make)
+        for op, make in CLIENT_STREAM_OPS.items():
+            self._handlers[op] = self._stream_handler("client", make)
+
+    # ------------------------------------------------------------- state views
+
+    @property
+    def tasks(self) -> dict[Any, TaskState]:
+        """All tasks the scheduler knows, by key."""
+        return self.state.tasks
+
+    @property
+    def workers(self) -> dict[str, WorkerInfo]:
+        """Connected workers, by address."""
+        return self.state.workers
+
+    @property
+    def clients(self) -> dict[str, ClientInfo]:
+        """Connected clients, by id."""
+        return self.state.clients
+
+    @property
+    def idle(self) -> dict[str, WorkerInfo]:
+        """Workers running fewer tasks than they have threads."""
+        return self.state.idle
+
+    @property
+    def saturated(self) -> set[WorkerInfo]:
+        """Workers with more tasks than threads."""
+        return self.state.saturated
+
+    @property
+    def unrunnable(self) -> set[TaskState]:
+        """Tasks that no connected worker may run."""
+        return self.state.unrunnable
+
+    @property
+    def host_info(self) -> dict[str, dict[str, Any]]:
+        """Per host: worker addresses and thread count."""
+        return self.state.host_info
+
+    @property
+    def task_duration(self) -> dict[str, float]:
+        """Learned mean duration per key prefix, in seconds."""
+        return self.state.task_duration
+
+    def identity(self) -> dict[str, Any]:
+        """A summary of the scheduler and its workers (``Client.scheduler_info()``)."""
+        return {
+            "type": "Scheduler",
+            "id": self.id,
+            "address": self.address,
+            "services": {},
+            "workers": self.state.workers_info(),
+        }
+
+    def story(self, *keys: Any) -> list[tuple[Any, str, str, str, float]]:
+        """What happened to these keys, from the transition log."""
+        return self.state.story(*keys)
+
+    # --------------------------------------------------------------- lifecycle
+
+    async def start(self) -> Scheduler:
+        """Listen and start periodic checks; idempotent."""
+        if self.status == "running":
+            return self
+        self.loop = asyncio.get_running_loop()
+        max_frame = config.parse_size(config.get("comm.max-frame-size"))
+        handshake_timeout = config.parse_duration(config.get("comm.timeouts.handshake"))
+        self._listener = listen(
+            self._listen_at,
+            self._handle_comm,
+            role="scheduler",
+            max_frame_size=max_frame,
+            handshake_timeout=handshake_timeout,
+        )
+        await self._listener.start()
+        self.address = self._listener.contact_address
+        if self.scheduler_file:
+            self._write_scheduler_file(self.scheduler_file)
+        self._spawn(self._tick_loop())
+        self.status = "running"
+        logger.info("Scheduler started at %s", self.address)
+        return self
+
+    def __await__(self) -> Generator[Any, None, Scheduler]:
+        return self.start().__await__()
+
+    async def __aenter__(self) -> Scheduler:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _write_scheduler_file(self, path: str) -> None:
+        info = {"type": "Scheduler", "id": self.id, "address": self.address, "services": {}}
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(info, f, indent=2)
+        os.replace(tmp, path)
+
+    async def close(self) -> None:
+        """Stop listening and drop every connection; workers then shut down."""
+        if self.status in ("closing", "closed"):
+            await self._closed.wait()
+            return
+        self.status = "closing"
+        if self._listener is not None:
+            self._listener.stop()
+        for task in list(self._tasks):
+            task.cancel()
+        peers = list(self.stream_comms.values()) + list(self.client_comms.values())
+        await asyncio.gather(*(p.close() for p in peers), return_exceptions=True)
+        self.status = "closed"
+        self._closed.set()
+        logger.info("Scheduler at %s closed", self.address)
+
+    async def finished(self) -> None:
+        """Wait until the scheduler has closed."""
+        await self._closed.wait()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _tick_loop(self) -> None:
+        interval = min(0.5, (self.worker_ttl or 5.0) / 10)
+        while True:
+            await asyncio.sleep(interval)
+            now = time.time()
+            self.apply(se.Tick(now))
+            if self.idle_timeout is not None and self._check_idle(now):
+                logger.info("Scheduler idle for %.1f s: closing", self.idle_timeout)
+                self.loop.create_task(self.close())  # type: ignore[union-attr]
+                return
+
+    def _check_idle(self, now: float) -> bool:
+        if self.state.clients or not self.state.is_idle():
+            self._idle_since = None
+            return False
+        since = max(self._idle_since or now, self.state.last_activity)
+        self._idle_since = since
+        return now - since > (self.idle_timeout or 0)
+
+    # -------------------------------------------------------------- messages
+
+    def apply(self, event: se.SchedulerEvent) -> None:
+        """Hand one event to the state machine and send what it says to send."""
+        for instr in self.state.handle(event):
+            msg = scheduler_instruction_to_msg(instr)
+            if isinstance(instr, ToWorker):
+                peer = self.stream_comms.get(instr.worker)
+            else:
+                peer = self.client_comms.get(instr.client_id)
+            if peer is not None:
+                peer.send(msg)
+
+    def _stream_handler(self, role: str, make: Any) -> Handler:
+        def handle(peer: Peer, msg: Msg) -> None:
+            if peer.role != role:
+                raise PermissionError(f"{msg.get('op')!r} is for a registered {role}")
+            self.apply(make(peer.ident, msg, time.time()))
+
+        return handle
+
+    async def _handle_comm(self, comm: Any) -> None:
+        peer = Peer(comm, asyncio.get_running_loop())
+        try:
+            await serve_peer(peer, self._handlers)
+        finally:
+            self._peer_gone(peer)
+
+    def _peer_gone(self, peer: Peer) -> None:
+        if self.status != "running":
+            return
+        if peer.role == "worker" and self.stream_comms.get(peer.ident) is peer:
+            del self.stream_comms[peer.ident]
+            logger.info("Remove worker %s", peer.ident)
+            self.apply(se.RemoveWorker(time.time(), peer.ident, "connection closed"))
+        elif peer.role == "client" and self.client_comms.get(peer.ident) is peer:
+            del self.client_comms[peer.ident]
+            logger.info("Remove client %s", peer.ident)
+            self.apply(se.RemoveClient(time.time(), peer.ident))
+
+    def _register_worker(self, peer: Peer, msg: Msg) -> dict[str, Any]:
+        address = str(msg["address"])
+        name = msg.get("name", address)
+        owner = self.state.names.get(name)
+        if owner is not None and owner != address:
+            raise ValueError(f"a worker named {name!r} is already registered at {owner}")
+        peer.role, peer.ident = "worker", address
+        old = self.stream_comms.get(address)
+        if old is not None and old is not peer:
+            old.abort()
+        self.stream_comms[address] = peer
+        host = str(msg.get("host") or address.split("://")[-1].rsplit(":", 1)[0])
+        self.apply(
+            se.AddWorker(
+                time.time(),
+                address,
+                name,
+                int(msg["nthreads"]),
+                int(msg.get("memory_limit") or 0),
+                host,
+                dict(msg.get("keys") or {}),
+            )
+        )
+        logger.info("Register worker %s (name %r, %s threads)", address, name, msg["nthreads"])
+        return {"status": "OK", "address": self.address, "id": self.id}
+
+    def _register_client(self, peer: Peer, msg: Msg) -> dict[str, Any]:
+        client_id = str(msg["client"])
+        peer.role, peer.ident = "client", client_id
+        self.client_comms[client_id] = peer
+        self.apply(se.AddClient(time.time(), client_id))
+        logger.info("Receive client connection: %s", client_id)
+        return {"status": "OK", "address": self.address, "id": self.id}

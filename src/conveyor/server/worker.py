@@ -1,0 +1,342 @@
+"""The worker server: an asyncio shell around :class:`conveyor.core.WorkerState`.
+
+It keeps the data, runs tasks on a thread pool, fetches dependencies from peers and
+serves its own data to peers and clients. The state machine decides; this executes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import Generator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from conveyor import config
+from conveyor.comm import Listener, connect, get_address_host, listen
+from conveyor.core import worker_events as we
+from conveyor.core.types import Key
+from conveyor.core.worker import WorkerState
+from conveyor.protocol import dumps, loads
+from conveyor.protocol.messages import worker_event_from_msg, worker_instruction_to_msg
+from conveyor.server.execute import run_task
+from conveyor.server.node import Handler, Msg, Peer, PeerPool, serve_peer
+from conveyor.server.scheduler import listen_address
+
+logger = logging.getLogger("conveyor.worker")
+
+
+def read_scheduler_file(path: str, timeout: float) -> str:
+    """The scheduler address in a scheduler file, waiting up to ``timeout`` for it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with open(path) as f:
+                return str(json.load(f)["address"])
+        except (OSError, ValueError, KeyError):
+            if time.monotonic() > deadline:
+                raise OSError(f"no scheduler address in {path!r} after {timeout} s") from None
+        time.sleep(0.05)
+
+
+class Worker:
+    """A worker: runs tasks with ``nthreads`` threads and keeps their results.
+
+    ``async with Worker(scheduler.address) as w:`` runs one in-process;
+    ``conveyor worker ADDRESS`` runs one from the command line.
+    """
+
+    def __init__(
+        self,
+        scheduler_address: str | None = None,
+        *,
+        scheduler_file: str | None = None,
+        nthreads: int | None = None,
+        name: str | int | None = None,
+        memory_limit: int | float | str | None = "auto",
+        host: str | None = None,
+        port: int | None = 0,
+        interface: str | None = None,
+        protocol: str | None = None,
+        local_directory: str | None = None,
+        heartbeat_interval: float | str | None = None,
+        validate: bool | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if scheduler_address is None and scheduler_file is None:
+            raise ValueError("Worker needs a scheduler address or a scheduler_file")
+        self._scheduler_address = scheduler_address
+        self.scheduler_file = scheduler_file
+        self.nthreads = nthreads or config.cpu_count()
+        self.name = name
+        self.memory_limit = config.memory_limit(memory_limit) or 0
+        self.local_directory = local_directory
+        if protocol is None:
+            protocol = (scheduler_address or "tcp://").split("://")[0] if scheduler_address else "tcp"
+        if host is None and protocol != "inproc" and scheduler_address:
+            host = get_address_host(scheduler_address)
+        self._listen_at = listen_address(protocol, host, port, interface)
+        self.heartbeat_interval = config.parse_duration(
+            config.get("worker.heartbeat-interval")
+            if heartbeat_interval is None
+            else heartbeat_interval
+        )
+        self.validate = bool(config.get("scheduler.validate") if validate is None else validate)
+        self.id = f"Worker-{uuid.uuid4()}"
+        self.data: dict[Key, Any] = {}
+        self.address = ""
+        self.status = "created"
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.state: WorkerState | None = None
+        self.executor = ThreadPoolExecutor(self.nthreads, thread_name_prefix="conveyor-task")
+        self.scheduler: Peer | None = None
+        self._listener: Listener | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closed = asyncio.Event()
+        self._handlers: dict[str, Handler] = {
+            "get-data": self._get_data,
+            "update-data": self._update_data,
+            "identity": lambda p, m: {"type": "Worker", "id": self.id, "address": self.address},
+        }
+        self.pool = PeerPool(
+            "worker", {}, config.parse_duration(config.get("comm.timeouts.connect")) or 30.0
+        )
+        self._scheduler_handlers: dict[str, Handler] = {
+            "compute-task": self._from_scheduler,
+            "free-keys": self._from_scheduler,
+            "refresh-who-has": self._from_scheduler,
+            "close": lambda p, m: self._spawn(self.close()),
+        }
+
+    def __repr__(self) -> str:
+        return f"<Worker {self.address or 'not started'} name={self.name!r} status={self.status}>"
+
+    @property
+    def scheduler_address(self) -> str:
+        """Address of the scheduler this worker reports to."""
+        return self._scheduler_address or ""
+
+    # --------------------------------------------------------------- lifecycle
+
+    async def start(self) -> Worker:
+        """Listen, register with the scheduler and start serving; idempotent."""
+        if self.status == "running":
+            return self
+        self.loop = asyncio.get_running_loop()
+        timeout = config.parse_duration(config.get("comm.timeouts.connect")) or 30.0
+        if self._scheduler_address is None:
+            assert self.scheduler_file is not None
+            self._scheduler_address = await self.loop.run_in_executor(
+                None, read_scheduler_file, self.scheduler_file, timeout
+            )
+        self._listener = listen(
+            self._listen_at,
+            self._handle_comm,
+            role="worker",
+            max_frame_size=config.parse_size(config.get("comm.max-frame-size")),
+        )
+        await self._listener.start()
+        self.address = self._listener.contact_address
+        if self.name is None:
+            self.name = self.address
+        self.state = WorkerState(
+            self.address,
+            self.nthreads,
+            transfer_message_bytes_limit=config.parse_size(
+                config.get("worker.transfer.message-bytes-limit")
+            )
+            or 50_000_000,
+            outgoing_connections=int(config.get("worker.connections.outgoing")),
+            validate=self.validate,
+        )
+        try:
+            await self._register(timeout)
+        except BaseException:
+            self._listener.stop()
+            self.executor.shutdown(wait=False)
+            raise
+        self.status = "running"
+        self._spawn(self._heartbeat_loop())
+        logger.info("Worker started at %s, registered to %s", self.address, self.scheduler_address)
+        return self
+
+    async def _register(self, timeout: float) -> None:
+        comm = await connect(self.scheduler_address, timeout, role="worker")
+        self.scheduler = Peer(comm, asyncio.get_running_loop())
+        self._spawn(self._serve_scheduler(self.scheduler))
+        await self.scheduler.request(
+            {
+                "op": "register-worker",
+                "address": self.address,
+                "name": self.name,
+                "nthreads": self.nthreads,
+                "memory_limit": self.memory_limit,
+                "host": get_address_host(self.address) if "://" in self.address else "",
+                "keys": {},
+            }
+        )
+
+    def __await__(self) -> Generator[Any, None, Worker]:
+        return self.start().__await__()
+
+    async def __aenter__(self) -> Worker:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self, reason: str = "worker-close") -> None:
+        """Leave the scheduler, stop serving, drop the data and the threads."""
+        if self.status in ("closing", "closed"):
+            await self._closed.wait()
+            return
+        self.status = "closing"
+        current = asyncio.current_task()
+        for task in list(self._tasks):
+            if task is not current:
+                task.cancel()
+        if self._listener is not None:
+            self._listener.stop()
+        await self.pool.close()
+        if self.scheduler is not None:
+            await self.scheduler.close()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.data.clear()
+        self.status = "closed"
+        self._closed.set()
+        logger.info("Worker %s closed (%s)", self.address, reason)
+
+    async def finished(self) -> None:
+        """Wait until the worker has closed (for example after the scheduler left)."""
+        await self._closed.wait()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve_scheduler(self, peer: Peer) -> None:
+        await serve_peer(peer, self._scheduler_handlers)
+        if self.status == "running":
+            logger.info("Connection to scheduler %s closed: closing worker", self.scheduler_address)
+            self._spawn(self.close("scheduler connection closed"))
+
+    async def _heartbeat_loop(self) -> None:
+        interval = self.heartbeat_interval or 1.0
+        while self.scheduler is not None and not self.scheduler.closed:
+            await asyncio.sleep(interval)
+            self.scheduler.send({"op": "heartbeat-worker", "metrics": self._metrics()})
+
+    def _metrics(self) -> dict[str, Any]:
+        st = self.state
+        return {
+            "executing": len(st.executing_keys) if st else 0,
+            "ready": len(st.ready) if st else 0,
+            "in_memory": len(self.data),
+            "in_flight": len(st.in_flight_workers) if st else 0,
+        }
+
+    # ------------------------------------------------------------ state machine
+
+    def _from_scheduler(self, peer: Peer, msg: Msg) -> None:
+        self.apply(worker_event_from_msg(msg, time.time()))
+
+    def apply(self, event: we.WorkerEvent) -> None:
+        """Hand one event to the state machine and carry out its instructions."""
+        if self.state is None or self.status != "running":
+            return
+        for instr in self.state.handle(event):
+            kind = type(instr)
+            if kind is we.Execute:
+                self._execute(instr.key)  # type: ignore[union-attr]
+            elif kind is we.GatherDep:
+                self._spawn(self._gather_dep(instr))  # type: ignore[arg-type]
+            elif kind is we.DeleteData:
+                for key in instr.keys:  # type: ignore[union-attr]
+                    self.data.pop(key, None)
+            elif self.scheduler is not None:
+                self.scheduler.send(worker_instruction_to_msg(instr))
+
+    def _execute(self, key: Key) -> None:
+        assert self.state is not None and self.loop is not None
+        ts = self.state.tasks[key]
+        try:
+            deps = {d.key: self.data[d.key] for d in ts.dependencies}
+        except KeyError as e:
+            text = f"KeyError: dependency {e.args[0]!r} of {key!r} is not on this worker"
+            now = time.time()
+            self.apply(we.ExecuteFailure(now, key, None, None, text, "", now, now))
+            return
+        fut = self.loop.run_in_executor(self.executor, run_task, ts.run_spec, deps)
+        fut.add_done_callback(lambda f: self._executed(key, f))
+
+    def _executed(self, key: Key, fut: asyncio.Future[Any]) -> None:
+        if fut.cancelled():
+            return
+        outcome = fut.result()
+        now = time.time()
+        if outcome.ok:
+            self.data[key] = outcome.value
+            event: we.WorkerEvent = we.ExecuteSuccess(
+                now, key, outcome.nbytes, outcome.type, outcome.start, outcome.stop
+            )
+        else:
+            event = we.ExecuteFailure(
+                now,
+                key,
+                outcome.exception,
+                outcome.traceback,
+                outcome.exception_text,
+                outcome.traceback_text,
+                outcome.start,
+                outcome.stop,
+            )
+        self.apply(event)
+
+    # ------------------------------------------------------------------ data
+
+    async def _gather_dep(self, instr: we.GatherDep) -> None:
+        received: dict[Key, int] = {}
+        missing: list[Key] = []
+        failed = False
+        try:
+            peer = await self.pool.get(instr.worker)
+            reply = await peer.request({"op": "get-data", "keys": instr.keys})
+            for key, ser in reply["data"].items():
+                value = loads(ser)
+                self.data[key] = value
+                received[key] = ser.nbytes
+            missing = list(reply.get("missing") or ())
+        except (OSError, asyncio.TimeoutError) as e:
+            logger.info("Could not fetch %d keys from %s: %s", len(instr.keys), instr.worker, e)
+            failed = True
+        except Exception:
+            logger.exception("Fetching %d keys from %s failed", len(instr.keys), instr.worker)
+            failed = True
+        self.apply(we.GatherDepDone(time.time(), instr.worker, received, missing, failed))
+
+    def _get_data(self, peer: Peer, msg: Msg) -> dict[str, Any]:
+        data = {}
+        missing = []
+        for key in msg["keys"]:
+            if key in self.data:
+                data[key] = dumps(self.data[key])
+            else:
+                missing.append(key)
+        return {"data": data, "missing": missing}
+
+    def _update_data(self, peer: Peer, msg: Msg) -> dict[str, Any]:
+        sizes: dict[Key, int] = {}
+        for key, ser in msg["data"].items():
+            self.data[key] = loads(ser)
+            sizes[key] = ser.nbytes
+        self.apply(we.UpdateDataEvent(time.time(), sizes))
+        return {"nbytes": sizes}
+
+    async def _handle_comm(self, comm: Any) -> None:
+        peer = Peer(comm, asyncio.get_running_loop())
+        await serve_peer(peer, self._handlers)
+

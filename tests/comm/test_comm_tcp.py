@@ -1,0 +1,285 @@
+"""TCP specifics: big payloads, hostile and broken peers, timeouts, flow control."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+from collections.abc import Coroutine
+from typing import Any
+
+import numpy as np
+import pytest
+
+from conveyor.comm import Comm, CommClosedError, connect, listen, parse_host_port
+from conveyor.comm.handshake import HandshakeError
+from conveyor.protocol import dumps, encode, encode_frames, loads
+
+LOCAL = "tcp://127.0.0.1:0"
+
+
+def run(coro: Coroutine[Any, Any, None]) -> None:
+    asyncio.run(asyncio.wait_for(coro, 60))
+
+
+async def echo(comm: Comm) -> None:
+    try:
+        while True:
+            await comm.write(await comm.read())
+    except CommClosedError:
+        pass
+
+
+def host_port(addr: str) -> tuple[str, int]:
+    return parse_host_port(addr.removeprefix("tcp://"))
+
+
+async def read_until_closed(reader: asyncio.StreamReader) -> bytes:
+    """Read a raw connection to its end (EOF or reset) and return what arrived."""
+    data = b""
+    try:
+        while chunk := await reader.read(65536):
+            data += chunk
+    except ConnectionResetError:
+        pass
+    return data
+
+
+def warnings_from(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "conveyor.comm" and r.levelno == logging.WARNING
+    ]
+
+
+def test_listen_address_has_the_real_port() -> None:
+    async def main() -> None:
+        async with listen(LOCAL, echo) as listener:
+            host, port = host_port(listener.listen_address)
+            assert host == "127.0.0.1" and port > 0
+            assert listener.contact_address == listener.listen_address
+
+    run(main())
+
+
+def test_contact_address_is_a_real_ip_when_listening_on_all_interfaces() -> None:
+    async def main() -> None:
+        async with listen("tcp://0.0.0.0:0", echo) as listener:
+            assert listener.listen_address.startswith("tcp://0.0.0.0:")
+            host, port = host_port(listener.contact_address)
+            assert host != "0.0.0.0"
+            assert port == host_port(listener.listen_address)[1]
+            async with await connect(listener.contact_address, timeout=5) as comm:
+                await comm.write("ping")
+                assert await comm.read() == "ping"
+
+    run(main())
+
+
+def test_50_mb_array_arrives_equal() -> None:
+    async def main() -> None:
+        arr = np.random.default_rng(1).random(50_000_000 // 8)
+        async with listen(LOCAL, echo) as listener:
+            async with await connect(listener.contact_address, timeout=5) as comm:
+                await comm.write({"op": "data", "x": dumps(arr)})
+                msg = await comm.read()
+                assert isinstance(msg, dict)
+                back = loads(msg["x"])
+                assert isinstance(back, np.ndarray)
+                assert back.flags.writeable
+                np.testing.assert_array_equal(back, arr)
+
+    run(main())
+
+
+def test_http_request_is_rejected_with_one_warning(caplog: pytest.LogCaptureFixture) -> None:
+    async def main() -> None:
+        async with listen(LOCAL, echo) as listener:
+            reader, writer = await asyncio.open_connection(*host_port(listener.listen_address))
+            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            await read_until_closed(reader)  # the listener hangs up
+            writer.close()
+            async with await connect(listener.contact_address, timeout=5) as comm:
+                await comm.write("still serving")
+                assert await comm.read() == "still serving"
+
+    with caplog.at_level(logging.DEBUG, logger="conveyor.comm"):
+        run(main())
+    [warning] = warnings_from(caplog)
+    assert warning.startswith("Closing connection from tcp://127.0.0.1:")
+    assert "frames, exceeding limit 10000" in warning
+    assert all(r.exc_info is None for r in caplog.records if r.levelno >= logging.WARNING)
+
+
+def test_oversized_frame_is_rejected(caplog: pytest.LogCaptureFixture) -> None:
+    async def main() -> None:
+        async with listen(LOCAL, echo, handshake=False, max_frame_size=1 << 20) as listener:
+            reader, writer = await asyncio.open_connection(*host_port(listener.listen_address))
+            writer.write(struct.pack("<IQ", 1, 5 * 10**9))
+            await read_until_closed(reader)
+            writer.close()
+
+    with caplog.at_level(logging.WARNING, logger="conveyor.comm"):
+        run(main())
+    [warning] = warnings_from(caplog)
+    assert warning.endswith("frame of 4.66 GiB exceeds limit 1.00 MiB")
+
+
+def test_truncated_message_then_close_is_comm_closed() -> None:
+    async def main() -> None:
+        outcome: asyncio.Future[BaseException] = asyncio.Future()
+
+        async def handler(comm: Comm) -> None:
+            try:
+                await comm.read()
+            except BaseException as e:
+                outcome.set_result(e)
+
+        async with listen(LOCAL, handler, handshake=False) as listener:
+            reader, writer = await asyncio.open_connection(*host_port(listener.listen_address))
+            writer.write(struct.pack("<IQ", 1, 100) + b"only ten b")
+            await writer.drain()
+            writer.close()
+            error = await outcome
+            assert isinstance(error, CommClosedError)
+            assert "middle of a message" in str(error)
+
+    run(main())
+
+
+def test_client_sees_comm_closed_when_server_sends_half_a_message() -> None:
+    async def main() -> None:
+        async def half_server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            frames = encode_frames(encode({"op": "never finished", "pad": b"x" * 1000}))
+            writer.write(b"".join(frames)[:-10])
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(half_server, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            comm = await connect(f"tcp://127.0.0.1:{port}", timeout=5, handshake=False)
+            with pytest.raises(CommClosedError):
+                await comm.read()
+            await comm.close()
+        finally:
+            server.close()
+
+    run(main())
+
+
+def test_undecodable_message_is_rejected(caplog: pytest.LogCaptureFixture) -> None:
+    async def main() -> None:
+        async with listen(LOCAL, echo) as listener:
+            reader, writer = await asyncio.open_connection(*host_port(listener.listen_address))
+            writer.write(b"".join(encode_frames([b"\xc1 not msgpack"])))
+            await read_until_closed(reader)
+            writer.close()
+
+    with caplog.at_level(logging.WARNING, logger="conveyor.comm"):
+        run(main())
+    [warning] = warnings_from(caplog)
+    assert "Could not decode message" in warning
+
+
+def test_silent_peer_hits_the_handshake_timeout(caplog: pytest.LogCaptureFixture) -> None:
+    async def main() -> None:
+        async with listen(LOCAL, echo, handshake_timeout=0.2) as listener:
+            reader, writer = await asyncio.open_connection(*host_port(listener.listen_address))
+            received = await read_until_closed(reader)  # sends nothing, waits to be dropped
+            writer.close()
+            assert received.startswith(struct.pack("<I", 1))  # the listener's own handshake
+
+    with caplog.at_level(logging.WARNING, logger="conveyor.comm"):
+        run(main())
+    [warning] = warnings_from(caplog)
+    assert "No handshake from tcp://127.0.0.1:" in warning
+    assert "within 0.2 s" in warning
+
+
+def test_connect_to_a_silent_server_hits_the_handshake_timeout() -> None:
+    async def main() -> None:
+        async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await read_until_closed(reader)
+            writer.close()
+
+        server = await asyncio.start_server(silent, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        try:
+            with pytest.raises(HandshakeError, match="No handshake"):
+                await connect(f"tcp://127.0.0.1:{port}", timeout=10, handshake_timeout=0.2)
+            assert loop.time() - start < 5
+        finally:
+            server.close()
+
+    run(main())
+
+
+def test_connect_timeout_bounds_the_handshake_too() -> None:
+    async def main() -> None:
+        async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await read_until_closed(reader)
+            writer.close()
+
+        server = await asyncio.start_server(silent, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        try:
+            with pytest.raises(CommClosedError):
+                await connect(f"tcp://127.0.0.1:{port}", timeout=0.3, handshake_timeout=60)
+            assert loop.time() - start < 5
+        finally:
+            server.close()
+
+    run(main())
+
+
+def test_sending_a_frame_over_the_limit_fails_locally() -> None:
+    async def main() -> None:
+        async with listen(LOCAL, echo) as listener:
+            comm = await connect(listener.contact_address, timeout=5, max_frame_size=100_000)
+            with pytest.raises(ValueError, match="exceeds max_frame_size"):
+                await comm.write({"x": dumps(np.zeros(100_000))})
+            await comm.write("still usable")
+            assert await comm.read() == "still usable"
+            await comm.close()
+
+    run(main())
+
+
+def test_writer_waits_for_a_slow_reader() -> None:
+    async def main() -> None:
+        may_read = asyncio.Event()
+        finished = asyncio.Event()
+        received: list[int] = []
+
+        async def slow(comm: Comm) -> None:
+            await may_read.wait()
+            for _ in range(20):
+                msg = await comm.read()
+                assert isinstance(msg, dict)
+                received.append(loads(msg["x"]).nbytes)  # type: ignore[attr-defined]
+            finished.set()
+
+        chunk = np.ones(10_000_000 // 8)
+
+        async with listen(LOCAL, slow) as listener:
+            async with await connect(listener.contact_address, timeout=5) as comm:
+
+                async def write_all() -> None:
+                    for _ in range(20):
+                        await comm.write({"x": dumps(chunk)})
+
+                writing = asyncio.ensure_future(write_all())
+                done, _ = await asyncio.wait([writing], timeout=1.0)
+                assert not done  # 200 MB cannot all be buffered: write() waits
+                may_read.set()
+                await writing
+                await finished.wait()
+        assert received == [chunk.nbytes] * 20
+
+    run(main())
