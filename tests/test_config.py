@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from datetime import timedelta
+from typing import Any
 
 import dask.config
 import pytest
@@ -13,31 +14,48 @@ import pytest
 from conveyor import config
 
 
-def test_defaults_are_in_dask_config() -> None:
+def registered_defaults() -> dict[str, Any]:
+    """The conveyor defaults as registered with dask (tests may override the live config)."""
+    merged: dict[str, Any] = dask.config.merge(*dask.config.defaults)
+    return dict(merged["conveyor"])
+
+
+def test_defaults_are_registered_with_dask() -> None:
+    d = registered_defaults()
+    assert d["scheduler"] == {
+        "allowed-failures": 3,
+        "worker-ttl": "5 minutes",
+        "idle-timeout": None,
+        "validate": False,
+        "transition-log-length": 100_000,
+        "events-log-length": 100_000,
+        "unknown-task-duration": "500ms",
+        "default-task-durations": {},
+        "worker-saturation": 1.1,
+        "bandwidth": 100_000_000,
+    }
+    assert d["worker"] == {
+        "heartbeat-interval": "500ms",
+        "connections": {"outgoing": 50, "incoming": 10},
+        "memory": {"target": 0.6, "spill": 0.7, "pause": 0.8, "terminate": 0.95},
+        "transfer": {"message-bytes-limit": "50MB"},
+    }
+    assert d["comm"] == {
+        "timeouts": {"connect": "30s", "tcp": "30s", "handshake": "10s"},
+        "max-frame-size": "1GiB",
+        "max-message-size": "4GiB",
+        "retry": {"count": 0},
+    }
+    assert d["client"] == {"heartbeat": "5s"}
+    assert d["local"] == {"directory": None}
+
+
+def test_defaults_are_readable_through_get() -> None:
     assert config.get("scheduler.allowed-failures") == 3
     assert dask.config.get("conveyor.scheduler.allowed-failures") == 3
     assert config.get("scheduler.allowed_failures") == 3  # dashes and underscores alike
-    assert config.get("scheduler.worker-ttl") == "5 minutes"
-    assert config.get("scheduler.idle-timeout") is None
-    assert config.get("scheduler.validate") is False
-    assert config.get("scheduler.transition-log-length") == 100_000
-    assert config.get("scheduler.unknown-task-duration") == "500ms"
-    assert config.get("scheduler.default-task-durations") == {}
-    assert config.get("scheduler.worker-saturation") == 1.1
-    assert config.get("scheduler.bandwidth") == 100_000_000
-    assert config.get("worker.heartbeat-interval") == "500ms"
-    assert config.get("worker.connections") == {"outgoing": 50, "incoming": 10}
-    assert config.get("worker.memory") == {
-        "target": 0.6,
-        "spill": 0.7,
-        "pause": 0.8,
-        "terminate": 0.95,
-    }
-    assert config.get("worker.transfer.message-bytes-limit") == "50MB"
-    assert config.get("comm.timeouts") == {"connect": "30s", "tcp": "30s", "handshake": "10s"}
-    assert config.get("comm.max-frame-size") == "1GiB"
-    assert config.get("comm.retry.count") == 0
-    assert config.get("client.heartbeat") == "5s"
+    assert config.get("worker.memory.target") == 0.6
+    assert config.get("comm.timeouts.connect") == "30s"
     assert config.get("local.directory") is None
 
 

@@ -91,11 +91,11 @@ def test_resolve_address() -> None:
 
 
 def test_resolve_address_unknown_host() -> None:
-    with pytest.raises(ValueError, match="no-such-host.invalid"):
+    with pytest.raises(ValueError, match=r"no-such-host\.invalid"):
         resolve_address("tcp://no-such-host.invalid:1")
 
 
 def test_get_ip_interface() -> None:
     assert get_ip_interface("lo") == "127.0.0.1"
-    with pytest.raises(ValueError, match="Valid network interfaces are:.*'lo'"):
+    with pytest.raises(ValueError, match=r"Valid network interfaces are:.*'lo'"):
         get_ip_interface("no-such-interface0")

@@ -80,15 +80,17 @@ def test_contact_address_is_a_real_ip_when_listening_on_all_interfaces() -> None
 def test_50_mb_array_arrives_equal() -> None:
     async def main() -> None:
         arr = np.random.default_rng(1).random(50_000_000 // 8)
-        async with listen(LOCAL, echo) as listener:
-            async with await connect(listener.contact_address, timeout=5) as comm:
-                await comm.write({"op": "data", "x": dumps(arr)})
-                msg = await comm.read()
-                assert isinstance(msg, dict)
-                back = loads(msg["x"])
-                assert isinstance(back, np.ndarray)
-                assert back.flags.writeable
-                np.testing.assert_array_equal(back, arr)
+        async with (
+            listen(LOCAL, echo) as listener,
+            await connect(listener.contact_address, timeout=5) as comm,
+        ):
+            await comm.write({"op": "data", "x": dumps(arr)})
+            msg = await comm.read()
+            assert isinstance(msg, dict)
+            back = loads(msg["x"])
+            assert isinstance(back, np.ndarray)
+            assert back.flags.writeable
+            np.testing.assert_array_equal(back, arr)
 
     run(main())
 
@@ -137,7 +139,7 @@ def test_truncated_message_then_close_is_comm_closed() -> None:
                 outcome.set_result(e)
 
         async with listen(LOCAL, handler, handshake=False) as listener:
-            reader, writer = await asyncio.open_connection(*host_port(listener.listen_address))
+            _, writer = await asyncio.open_connection(*host_port(listener.listen_address))
             writer.write(struct.pack("<IQ", 1, 100) + b"only ten b")
             await writer.drain()
             writer.close()
@@ -267,19 +269,21 @@ def test_writer_waits_for_a_slow_reader() -> None:
 
         chunk = np.ones(10_000_000 // 8)
 
-        async with listen(LOCAL, slow) as listener:
-            async with await connect(listener.contact_address, timeout=5) as comm:
+        async with (
+            listen(LOCAL, slow) as listener,
+            await connect(listener.contact_address, timeout=5) as comm,
+        ):
 
-                async def write_all() -> None:
-                    for _ in range(20):
-                        await comm.write({"x": dumps(chunk)})
+            async def write_all() -> None:
+                for _ in range(20):
+                    await comm.write({"x": dumps(chunk)})
 
-                writing = asyncio.ensure_future(write_all())
-                done, _ = await asyncio.wait([writing], timeout=1.0)
-                assert not done  # 200 MB cannot all be buffered: write() waits
-                may_read.set()
-                await writing
-                await finished.wait()
+            writing = asyncio.ensure_future(write_all())
+            done, _ = await asyncio.wait([writing], timeout=1.0)
+            assert not done  # 200 MB cannot all be buffered: write() waits
+            may_read.set()
+            await writing
+            await finished.wait()
         assert received == [chunk.nbytes] * 20
 
     run(main())

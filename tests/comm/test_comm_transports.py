@@ -57,7 +57,7 @@ def test_echo_round_trip(addr: str) -> None:
                 assert isinstance(back, dict)
                 assert back["op"] == "echo" and back["key"] == ("x-abc", 0, 1) and 5 in back
                 assert isinstance(back["data"], Serialized)
-                np.testing.assert_array_equal(loads(back["data"]), arr)  # type: ignore[arg-type]
+                np.testing.assert_array_equal(loads(back["data"]), arr)
 
     run(main())
 
@@ -208,13 +208,13 @@ def test_handshake_exchanges_roles_and_extra(addr: str) -> None:
             server_side.set_result(comm.peer_info)
             await echo(comm)
 
-        async with listen(
-            addr, handler, role="scheduler", handshake_extra={"version": "0.1"}
-        ) as listener:
-            async with await connect(listener.contact_address, role="worker") as comm:
-                assert comm.peer_info["role"] == "scheduler"
-                assert comm.peer_info["version"] == "0.1"
-                assert (await server_side)["role"] == "worker"
+        async with (
+            listen(addr, handler, role="scheduler", handshake_extra={"version": "0.1"}) as listener,
+            await connect(listener.contact_address, role="worker") as comm,
+        ):
+            assert comm.peer_info["role"] == "scheduler"
+            assert comm.peer_info["version"] == "0.1"
+            assert (await server_side)["role"] == "worker"
 
     run(main())
 

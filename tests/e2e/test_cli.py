@@ -228,6 +228,16 @@ def test_unreachable_scheduler_fails_after_the_connect_timeout(procs: list[Proc]
     assert "could not start" in one_line_error(w)
 
 
+def test_scheduler_port_in_use_fails_clearly(procs: list[Proc]) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        s = start(procs, "scheduler", "--host", "127.0.0.1", "--port", str(port))
+        assert s.finish() == 1
+    assert "could not start" in one_line_error(s)
+
+
 def test_console_script_and_module_entry_points() -> None:
     script = shutil.which("conveyor")
     assert script is not None
@@ -236,3 +246,14 @@ def test_console_script_and_module_entry_points() -> None:
         assert out.returncode == 0, out.stderr
         assert "scheduler" in out.stdout
         assert "worker" in out.stdout
+
+
+def test_demo_runs_and_checks_its_result() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "conveyor", "demo", "--tasks", "50"],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "(correct)" in out.stdout

@@ -19,6 +19,7 @@ from typing import Any, Protocol, TypeVar
 import click
 
 from conveyor import config
+from conveyor.cli.demo import run_demo
 from conveyor.server.loop import new_event_loop
 from conveyor.server.scheduler import Scheduler
 from conveyor.server.worker import Worker
@@ -173,6 +174,14 @@ def worker(
         logger.info("Registered to: %s", server.scheduler_address)
 
     _run(_serve(make_servers, started))
+
+
+@main.command()
+@click.option("--tasks", "n", type=click.IntRange(min=1), default=2_000, show_default=True)
+@click.option("--nworkers", type=click.IntRange(min=1), default=2, show_default=True)
+def demo(n: int, nworkers: int) -> None:
+    """Run a small computation on an embedded local cluster and check its result."""
+    sys.exit(run_demo(n, nworkers))
 
 
 def _configure_logging() -> None:

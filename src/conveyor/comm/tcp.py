@@ -33,8 +33,8 @@ from conveyor.comm.core import (
     Handler,
     Listener,
 )
-from conveyor.protocol import FrameDecoder, ProtocolError, decode, encode, encode_frames
-from conveyor.protocol.framing import format_bytes
+from conveyor.protocol import FrameDecoder, ProtocolError, decode, encode
+from conveyor.protocol.framing import format_bytes, frame_lengths, pack_header
 
 __all__ = ["TCPBackend", "TCPComm", "TCPListener"]
 
@@ -210,14 +210,23 @@ class _FrameProtocol(asyncio.BufferedProtocol):
                 self.transport.resume_reading()
         return frames
 
-    async def write_message(self, frames: Sequence[bytes | memoryview]) -> None:
-        """Send one message's frames, without interleaving them with other messages."""
+    async def write_message(
+        self, header: bytes, frames: Sequence[bytes | memoryview], biggest: int
+    ) -> None:
+        """Send a header and its frames, never interleaved with another message.
+
+        ``biggest`` is the size of the largest frame.
+        """
         if self._native_writelines:
-            self.transport.writelines(frames)
+            self.transport.writelines([header, *frames])
+            await self.drain()
+            return
+        if biggest < _LARGE_WRITE and not self._write_lock.locked():
+            self.transport.write(b"".join([header, *frames]))  # one call: cannot interleave
             await self.drain()
             return
         async with self._write_lock:
-            small: list[bytes | memoryview] = []
+            small: list[bytes | memoryview] = [header]
             for frame in frames:
                 if _nbytes(frame) < _LARGE_WRITE:
                     small.append(frame)
@@ -305,18 +314,17 @@ class TCPComm(Comm):
 
     async def write(self, msg: object) -> int:
         self._check_open()
-        frames = encode_frames(encode(msg))
-        nbytes = 0
-        for frame in frames:
-            size = _nbytes(frame)
-            if size > self._limits.max_frame_size:
-                raise ValueError(
-                    f"Cannot send a frame of {format_bytes(size)} to {self.peer_address}: "
-                    f"it exceeds max_frame_size {format_bytes(self._limits.max_frame_size)}"
-                )
-            nbytes += size
-        await self._protocol.write_message(frames)
-        return nbytes
+        frames = encode(msg)
+        lengths = frame_lengths(frames)
+        biggest = max(lengths)
+        if biggest > self._limits.max_frame_size:
+            raise ValueError(
+                f"Cannot send a frame of {format_bytes(biggest)} to {self.peer_address}: "
+                f"it exceeds max_frame_size {format_bytes(self._limits.max_frame_size)}"
+            )
+        header = pack_header(lengths)
+        await self._protocol.write_message(header, frames, biggest)
+        return len(header) + sum(lengths)
 
     async def close(self) -> None:
         if self._closing:

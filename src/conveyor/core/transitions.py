@@ -182,7 +182,7 @@ class SchedulerTransitions:
     def _add_replica(self, ts: TaskState, ws: WorkerInfo, nbytes: int) -> None:
         if ws in ts.who_has:
             return
-        if nbytes >= 0:
+        if nbytes >= 0 and not ts.who_has:
             ts.nbytes = nbytes
         ts.who_has.add(ws)
         ws.has_what.add(ts)

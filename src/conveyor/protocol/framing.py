@@ -25,7 +25,14 @@ from collections.abc import Sequence
 
 from conveyor.protocol.errors import ProtocolError
 
-__all__ = ["DIRECT_RECEIVE_THRESHOLD", "FrameDecoder", "encode_frames", "format_bytes"]
+__all__ = [
+    "DIRECT_RECEIVE_THRESHOLD",
+    "FrameDecoder",
+    "encode_frames",
+    "format_bytes",
+    "frame_lengths",
+    "pack_header",
+]
 
 #: Frames with at least this many bytes still to receive are received in place.
 DIRECT_RECEIVE_THRESHOLD = 64 * 1024
@@ -61,8 +68,16 @@ def _allocate(nbytes: int) -> memoryview:
     return memoryview(bytearray(nbytes))
 
 
-def _frame_nbytes(frame: bytes | bytearray | memoryview) -> int:
-    return frame.nbytes if isinstance(frame, memoryview) else len(frame)
+def frame_lengths(frames: Sequence[bytes | bytearray | memoryview]) -> list[int]:
+    """Return the size in bytes of each frame."""
+    return [f.nbytes if isinstance(f, memoryview) else len(f) for f in frames]
+
+
+def pack_header(lengths: Sequence[int]) -> bytes:
+    """Return the wire header for a message whose frames have these ``lengths``."""
+    if not lengths:
+        raise ValueError("A message needs at least one frame")
+    return struct.pack(f"<I{len(lengths)}Q", len(lengths), *lengths)
 
 
 def encode_frames(
@@ -72,10 +87,7 @@ def encode_frames(
 
     The frames themselves are not copied (a ``bytearray`` is wrapped in a ``memoryview``).
     """
-    if not frames:
-        raise ValueError("A message needs at least one frame")
-    lengths = [_frame_nbytes(f) for f in frames]
-    header = struct.pack(f"<I{len(lengths)}Q", len(lengths), *lengths)
+    header = pack_header(frame_lengths(frames))
     out: list[bytes | memoryview] = [header]
     for frame in frames:
         out.append(memoryview(frame) if isinstance(frame, bytearray) else frame)
@@ -147,6 +159,11 @@ class FrameDecoder:
         end = view.nbytes
         try:
             while pos < end:
+                if self._stage == _READ_COUNT and not self._header:
+                    done = self._feed_whole_message(view, pos, end, out)
+                    if done:
+                        pos = done
+                        continue
                 if self._stage == _READ_BODY:
                     pos = self._feed_body(view, pos, end, out)
                 else:
@@ -190,6 +207,31 @@ class FrameDecoder:
         if self._failed is not None:
             raise ProtocolError(f"Decoder already failed: {self._failed}")
 
+    def _feed_whole_message(
+        self, view: memoryview, pos: int, end: int, out: list[list[memoryview]]
+    ) -> int:
+        """Fast path: decode one message lying entirely in ``view[pos:end]``.
+
+        Returns the position after it, or 0 (having changed nothing) if it is incomplete.
+        """
+        if end - pos < _COUNT.size:
+            return 0
+        nframes: int = _COUNT.unpack_from(view, pos)[0]
+        self._check_count(nframes)
+        start = pos + _COUNT.size + nframes * _LENGTH_SIZE
+        if start > end:
+            return 0
+        lengths = struct.unpack_from(f"<{nframes}Q", view, pos + _COUNT.size)
+        self._check_lengths(lengths)
+        if start + sum(lengths) > end:
+            return 0
+        frames = []
+        for length in lengths:
+            frames.append(memoryview(bytearray(view[start : start + length])))
+            start += length
+        out.append(frames)
+        return start
+
     def _feed_header(
         self, view: memoryview, pos: int, end: int, out: list[list[memoryview]]
     ) -> int:
@@ -205,9 +247,7 @@ class FrameDecoder:
             self._on_header(header, 0, out)
         return pos + take
 
-    def _on_header(
-        self, buf: bytes | memoryview, offset: int, out: list[list[memoryview]]
-    ) -> None:
+    def _on_header(self, buf: bytes | memoryview, offset: int, out: list[list[memoryview]]) -> None:
         if self._stage == _READ_COUNT:
             (nframes,) = _COUNT.unpack_from(buf, offset)
             self._check_count(nframes)
@@ -246,9 +286,7 @@ class FrameDecoder:
                     f"{format_bytes(self.max_message_size)}"
                 )
 
-    def _feed_body(
-        self, view: memoryview, pos: int, end: int, out: list[list[memoryview]]
-    ) -> int:
+    def _feed_body(self, view: memoryview, pos: int, end: int, out: list[list[memoryview]]) -> int:
         length = self._lengths[self._index]
         if self._frame_view is None:
             if end - pos >= length:  # whole frame available: one copy, no zero-fill

@@ -28,6 +28,10 @@ class RemoteError(Exception):
     """A request failed on the other side; the message says how."""
 
 
+class ProtocolViolation(Exception):
+    """The peer sent something it may not: the connection is closed with one log line."""
+
+
 class Peer:
     """One connection: a coalescing outgoing stream plus request/reply bookkeeping."""
 
@@ -187,6 +191,10 @@ async def serve_peer(
 def _dispatch(peer: Peer, handler: Handler, msg: Msg, rid: Any) -> None:
     try:
         result = handler(peer, msg)
+    except ProtocolViolation as e:
+        logger.warning("Closing connection from %s: %s", peer.address, e)
+        peer.abort()
+        return
     except Exception as e:
         _reply_error(peer, msg, rid, e)
         return

@@ -27,7 +27,7 @@ from conveyor.protocol.messages import (
     WORKER_STREAM_OPS,
     scheduler_instruction_to_msg,
 )
-from conveyor.server.node import Handler, Msg, Peer, serve_peer
+from conveyor.server.node import Handler, Msg, Peer, ProtocolViolation, serve_peer
 
 logger = logging.getLogger("conveyor.scheduler")
 
@@ -290,8 +290,12 @@ class Scheduler:
     def _stream_handler(self, role: str, make: Any) -> Handler:
         def handle(peer: Peer, msg: Msg) -> None:
             if peer.role != role:
-                raise PermissionError(f"{msg.get('op')!r} is for a registered {role}")
-            self.apply(make(peer.ident, msg, time.time()))
+                raise ProtocolViolation(f"{msg.get('op')!r} is only for a registered {role}")
+            try:
+                event = make(peer.ident, msg, time.time())
+            except (KeyError, TypeError, ValueError) as e:
+                raise ProtocolViolation(f"malformed {msg.get('op')!r} message: {e!r}") from e
+            self.apply(event)
 
         return handle
 

@@ -1,0 +1,554 @@
+"""A deterministic simulated cluster: one SchedulerState, N WorkerStates, a seeded network.
+
+Theory of operation
+-------------------
+Nothing here runs concurrently. Every message between the scheduler, the workers and the
+clients sits in a FIFO queue per *link* ``(source, destination, channel)``; task executions
+sit in a pool. Each :meth:`SimCluster.step` picks, with a seeded :class:`random.Random`,
+one link head or one execution and delivers it, after advancing a fake clock. So any
+interleaving that a real network with ordered connections allows can happen, and the same
+seed always produces the same interleaving: a failing seed replays exactly (within one
+interpreter; across processes, set ``PYTHONHASHSEED`` too, since both state machines
+iterate sets of strings).
+
+Execution is simulated. A run spec is a small tuple:
+
+* ``("add", dep, ...)``: the value is ``(1 + sum(dependency values)) % MODULUS``;
+* ``("value", v)``: the value is ``v``;
+* ``("fail", text, dep, ...)``: the task raises; ``text`` becomes the exception text;
+* ``("flaky", n, dep, ...)``: fails its first ``n`` runs, then behaves as ``"add"``.
+
+A worker executes a task with the values found in *its own* data store, so a state
+machine that starts a task before its dependencies arrived fails loudly. Transfers copy
+values between the simulated stores: a fetch is a request on the link ``(fetcher, peer,
+"data")`` and, when the peer serves it, a response on ``(peer, fetcher, "data")`` holding
+whatever the peer had at that moment.
+
+A killed worker loses its data, its running tasks and the messages sent to it; the
+messages it already sent are still delivered, then the scheduler sees ``RemoveWorker``
+(as a real scheduler sees a closed connection after the bytes before it). Fetches it has
+not served yet fail.
+
+After every step both state machines are validated, and each worker's ``memory`` tasks
+must match its data store exactly (no leaked or phantom data).
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from conveyor.core import events as ev
+from conveyor.core import instructions as si
+from conveyor.core import worker_events as we
+from conveyor.core.scheduler import SchedulerState
+from conveyor.core.types import Key
+from conveyor.core.worker import WorkerState
+
+__all__ = ["MODULUS", "SimCluster", "SimStuck", "expected_values", "random_dag"]
+
+MODULUS = 1_000_003
+SCHEDULER = "scheduler"
+
+Link = tuple[str, str, str]
+
+
+class SimStuck(AssertionError):
+    """The simulation did not become quiet, or stopped with work left undone."""
+
+
+@dataclass(slots=True)
+class _Running:
+    """A task a simulated worker thread is running."""
+
+    worker: str
+    key: Key
+    start: float
+    value: Any
+    error: str | None
+
+
+def dependencies_of(run_spec: tuple[Any, ...]) -> tuple[Key, ...]:
+    """The dependency keys named in a simulated run spec."""
+    op = run_spec[0]
+    if op == "add":
+        return tuple(run_spec[1:])
+    if op in ("fail", "flaky"):
+        return tuple(run_spec[2:])
+    if op == "value":
+        return ()
+    raise ValueError(f"unknown simulated op {op!r}")
+
+
+def expected_values(tasks: Mapping[Key, tuple[Any, ...]]) -> dict[Key, int]:
+    """What each non-failing task of ``tasks`` evaluates to (failing ones are left out)."""
+    out: dict[Key, int] = {}
+    failed: set[Key] = set()
+    for key in _topological(tasks):
+        spec = tasks[key]
+        deps = dependencies_of(spec)
+        if spec[0] == "fail" or any(d in failed for d in deps):
+            failed.add(key)
+        elif spec[0] == "value":
+            out[key] = spec[1]
+        else:
+            out[key] = (1 + sum(out[d] for d in deps)) % MODULUS
+    return out
+
+
+def _topological(tasks: Mapping[Key, tuple[Any, ...]]) -> list[Key]:
+    order: list[Key] = []
+    seen: set[Key] = set()
+    for root in tasks:
+        stack: list[tuple[Key, bool]] = [(root, False)]
+        while stack:
+            key, done = stack.pop()
+            if done:
+                order.append(key)
+                continue
+            if key in seen:
+                continue
+            seen.add(key)
+            stack.append((key, True))
+            for dep in dependencies_of(tasks[key]):
+                if dep in tasks and dep not in seen:
+                    stack.append((dep, False))
+    return order
+
+
+def random_dag(
+    rng: random.Random,
+    n: int = 300,
+    *,
+    max_deps: int = 4,
+    prefixes: tuple[str, ...] = ("load", "inc", "add", "sum", "agg"),
+    fail_fraction: float = 0.0,
+) -> dict[Key, tuple[Any, ...]]:
+    """A random task graph of ``n`` tasks with string and tuple keys, in topological order.
+
+    About a fifth of the tasks are roots in one large group (so root-task queuing kicks
+    in); the others draw their dependencies mostly from recent tasks.
+    """
+    tasks: dict[Key, tuple[Any, ...]] = {}
+    keys: list[Key] = []
+    for i in range(n):
+        if i < 3 or rng.random() < 0.2:
+            key: Key = ("load", i)
+            spec: tuple[Any, ...] = ("value", rng.randrange(100))
+        else:
+            prefix = rng.choice(prefixes[1:])
+            key = f"{prefix}-{i}" if rng.random() < 0.7 else (prefix, i)
+            ndeps = rng.randint(1, min(max_deps, len(keys)))
+            window = keys[-30:] if rng.random() < 0.8 else keys
+            deps = tuple(rng.sample(window, min(ndeps, len(window))))
+            if rng.random() < fail_fraction:
+                spec = ("fail", f"boom in {key!r}", *deps)
+            else:
+                spec = ("add", *deps)
+        tasks[key] = spec
+        keys.append(key)
+    return tasks
+
+
+class SimCluster:
+    """One scheduler and ``n_workers`` workers exchanging messages over a seeded network.
+
+    ``sim.submit(client, tasks, wanted)`` sends a graph (``{key: run_spec}``);
+    :meth:`run_until_quiet` delivers everything; :meth:`result` reads a value back.
+    """
+
+    def __init__(
+        self,
+        n_workers: int = 3,
+        nthreads: int = 2,
+        seed: int = 0,
+        *,
+        validate: bool = True,
+        scheduler_kwargs: dict[str, Any] | None = None,
+        worker_kwargs: dict[str, Any] | None = None,
+        nbytes: Callable[[Key, Any], int] | None = None,
+        max_tick: float = 0.01,
+    ) -> None:
+        self.rng = random.Random(seed)
+        self.seed = seed
+        self.now = 0.0
+        self.step_count = 0
+        self.max_tick = max_tick
+        self.validate_state = validate
+        self.scheduler = SchedulerState(validate=validate, **(scheduler_kwargs or {}))
+        self.worker_kwargs = dict(worker_kwargs or {})
+        self.nbytes = nbytes or (lambda key, value: 100)
+        self.workers: dict[str, WorkerState] = {}
+        self.data: dict[str, dict[Key, Any]] = {}
+        self.dead: set[str] = set()
+        self.links: dict[Link, deque[Callable[[], None]]] = {}
+        self.running: dict[tuple[str, Key], _Running] = {}
+        #: messages the scheduler sent to each client, in order
+        self.client_messages: dict[str, list[si.ToClient]] = {}
+        #: how often each key started executing, over all workers
+        self.executions: Counter[Key] = Counter()
+        #: every event delivered, in order (for replay comparisons)
+        self.trace: list[tuple[str, Any]] = []
+        self._kills: dict[int, list[str]] = {}
+        self._attempts: Counter[Key] = Counter()
+        for i in range(n_workers):
+            self.add_worker(f"sim://worker-{i}", nthreads)
+
+    # ------------------------------------------------------------------ setup
+
+    def add_worker(self, address: str, nthreads: int = 2, name: str | int | None = None) -> None:
+        """Start a worker and register it with the scheduler (synchronously)."""
+        if address in self.workers or address in self.dead:
+            raise ValueError(f"address {address!r} already used")
+        self.workers[address] = WorkerState(
+            address, nthreads, validate=self.validate_state, **self.worker_kwargs
+        )
+        self.data[address] = {}
+        event = ev.AddWorker(self.now, address, name or address, nthreads, 2**30, "sim-host")
+        self._to_scheduler(event)
+
+    def kill_worker(self, address: str) -> None:
+        """The worker dies now: data, running tasks and inbound messages are lost."""
+        if address not in self.workers:
+            raise KeyError(address)
+        del self.workers[address]
+        del self.data[address]
+        self.dead.add(address)
+        self.trace.append(("kill", address))
+        for key in [k for k in self.running if k[0] == address]:
+            del self.running[key]
+        for link in list(self.links):
+            if link[1] == address and link[2] == "ctl":
+                del self.links[link]
+        # The scheduler notices once the worker's last messages are in.
+        self._send((address, SCHEDULER, "ctl"), self._remove_worker_cb(address))
+
+    def kill_at(self, step: int, address: str) -> None:
+        """Kill ``address`` just before step number ``step`` is taken."""
+        self._kills.setdefault(step, []).append(address)
+
+    # ----------------------------------------------------------------- client
+
+    def submit(
+        self,
+        client_id: str,
+        tasks: Mapping[Key, tuple[Any, ...]],
+        wanted: Iterable[Key] | None = None,
+        *,
+        retries: Mapping[Key, int] | None = None,
+        restrictions: Mapping[Key, tuple[str, ...]] | None = None,
+        user_priority: int = 0,
+    ) -> None:
+        """Send a graph ``{key: run_spec}`` (dependencies are read from the run specs)."""
+        retries = retries or {}
+        restrictions = restrictions or {}
+        specs = [
+            ev.TaskSpec(
+                key,
+                spec,
+                dependencies_of(spec),
+                order=i,
+                workers=restrictions.get(key),
+                retries=retries.get(key, 0),
+            )
+            for i, (key, spec) in enumerate(tasks.items())
+        ]
+        wanted_list = list(tasks) if wanted is None else list(wanted)
+        self._from_client(
+            client_id,
+            lambda now: ev.UpdateGraph(now, client_id, specs, wanted_list, user_priority),
+        )
+
+    def release(self, client_id: str, keys: Iterable[Key]) -> None:
+        """The client drops its futures for ``keys``."""
+        keys = list(keys)
+        self._from_client(client_id, lambda now: ev.ClientReleasesKeys(now, client_id, keys))
+
+    def cancel(self, client_id: str, keys: Iterable[Key], force: bool = False) -> None:
+        """The client cancels ``keys``."""
+        keys = list(keys)
+        self._from_client(client_id, lambda now: ev.CancelKeys(now, client_id, keys, force))
+
+    def scatter(self, client_id: str, data: Mapping[Key, Any], workers: Iterable[str]) -> None:
+        """Put ``data`` on ``workers`` directly, then tell the scheduler."""
+        addresses = [w for w in workers if w in self.workers]
+        sizes = {k: self.nbytes(k, v) for k, v in data.items()}
+        for address in addresses:
+            self.data[address].update(data)
+            self._worker_handle(address, we.UpdateDataEvent(self.now, dict(sizes)))
+        who_has = {k: list(addresses) for k in data}
+        self._from_client(client_id, lambda now: ev.UpdateData(now, client_id, who_has, sizes))
+
+    def result(self, key: Key) -> Any:
+        """The value of ``key``, read from a worker the scheduler says holds it."""
+        ts = self.scheduler.tasks.get(key)
+        if ts is None or ts.state != "memory":
+            raise KeyError(f"{key!r} is not in memory ({ts!r})")
+        values = [self.data[ws.address][key] for ws in sorted(ts.who_has)]
+        if any(v != values[0] for v in values):
+            raise AssertionError(f"replicas of {key!r} disagree: {values}")
+        return values[0]
+
+    # ----------------------------------------------------------------- running
+
+    def step(self) -> bool:
+        """Deliver one message or finish one execution; False if nothing was pending."""
+        for address in self._kills.pop(self.step_count, ()):
+            if address in self.workers:
+                self.kill_worker(address)
+        links = [link for link, queue in self.links.items() if queue]
+        running = list(self.running)
+        total = len(links) + len(running)
+        if not total:
+            return False
+        self.step_count += 1
+        self.now += self.rng.uniform(0.0, self.max_tick)
+        i = self.rng.randrange(total)
+        if i < len(links):
+            link = links[i]
+            queue = self.links[link]
+            action = queue.popleft()
+            if not queue:
+                del self.links[link]
+            action()
+        else:
+            self._finish_execution(self.running.pop(running[i - len(links)]))
+        self.check()
+        return True
+
+    def run(self, steps: int) -> None:
+        """Take up to ``steps`` steps."""
+        for _ in range(steps):
+            if not self.step():
+                return
+
+    def run_until_quiet(self, max_steps: int = 100_000) -> int:
+        """Step until nothing is pending; the number of steps taken. SimStuck if too many."""
+        start = self.step_count
+        while self.step():
+            if self.step_count - start > max_steps:
+                raise SimStuck(f"seed {self.seed}: not quiet after {max_steps} steps")
+        # a kill scheduled for a step after the last one still happens
+        for step in sorted(self._kills):
+            for address in self._kills.pop(step):
+                if address in self.workers:
+                    self.kill_worker(address)
+            while self.step():
+                if self.step_count - start > max_steps:
+                    raise SimStuck(f"seed {self.seed}: not quiet after {max_steps} steps")
+        return self.step_count - start
+
+    def is_quiet(self) -> bool:
+        """Nothing in transit and nothing running."""
+        return not self.running and not any(self.links.values())
+
+    # ----------------------------------------------------------------- checks
+
+    def check(self) -> None:
+        """Validate both state machines and each worker's data against its state."""
+        if not self.validate_state:
+            return
+        self.scheduler.validate()
+        for address, ws in self.workers.items():
+            ws.validate()
+            in_memory = {k for k, t in ws.tasks.items() if t.state == "memory"}
+            stored = set(self.data[address])
+            if in_memory != stored:
+                raise AssertionError(
+                    f"{address}: memory tasks {sorted(map(repr, in_memory - stored))} have no "
+                    f"data; data {sorted(map(repr, stored - in_memory))} has no memory task"
+                )
+
+    def check_quiet(self) -> None:
+        """At rest, the scheduler's view of each worker's data is the truth."""
+        if not self.is_quiet():
+            raise AssertionError("not quiet")
+        s = self.scheduler
+        stuck = [ts for ts in s.tasks.values() if ts.state in ("processing", "waiting")]
+        if stuck or s.queued or s.unrunnable:
+            raise SimStuck(
+                f"seed {self.seed}: quiet with work left: {stuck[:5]} "
+                f"queued={len(s.queued)} no-worker={len(s.unrunnable)}"
+            )
+        for address, data in self.data.items():
+            ws = s.workers.get(address)
+            held = {ts.key for ts in ws.has_what} if ws is not None else set()
+            if set(data) != held:
+                raise AssertionError(
+                    f"{address}: holds {sorted(map(repr, set(data) - held))} unknown to the "
+                    f"scheduler; scheduler thinks it holds {sorted(map(repr, held - set(data)))}"
+                )
+
+    # ------------------------------------------------------------ internals
+
+    def _send(self, link: Link, action: Callable[[], None]) -> None:
+        queue = self.links.get(link)
+        if queue is None:
+            queue = self.links[link] = deque()
+        queue.append(action)
+
+    def _from_client(self, client_id: str, make: Callable[[float], ev.SchedulerEvent]) -> None:
+        self._send((client_id, SCHEDULER, "ctl"), lambda: self._to_scheduler(make(self.now)))
+
+    def _remove_worker_cb(self, address: str) -> Callable[[], None]:
+        return lambda: self._to_scheduler(ev.RemoveWorker(self.now, address, "sim-kill"))
+
+    def _to_scheduler(self, event: ev.SchedulerEvent) -> None:
+        self.trace.append((SCHEDULER, event))
+        for instr in self.scheduler.handle(event):
+            if isinstance(instr, si.ToClient):
+                self.client_messages.setdefault(instr.client_id, []).append(instr)
+            elif instr.worker in self.workers:
+                self._send((SCHEDULER, instr.worker, "ctl"), self._delivery(instr))
+
+    def _delivery(self, instr: si.ToWorker) -> Callable[[], None]:
+        address = instr.worker
+        if isinstance(instr, si.CloseWorker):
+            return lambda: self.kill_worker(address) if address in self.workers else None
+        make = _worker_event_factory(instr)
+
+        def deliver() -> None:
+            if address in self.workers:
+                self._worker_handle(address, make(self.now))
+
+        return deliver
+
+    def _worker_handle(self, address: str, event: we.WorkerEvent) -> None:
+        self.trace.append((address, event))
+        data = self.data[address]
+        ws = self.workers[address]
+        for instr in ws.handle(event):
+            if isinstance(instr, we.Execute):
+                self._start_execution(address, instr.key)
+            elif isinstance(instr, we.GatherDep):
+                self._send((address, instr.worker, "data"), self._fetch(address, instr))
+            elif isinstance(instr, we.DeleteData):
+                for key in instr.keys:
+                    data.pop(key, None)
+            else:
+                self._send((address, SCHEDULER, "ctl"), self._report(address, instr))
+
+    def _report(self, address: str, instr: we.WorkerInstruction) -> Callable[[], None]:
+        make = _scheduler_event_factory(address, instr)
+        return lambda: self._to_scheduler(make(self.now))
+
+    def _fetch(self, fetcher: str, instr: we.GatherDep) -> Callable[[], None]:
+        peer, keys = instr.worker, list(instr.keys)
+        return lambda: self._serve(fetcher, peer, keys)
+
+    def _start_execution(self, address: str, key: Key) -> None:
+        wts = self.workers[address].tasks[key]
+        spec = wts.run_spec
+        data = self.data[address]
+        deps = dependencies_of(spec)
+        missing = [d for d in deps if d not in data]
+        if missing:
+            raise AssertionError(f"{address} executes {key!r} without {missing} in its data")
+        self.executions[key] += 1
+        self._attempts[key] += 1
+        value: Any = None
+        error: str | None = None
+        op = spec[0]
+        if op == "value":
+            value = spec[1]
+        elif op == "fail" or (op == "flaky" and self._attempts[key] <= spec[1]):
+            error = spec[1] if op == "fail" else f"flaky {key!r} attempt {self._attempts[key]}"
+        else:
+            value = (1 + sum(data[d] for d in deps)) % MODULUS
+        if (address, key) in self.running:
+            raise AssertionError(f"{address} executes {key!r} twice at once")
+        self.running[(address, key)] = _Running(address, key, self.now, value, error)
+
+    def _finish_execution(self, run: _Running) -> None:
+        address = run.worker
+        if run.error is not None:
+            event: we.WorkerEvent = we.ExecuteFailure(
+                self.now,
+                run.key,
+                b"exception:" + run.error.encode(),
+                b"traceback",
+                f"RuntimeError: {run.error}",
+                "Traceback (simulated)",
+                run.start,
+                self.now,
+            )
+        else:
+            self.data[address][run.key] = run.value
+            event = we.ExecuteSuccess(
+                self.now,
+                run.key,
+                self.nbytes(run.key, run.value),
+                type(run.value).__name__,
+                run.start,
+                self.now,
+            )
+        self._worker_handle(address, event)
+
+    def _serve(self, fetcher: str, peer: str, keys: list[Key]) -> None:
+        """``peer`` answers a fetch from ``fetcher`` with what it has right now."""
+        if fetcher not in self.workers:
+            return
+        if peer not in self.workers:
+            done = we.GatherDepDone(self.now, peer, {}, [], failed=True)
+            self._worker_handle(fetcher, done)
+            return
+        store = self.data[peer]
+        values = {k: store[k] for k in keys if k in store}
+        missing = [k for k in keys if k not in store]
+        self._send(
+            (peer, fetcher, "data"),
+            lambda: self._receive(fetcher, peer, values, missing),
+        )
+
+    def _receive(self, fetcher: str, peer: str, values: dict[Key, Any], missing: list[Key]) -> None:
+        if fetcher not in self.workers:
+            return
+        self.data[fetcher].update(values)
+        sizes = {k: self.nbytes(k, v) for k, v in values.items()}
+        self._worker_handle(fetcher, we.GatherDepDone(self.now, peer, sizes, missing))
+
+
+def _worker_event_factory(instr: si.ToWorker) -> Callable[[float], we.WorkerEvent]:
+    if isinstance(instr, si.ComputeTask):
+        i = instr
+        return lambda now: we.ComputeTaskEvent(
+            now, i.key, i.run_spec, i.priority, dict(i.who_has), dict(i.nbytes), i.duration
+        )
+    if isinstance(instr, si.FreeKeys):
+        keys = list(instr.keys)
+        return lambda now: we.FreeKeysEvent(now, keys)
+    if isinstance(instr, si.RefreshWhoHas):
+        who_has = dict(instr.who_has)
+        return lambda now: we.RefreshWhoHasEvent(now, who_has)
+    raise TypeError(f"unexpected scheduler instruction {instr!r}")
+
+
+def _scheduler_event_factory(
+    address: str, instr: we.WorkerInstruction
+) -> Callable[[float], ev.SchedulerEvent]:
+    if isinstance(instr, we.TaskFinishedMsg):
+        f = instr
+        return lambda now: ev.TaskFinished(now, address, f.key, f.nbytes, f.type, f.start, f.stop)
+    if isinstance(instr, we.TaskErredMsg):
+        e = instr
+        return lambda now: ev.TaskErred(
+            now,
+            address,
+            e.key,
+            e.exception,
+            e.traceback,
+            e.exception_text,
+            e.traceback_text,
+            e.start,
+            e.stop,
+        )
+    if isinstance(instr, we.AddKeysMsg):
+        keys = dict(instr.keys)
+        return lambda now: ev.WorkerAddKeys(now, address, keys)
+    if isinstance(instr, we.MissingDataMsg):
+        m = instr
+        return lambda now: ev.MissingData(now, address, m.key, m.errant_worker)
+    raise TypeError(f"unexpected worker instruction {instr!r}")

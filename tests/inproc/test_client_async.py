@@ -1,0 +1,229 @@
+"""Tier 2: scheduler, workers and an asynchronous client in one event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import operator
+import traceback
+
+import pytest
+
+from conveyor import CancelledError, Future, as_completed, wait
+from conveyor.testing.cluster import in_process_cluster, until
+
+
+def inc(x: int) -> int:
+    return x + 1
+
+
+def add(*args: int, offset: int = 0) -> int:
+    return sum(args) + offset
+
+
+def fail(x: int) -> int:
+    raise ZeroDivisionError(f"cannot divide {x}")
+
+
+def run(coro_fn, **kwargs):  # type: ignore[no-untyped-def]
+    async def main() -> None:
+        async with in_process_cluster(**kwargs) as (s, workers, client):
+            await coro_fn(s, workers, client)
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("protocol", ["tcp", "inproc"])
+def test_submit_and_result(protocol: str) -> None:
+    async def body(s, workers, c):  # type: ignore[no-untyped-def]
+        fut = c.submit(inc, 10)
+        assert isinstance(fut, Future)
+        assert await fut == 11
+        assert await fut.result() == 11
+        assert fut.status == "finished" and fut.done() and not fut.cancelled()
+
+    run(body, protocol=protocol)
+
+
+def test_map_with_several_iterables_and_kwargs() -> None:
+    async def body(s, workers, c):  # type: ignore[no-untyped-def]
+        fs = c.map(add, range(5), range(10, 15), offset=100)
+        assert await c.gather(fs) == [100 + i + 10 + i for i in range(5)]
+
+    run(body)
+
+
+def test_pure_submissions_share_a_key_and_impure_ones_do_not() -> None:
+    async def body(s, workers, c):  # type: ignore[no-untyped-def]
+        a, b = c.submit(inc, 1), c.submit(inc, 1)
+        assert a.key == b.key
+        x, y = c.submit(inc, 1, pure=False), c.submit(inc, 1, pure=False)
+        assert x.key != y.key
+        k = c.submit(inc, 1, key="my-key")
+        assert k.key == "my-key" and await k == 2
+
+    run(body)
+
+
+def test_futures_as_arguments_in_containers() -> None:
+    async def body(s, workers, c):  # type: ignore[no-untyped-def]
+        xs = c.map(inc, range(4))
+        total = c.submit(sum, xs)
+        assert await total == 10
+        d = c.submit(lambda m: m["a"] + m["b"][0], {"a": xs[0], "b": [xs[1]]})
+        assert await d == 1 + 2
+
+    run(body)
+
+
+def test_gather_nested_structures() -> None:
+    async def body(s, workers, c):  # type: ignore[no-untyped-def]
+        a, b, e = c.submit(inc, 1), c.submit(inc, 2), c.submit(inc, 3)
+        out = await c.gather({"x": [a, (b, 7)], "y": {e}})
+        assert out == {"x": [2, (3, 7)], "y": {4}}
+
+    run(body)
+
+
+def test_errors_raise_with_type_message_and_remote_traceback() -> None:
+    async def body(s, workers, c):  # type: ignore[no-untyped-def]
+        bad = c.submit(fail, 3)
+        with pytest.raises(ZeroDivisionError, match="cannot divide 3") as info:
+            await bad
+        frames = traceback.extract_tb(info.value.__traceback__)
+        assert any(f.name == "fail" for f in frames), frames
+        assert bad.status == "error"
+        exc = await bad.exception()
+        assert isinstance(exc, ZeroDivisionError)
+        tb = await bad.traceback()
+        assert any(f.name == "fail" for f in traceback.extract_tb(tb))
+        # the cluster is healthy afterwards, and dependents carry the original error
+        dep = c.submit(inc, bad)
+        with pytest.raises(ZeroDivisionError):
+            await dep
+        assert await c.submit(inc, 1) == 2
+
+    run(body)
+
+
+def test_gather_errors_skip() -> None:
+    async def body(s, workers, c):  # type: ignore[no-untyped-def]
+        good, bad = c.submit(inc, 1), c.submit(fail, 1)
+        assert await c.gather([good, bad], errors="skip") == [2]
+        with pytest.raises(ZeroDivisionError):
+            await c.gather([good, bad])
+
+    run(body)
+
+
+def test_scatter_and_broadcast() -> None:
+    async def body(s, workers, c):  # type: ignore[no-untyped-def]
+        [x] = await c.scatter([41])
+        assert await c.submit(inc, x) == 42
+        single = await c.scatter(5)
+        assert isinstance(single, Future) and await single == 5
+        both = await c.scatter({"k": 1}, broadcast=True)
+        assert len(s.tasks["k"].who_has) == len(workers)
+        assert await both["k"] == 1
+
+    run(body)
+
+
+def test_dependencies_move_between_workers() -> None:
+    async def body(s, workers, c):  # type: ignore[no-untyped-def]
+        a_addr, b_addr = workers[0].address, workers[1].address
+        a = c.submit(lambda: list(range(1000)), workers=[a_addr])
+        b = c.submit(sum, a, workers=[b_addr])
+        assert await b == sum(range(1000))
+        assert s.tasks[a.key].who_has >= {s.workers[a_addr], s.workers[b_addr]}
+
+    run(body)
+
+
+def test_released_futures_are_forgotten_by_the_scheduler() -> None:
+    async def body(s, workers, c):  # type: ignore[no-untyped-def]
+        fs = c.map(inc, range(20))
+        total = c.submit(sum, fs)
+        assert await total == sum(range(1, 21))
+        del fs
+        total.release()
+        await until(lambda: not s.tasks, what="scheduler forgets released keys")
+        await until(lambda: not any(w.data for w in workers), what="workers drop data")
+
+    run(body)
+
+
+def test_cancel() -> None:
+    async def body(s, workers, c):  # type: ignore[no-untyped-def]
+        ev = c.submit(lambda: __import__("time").sleep(0.5), pure=False)
+        await c.cancel([ev])
+        assert ev.cancelled()
+        with pytest.raises(CancelledError):
+            await ev
+        assert await c.submit(inc, 1) == 2
+
+    run(body)
+
+
+def test_as_completed_and_wait() -> None:
+    async def body(s, workers, c):  # type: ignore[no-untyped-def]
+        fs = c.map(inc, range(10))
+        seen = [f async for f in as_completed(fs)]
+        assert sorted(f.key for f in seen) == sorted(f.key for f in fs)
+        done, not_done = await wait(fs)
+        assert len(done) == 10 and not not_done
+
+    run(body)
+
+
+def test_add_done_callback_runs_once_done() -> None:
+    async def body(s, workers, c):  # type: ignore[no-untyped-def]
+        loop = asyncio.get_running_loop()
+        called: asyncio.Future[str] = loop.create_future()
+        fut = c.submit(inc, 1)
+        fut.add_done_callback(lambda f: loop.call_soon_threadsafe(called.set_result, f.key))
+        assert await asyncio.wait_for(called, 5) == fut.key
+
+    run(body)
+
+
+def test_dependency_chain_and_task_duration_learned() -> None:
+    async def body(s, workers, c):  # type: ignore[no-untyped-def]
+        x = c.submit(inc, 0)
+        for _ in range(20):
+            x = c.submit(inc, x)
+        assert await x == 21
+        assert "inc" in s.task_duration
+        story = s.story(x.key)
+        assert [e[2] for e in story][:2] == ["waiting", "processing"]
+
+    run(body)
+
+
+def test_losing_a_worker_recomputes_its_results() -> None:
+    async def body(s, workers, c):  # type: ignore[no-untyped-def]
+        w0, w1 = workers
+        a = c.submit(inc, 1, workers=[w0.address], allow_other_workers=True)
+        assert await a == 2
+        await w0.close()
+        await until(lambda: w0.address not in s.workers, what="worker removed")
+        b = c.submit(operator.add, a, 10)
+        assert await b == 12
+        assert s.tasks[a.key].who_has == {s.workers[w1.address]}
+
+    run(body)
+
+
+def test_scheduler_attributes() -> None:
+    async def body(s, workers, c):  # type: ignore[no-untyped-def]
+        await c.submit(inc, 1)
+        assert set(s.workers) == {w.address for w in workers}
+        assert len(s.clients) == 1 and c.id in s.client_comms
+        assert set(s.stream_comms) == set(s.workers)
+        assert set(s.idle) == set(s.workers)
+        assert not s.saturated and not s.unrunnable
+        assert s.host_info["127.0.0.1"]["nthreads"] == 2
+        assert s.services == {} and s.loop is asyncio.get_running_loop()
+        info = await c.scheduler_info()
+        assert set(info["workers"]) == set(s.workers)
+
+    run(body)

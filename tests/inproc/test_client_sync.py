@@ -1,0 +1,108 @@
+"""Tier 2: the synchronous Client against an in-process LocalCluster."""
+
+from __future__ import annotations
+
+import gc
+import socket
+import time
+from collections.abc import Iterator
+
+import dask
+import pytest
+
+from conveyor import Client, LocalCluster, as_completed, wait
+from conveyor.client.current import default_client
+
+
+def inc(x: int) -> int:
+    return x + 1
+
+
+def slow(x: float) -> float:
+    time.sleep(x)
+    return x
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[LocalCluster]:
+    with LocalCluster(n_workers=2, threads_per_worker=2, processes=False) as c:
+        yield c
+
+
+@pytest.fixture
+def client(cluster: LocalCluster) -> Iterator[Client]:
+    with Client(cluster) as c:
+        yield c
+
+
+def test_sync_submit_map_gather(client: Client) -> None:
+    assert client.submit(inc, 1).result(timeout=10) == 2
+    fs = client.map(inc, range(100))
+    assert client.gather(fs) == list(range(1, 101))
+    assert default_client() is client
+
+
+def test_result_timeout(client: Client) -> None:
+    fut = client.submit(slow, 1.0, pure=False)
+    with pytest.raises(TimeoutError):
+        fut.result(timeout=0.05)
+    assert fut.result(timeout=10) == 1.0
+
+
+def test_wait_first_completed(client: Client) -> None:
+    quick = client.submit(slow, 0.0, pure=False)
+    long = client.submit(slow, 2.0, pure=False)
+    done, not_done = wait([quick, long], return_when="FIRST_COMPLETED")
+    assert quick in done and long in not_done
+    client.cancel([long])
+
+
+def test_as_completed_with_results(client: Client) -> None:
+    fs = client.map(inc, range(10))
+    results = sorted(r for _, r in as_completed(fs, with_results=True))
+    assert results == list(range(1, 11))
+
+
+def test_garbage_collected_futures_are_released(client: Client, cluster: LocalCluster) -> None:
+    fut = client.submit(inc, 123)
+    key = fut.key
+    assert fut.result() == 124
+    assert cluster.scheduler is not None
+    assert key in cluster.scheduler.tasks
+    del fut
+    gc.collect()
+    deadline = time.monotonic() + 5
+    while key in cluster.scheduler.tasks and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert key not in cluster.scheduler.tasks
+
+
+def test_dask_compute_with_client(client: Client) -> None:
+    da = pytest.importorskip("dask.array")
+    x = da.ones((200, 200), chunks=(50, 50))
+    (total,) = dask.compute((x + 1).sum(), scheduler=client)
+    assert total == 2 * 200 * 200
+    delayed_sum = dask.delayed(sum)([dask.delayed(inc)(i) for i in range(10)])
+    assert dask.compute(delayed_sum, scheduler=client) == (55,)
+
+
+def test_client_get_dict_graph(client: Client) -> None:
+    dsk = {"a": 1, "b": (inc, "a"), "c": (sum, ["a", "b"])}
+    assert client.get(dsk, "c") == 3
+    assert client.get(dsk, ["a", ["b", "c"]]) == [1, [2, 3]]
+
+
+def test_futures_inside_delayed(client: Client) -> None:
+    fut = client.submit(inc, 1)
+    result = dask.compute(dask.delayed(inc)(fut), scheduler=client)
+    assert result == (3,)
+
+
+def test_client_to_nothing_fails_fast() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    start = time.monotonic()
+    with pytest.raises(OSError, match="Could not connect"):
+        Client(f"tcp://127.0.0.1:{port}", timeout=0.5)
+    assert time.monotonic() - start < 5
