@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import numpy as np
@@ -18,8 +18,21 @@ from conveyor.protocol import dumps, encode, encode_frames, loads
 LOCAL = "tcp://127.0.0.1:0"
 
 
-def run(coro: Coroutine[Any, Any, None]) -> None:
-    asyncio.run(asyncio.wait_for(coro, 60))
+Runner = Callable[[Coroutine[Any, Any, None]], None]
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def run(request: pytest.FixtureRequest) -> Runner:
+    """Run a test coroutine (with a time limit) on the default loop and on uvloop."""
+    factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    if request.param == "uvloop":
+        factory = pytest.importorskip("uvloop").new_event_loop
+
+    def run(coro: Coroutine[Any, Any, None]) -> None:
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(asyncio.wait_for(coro, 60))
+
+    return run
 
 
 async def echo(comm: Comm) -> None:
@@ -53,7 +66,7 @@ def warnings_from(caplog: pytest.LogCaptureFixture) -> list[str]:
     ]
 
 
-def test_listen_address_has_the_real_port() -> None:
+def test_listen_address_has_the_real_port(run: Runner) -> None:
     async def main() -> None:
         async with listen(LOCAL, echo) as listener:
             host, port = host_port(listener.listen_address)
@@ -63,7 +76,7 @@ def test_listen_address_has_the_real_port() -> None:
     run(main())
 
 
-def test_contact_address_is_a_real_ip_when_listening_on_all_interfaces() -> None:
+def test_contact_address_is_a_real_ip_when_listening_on_all_interfaces(run: Runner) -> None:
     async def main() -> None:
         async with listen("tcp://0.0.0.0:0", echo) as listener:
             assert listener.listen_address.startswith("tcp://0.0.0.0:")
@@ -77,7 +90,7 @@ def test_contact_address_is_a_real_ip_when_listening_on_all_interfaces() -> None
     run(main())
 
 
-def test_50_mb_array_arrives_equal() -> None:
+def test_50_mb_array_arrives_equal(run: Runner) -> None:
     async def main() -> None:
         arr = np.random.default_rng(1).random(50_000_000 // 8)
         async with (
@@ -95,7 +108,9 @@ def test_50_mb_array_arrives_equal() -> None:
     run(main())
 
 
-def test_http_request_is_rejected_with_one_warning(caplog: pytest.LogCaptureFixture) -> None:
+def test_http_request_is_rejected_with_one_warning(
+    caplog: pytest.LogCaptureFixture, run: Runner
+) -> None:
     async def main() -> None:
         async with listen(LOCAL, echo) as listener:
             reader, writer = await asyncio.open_connection(*host_port(listener.listen_address))
@@ -114,7 +129,7 @@ def test_http_request_is_rejected_with_one_warning(caplog: pytest.LogCaptureFixt
     assert all(r.exc_info is None for r in caplog.records if r.levelno >= logging.WARNING)
 
 
-def test_oversized_frame_is_rejected(caplog: pytest.LogCaptureFixture) -> None:
+def test_oversized_frame_is_rejected(caplog: pytest.LogCaptureFixture, run: Runner) -> None:
     async def main() -> None:
         async with listen(LOCAL, echo, handshake=False, max_frame_size=1 << 20) as listener:
             reader, writer = await asyncio.open_connection(*host_port(listener.listen_address))
@@ -128,7 +143,7 @@ def test_oversized_frame_is_rejected(caplog: pytest.LogCaptureFixture) -> None:
     assert warning.endswith("frame of 4.66 GiB exceeds limit 1.00 MiB")
 
 
-def test_truncated_message_then_close_is_comm_closed() -> None:
+def test_truncated_message_then_close_is_comm_closed(run: Runner) -> None:
     async def main() -> None:
         outcome: asyncio.Future[BaseException] = asyncio.Future()
 
@@ -150,7 +165,7 @@ def test_truncated_message_then_close_is_comm_closed() -> None:
     run(main())
 
 
-def test_client_sees_comm_closed_when_server_sends_half_a_message() -> None:
+def test_client_sees_comm_closed_when_server_sends_half_a_message(run: Runner) -> None:
     async def main() -> None:
         async def half_server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             frames = encode_frames(encode({"op": "never finished", "pad": b"x" * 1000}))
@@ -171,7 +186,7 @@ def test_client_sees_comm_closed_when_server_sends_half_a_message() -> None:
     run(main())
 
 
-def test_undecodable_message_is_rejected(caplog: pytest.LogCaptureFixture) -> None:
+def test_undecodable_message_is_rejected(caplog: pytest.LogCaptureFixture, run: Runner) -> None:
     async def main() -> None:
         async with listen(LOCAL, echo) as listener:
             reader, writer = await asyncio.open_connection(*host_port(listener.listen_address))
@@ -185,7 +200,9 @@ def test_undecodable_message_is_rejected(caplog: pytest.LogCaptureFixture) -> No
     assert "Could not decode message" in warning
 
 
-def test_silent_peer_hits_the_handshake_timeout(caplog: pytest.LogCaptureFixture) -> None:
+def test_silent_peer_hits_the_handshake_timeout(
+    caplog: pytest.LogCaptureFixture, run: Runner
+) -> None:
     async def main() -> None:
         async with listen(LOCAL, echo, handshake_timeout=0.2) as listener:
             reader, writer = await asyncio.open_connection(*host_port(listener.listen_address))
@@ -200,7 +217,7 @@ def test_silent_peer_hits_the_handshake_timeout(caplog: pytest.LogCaptureFixture
     assert "within 0.2 s" in warning
 
 
-def test_connect_to_a_silent_server_hits_the_handshake_timeout() -> None:
+def test_connect_to_a_silent_server_hits_the_handshake_timeout(run: Runner) -> None:
     async def main() -> None:
         async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             await read_until_closed(reader)
@@ -220,7 +237,7 @@ def test_connect_to_a_silent_server_hits_the_handshake_timeout() -> None:
     run(main())
 
 
-def test_connect_timeout_bounds_the_handshake_too() -> None:
+def test_connect_timeout_bounds_the_handshake_too(run: Runner) -> None:
     async def main() -> None:
         async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             await read_until_closed(reader)
@@ -240,7 +257,7 @@ def test_connect_timeout_bounds_the_handshake_too() -> None:
     run(main())
 
 
-def test_sending_a_frame_over_the_limit_fails_locally() -> None:
+def test_sending_a_frame_over_the_limit_fails_locally(run: Runner) -> None:
     async def main() -> None:
         async with listen(LOCAL, echo) as listener:
             comm = await connect(listener.contact_address, timeout=5, max_frame_size=100_000)
@@ -253,7 +270,7 @@ def test_sending_a_frame_over_the_limit_fails_locally() -> None:
     run(main())
 
 
-def test_writer_waits_for_a_slow_reader() -> None:
+def test_writer_waits_for_a_slow_reader(run: Runner) -> None:
     async def main() -> None:
         may_read = asyncio.Event()
         finished = asyncio.Event()

@@ -125,6 +125,19 @@ def test_dumps_function_is_cached_per_function() -> None:
     assert loads_function(memoryview(first)) is g
 
 
+def test_functions_closing_over_big_data_are_not_cached() -> None:
+    big = b"x" * 1_000_000
+
+    def f() -> int:
+        return len(big)
+
+    first = dumps_function(f)
+    second = dumps_function(f)
+    assert first == second and first is not second
+    assert loads_function(first) is not loads_function(first)
+    assert loads_function(first)() == 1_000_000
+
+
 class UnhashableCallable:
     __hash__ = None  # type: ignore[assignment]
 

@@ -16,7 +16,7 @@ import socket
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from conveyor.comm.addressing import (
     get_ip,
@@ -118,7 +118,8 @@ class _FrameProtocol(asyncio.BufferedProtocol):
         return self._transport
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # A stream transport; uvloop's do not subclass asyncio.Transport.
+        transport = cast(asyncio.Transport, transport)
         self._transport = transport
         # asyncio's default writelines joins (copies) everything; uvloop and
         # Python >= 3.12 override it with a zero-copy version.

@@ -10,7 +10,8 @@ to the frames without copying them.
 It validates every declaration (frame count, each frame's length, the message total)
 against its limits *before* allocating anything for it, so a hostile or confused peer
 (say, an HTTP client) is rejected on its first bytes. Each frame is received into its own
-``bytearray`` and handed out as a writable ``memoryview``. For asyncio's
+``bytearray`` (an anonymous memory map when large) and handed out as a writable
+``memoryview``; a message lying wholly in the input is decoded in one step. For asyncio's
 ``BufferedProtocol`` the decoder also offers :meth:`FrameDecoder.get_buffer` /
 :meth:`FrameDecoder.buffer_updated`: while inside a large frame the socket receives
 straight into that frame's buffer (no copy at all); the header and small frames go

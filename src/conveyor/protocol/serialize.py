@@ -9,10 +9,12 @@ over and over, have their own cached helpers.
 
 from __future__ import annotations
 
-import functools
 import pickle
-from collections.abc import Callable
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import cloudpickle
 
@@ -30,6 +32,10 @@ __all__ = [
 #: Buffers of at least this many bytes are sent out of band, smaller ones inside the pickle.
 OUT_OF_BAND_THRESHOLD = 64 * 1024
 _FUNCTION_CACHE_SIZE = 128
+_FUNCTION_CACHE_MAX_BYTES = 64 * 1024
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
 
 
 @dataclass(slots=True)
@@ -104,9 +110,35 @@ def unpickle_bytes(data: bytes | bytearray | memoryview) -> object:
     return pickle.loads(data)
 
 
-@functools.lru_cache(maxsize=_FUNCTION_CACHE_SIZE)
-def _dumps_function_cached(func: Callable[..., object]) -> bytes:
-    return _dumps_function(func)
+class _SmallLRU(Generic[K, V]):
+    """A thread-safe LRU mapping of at most ``maxsize`` entries."""
+
+    def __init__(self, maxsize: int) -> None:
+        self._maxsize = maxsize
+        self._data: OrderedDict[K, V] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: K) -> V | None:
+        """Return the value for ``key`` (marking it recently used), or None."""
+        with self._lock:
+            value = self._data.get(key)
+            if value is not None:
+                self._data.move_to_end(key)
+            return value
+
+    def put(self, key: K, value: V) -> None:
+        """Store ``value``, evicting the least recently used entry when full."""
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            if len(self._data) > self._maxsize:
+                self._data.popitem(last=False)
+
+
+# Only small pickles are cached: a big one means a function closing over big data,
+# which the cache would otherwise keep alive.
+_dumped_functions: _SmallLRU[Callable[..., object], bytes] = _SmallLRU(_FUNCTION_CACHE_SIZE)
+_loaded_functions: _SmallLRU[bytes, Callable[..., object]] = _SmallLRU(_FUNCTION_CACHE_SIZE)
 
 
 def _dumps_function(func: Callable[..., object]) -> bytes:
@@ -120,20 +152,25 @@ def _dumps_function(func: Callable[..., object]) -> bytes:
 def dumps_function(func: Callable[..., object]) -> bytes:
     """Pickle a function with cloudpickle, caching the result per (hashable) function."""
     try:
-        hash(func)
-    except TypeError:
+        data = _dumped_functions.get(func)
+    except TypeError:  # unhashable callable: no caching
         return _dumps_function(func)
-    return _dumps_function_cached(func)
-
-
-@functools.lru_cache(maxsize=_FUNCTION_CACHE_SIZE)
-def _loads_function_cached(data: bytes) -> Callable[..., object]:
-    func = pickle.loads(data)
-    if not callable(func):
-        raise TypeError(f"Expected a pickled callable, got {type(func).__name__}")
-    return func  # type: ignore[no-any-return]
+    if data is None:
+        data = _dumps_function(func)
+        if len(data) <= _FUNCTION_CACHE_MAX_BYTES:
+            _dumped_functions.put(func, data)
+    return data
 
 
 def loads_function(data: bytes | bytearray | memoryview) -> Callable[..., object]:
     """Unpickle a function made by :func:`dumps_function`, cached on the bytes."""
-    return _loads_function_cached(data if isinstance(data, bytes) else bytes(data))
+    key = data if isinstance(data, bytes) else bytes(data)
+    func = _loaded_functions.get(key)
+    if func is None:
+        loaded = pickle.loads(key)
+        if not callable(loaded):
+            raise TypeError(f"Expected a pickled callable, got {type(loaded).__name__}")
+        func = loaded
+        if len(key) <= _FUNCTION_CACHE_MAX_BYTES:
+            _loaded_functions.put(key, func)
+    return func
