@@ -15,9 +15,7 @@ def _validate_and_check_threads() -> Iterator[None]:
     before = set(threading.enumerate())
     with dask.config.set({"conveyor.scheduler.validate": True}):
         yield
-    leaked = [
-        t for t in threading.enumerate() if t not in before and t.is_alive() and not t.daemon
-    ]
+    leaked = [t for t in threading.enumerate() if t not in before and t.is_alive() and not t.daemon]
     for t in leaked:
         t.join(timeout=5)
     still = [t.name for t in leaked if t.is_alive()]

@@ -40,12 +40,33 @@ def _stop(proc: subprocess.Popen[bytes]) -> int:
 @pytest.fixture
 def cli_cluster(tmp_path: Path) -> Iterator[str]:
     sched_file = str(tmp_path / "scheduler.json")
-    procs = [_spawn("scheduler", "--host", "127.0.0.1", "--port", "0",
-                    "--scheduler-file", sched_file, "--no-dashboard")]
+    procs = [
+        _spawn(
+            "scheduler",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--scheduler-file",
+            sched_file,
+            "--no-dashboard",
+        )
+    ]
     try:
         for i in range(2):
-            procs.append(_spawn("worker", "--scheduler-file", sched_file, "--nthreads", "1",
-                                "--name", f"cli-{i}", "--memory-limit", "1GB"))
+            procs.append(
+                _spawn(
+                    "worker",
+                    "--scheduler-file",
+                    sched_file,
+                    "--nthreads",
+                    "1",
+                    "--name",
+                    f"cli-{i}",
+                    "--memory-limit",
+                    "1GB",
+                )
+            )
         yield sched_file
     finally:
         codes = [_stop(p) for p in reversed(procs)]

@@ -45,7 +45,7 @@ def test_garbage_closes_connection_and_scheduler_keeps_serving(
     kind: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     async def main() -> None:
-        async with in_process_cluster(n_workers=1) as (s, workers, c):
+        async with in_process_cluster(n_workers=1) as (s, _workers, c):
             with caplog.at_level(logging.WARNING, logger="conveyor"):
                 await _raw_exchange(s.address, GARBAGE[kind])
             errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
@@ -58,7 +58,7 @@ def test_garbage_closes_connection_and_scheduler_keeps_serving(
 
 def test_truncated_frame_after_handshake() -> None:
     async def main() -> None:
-        async with in_process_cluster(n_workers=1) as (s, workers, c):
+        async with in_process_cluster(n_workers=1) as (s, _workers, c):
             hs = _handshake_bytes()
             # a header announcing 100 bytes, then only 10 of them, then EOF
             host, port = s.address.removeprefix("tcp://").rsplit(":", 1)

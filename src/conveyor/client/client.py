@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import threading
@@ -54,9 +55,12 @@ class Client:
         self.id = f"Client-{name + '-' if name else ''}{uuid.uuid4()}"
         self.asynchronous = asynchronous
         self.status = "created"
-        self._timeout = config.parse_duration(
-            config.get("comm.timeouts.connect") if timeout is None else timeout
-        ) or 30.0
+        self._timeout = (
+            config.parse_duration(
+                config.get("comm.timeouts.connect") if timeout is None else timeout
+            )
+            or 30.0
+        )
         self.cluster: Any = None
         self._own_cluster = False
         self._cluster_kwargs: dict[str, Any] | None = None
@@ -190,17 +194,16 @@ class Client:
         self.close()
 
     async def __aenter__(self) -> Client:
-        return await self
+        await self
+        return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self._close()
 
     def __del__(self) -> None:
         if self._runner is not None and self.status == "running":
-            try:
+            with contextlib.suppress(Exception):
                 self.close()
-            except Exception:
-                pass
 
     # ------------------------------------------------------------- sync bridge
 
@@ -246,10 +249,8 @@ class Client:
             self._refcount.pop(key, None)
             self.futures.pop(key, None)
         if self.status == "running" and self.scheduler is not None and self.loop is not None:
-            try:
+            with contextlib.suppress(RuntimeError):  # the loop is closed
                 self.loop.call_soon_threadsafe(self._release_key, key)
-            except RuntimeError:  # loop closed
-                pass
 
     def _release_key(self, key: Any) -> None:
         if key in self._refcount or self.scheduler is None:
@@ -339,7 +340,9 @@ class Client:
         elif pure:
             prefix = key or None
             keys = [
-                f"{prefix}-{tokenize(func, kwargs, *row)}" if prefix else submit_key(func, row, kwargs, True)
+                f"{prefix}-{tokenize(func, kwargs, *row)}"
+                if prefix
+                else submit_key(func, row, kwargs, True)
                 for row in rows
             ]
         else:
@@ -465,7 +468,7 @@ class Client:
         else:
             values = [data] if single else list(data)
             items = [
-                (f"{typename(type(v)).split('.')[-1]}-{tokenize(v) if hash else uuid.uuid4().hex}", v)
+                (f"{_short_typename(v)}-{tokenize(v) if hash else uuid.uuid4().hex}", v)
                 for v in values
             ]
         targets = await self._scatter_targets(workers)
@@ -589,6 +592,10 @@ def _call_safely(fn: Callable[[Future], Any], fut: Future) -> None:
         fn(fut)
     except Exception:
         logger.exception("Error in the done-callback %r of %r", fn, fut)
+
+
+def _short_typename(value: Any) -> str:
+    return str(typename(type(value))).rsplit(".", 1)[-1]
 
 
 def _as_list(workers: str | Iterable[str] | None) -> list[str] | None:

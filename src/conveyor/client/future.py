@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Generator
 from types import TracebackType
@@ -146,10 +147,8 @@ class Future(TaskRef):
     def __del__(self) -> None:
         if getattr(self, "_state", None) is None:
             return
-        try:
+        with contextlib.suppress(Exception):  # interpreter shutdown, client gone
             self._client._dec_ref(self.key)
-        except Exception:  # interpreter shutdown, client gone
-            pass
 
     def __reduce__(self) -> Any:
         return Future, (self.key,)
@@ -217,4 +216,3 @@ class Future(TaskRef):
 
     def __await__(self) -> Generator[Any, None, Any]:
         return self._client._gather_one(self).__await__()
-

@@ -16,7 +16,6 @@ from dask.base import tokenize
 from dask.order import order
 from dask.utils import funcname
 
-
 Msg = dict[str, Any]
 
 
@@ -27,14 +26,12 @@ def submit_key(func: Callable[..., Any], args: Any, kwargs: Any, pure: bool) -> 
     return f"{name}-{token}"
 
 
-def make_task(key: Any, func: Callable[..., Any], args: Iterable[Any], kwargs: Mapping[str, Any]) -> Task:
+def make_task(
+    key: Any, func: Callable[..., Any], args: Iterable[Any], kwargs: Mapping[str, Any]
+) -> Task:
     """A dask Task calling ``func``; futures anywhere in the arguments become dependencies."""
-    return Task(
-        key,
-        func,
-        *(parse_input(a) for a in args),
-        **{k: parse_input(v) for k, v in kwargs.items()},
-    )
+    parsed: dict[str, Any] = {k: parse_input(v) for k, v in kwargs.items()}
+    return Task(key, func, *(parse_input(a) for a in args), **parsed)
 
 
 def task_message(
@@ -68,7 +65,8 @@ def as_graph(obj: Any) -> dict[Any, GraphNode]:
         obj = obj.__dask_graph__()
     if not isinstance(obj, Mapping):
         raise TypeError(f"expected a task graph (a mapping), got {type(obj).__name__}")
-    return convert_legacy_graph(dict(obj))
+    graph: dict[Any, GraphNode] = convert_legacy_graph(dict(obj))
+    return graph
 
 
 def graph_messages(

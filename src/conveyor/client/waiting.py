@@ -61,7 +61,7 @@ async def _wait(futures: list[Future], return_when: str) -> DoneAndNotDoneFuture
     return DoneAndNotDoneFutures(done, set(futures) - done)
 
 
-class as_completed:  # noqa: N801 (distributed's name)
+class as_completed:
     """Iterate over futures in the order they finish.
 
     ``for fut in as_completed(futures): ...`` or ``async for``; ``with_results=True``

@@ -13,7 +13,7 @@ from conveyor.core.types import Key, Priority
 class TaskPrefix:
     """All tasks sharing a key prefix (``"inc"`` for ``"inc-abc123"``); learns durations."""
 
-    __slots__ = ("_duration_sum", "_duration_count", "duration_average", "name")
+    __slots__ = ("_duration_count", "_duration_sum", "duration_average", "name")
 
     def __init__(self, name: str, default_duration: float | None) -> None:
         self.name = name
@@ -121,6 +121,11 @@ class TaskState:
     def __lt__(self, other: TaskState) -> bool:
         return self.priority < other.priority
 
+    def __hash__(self) -> int:
+        # By key, not by id(): sets of tasks then iterate in the same order on every
+        # run, so a seeded simulation replays exactly. Equality stays identity.
+        return hash(self.key)
+
 
 class WorkerInfo:
     """What the scheduler knows about one worker."""
@@ -176,6 +181,9 @@ class WorkerInfo:
     def __lt__(self, other: WorkerInfo) -> bool:
         return self.address < other.address
 
+    def __hash__(self) -> int:
+        return hash(self.address)
+
 
 class ClientInfo:
     """A connected client and the keys it wants kept."""
@@ -189,3 +197,6 @@ class ClientInfo:
 
     def __repr__(self) -> str:
         return f"<ClientInfo {self.client_id!r} wants={len(self.wants_what)}>"
+
+    def __hash__(self) -> int:
+        return hash(self.client_id)

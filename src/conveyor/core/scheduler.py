@@ -361,6 +361,10 @@ class SchedulerState(SchedulerTransitions):
             ts = self.tasks.get(key)
             if ts is not None and ts.state == "memory":
                 self._add_replica(ts, ws, nbytes)
+            elif ts is not None and ts.processing_on is ws:
+                # The replica arrived while a ComputeTask for the key is on its way to
+                # this worker, which will answer it with TaskFinished: keep its copy.
+                continue
             else:
                 stale.append(key)
         if stale:

@@ -49,6 +49,8 @@ from conveyor.core.types import Key
 Recs = dict[TaskState, str]
 
 ACTIVE = frozenset({"waiting", "queued", "no-worker", "processing"})
+#: states a task leaves for ``released`` once nothing needs it
+RELEASABLE = ACTIVE | {"memory"}
 
 
 class InvalidTransition(RuntimeError):
@@ -119,7 +121,11 @@ class SchedulerTransitions:
             return
         fn = TRANSITIONS.get((start, finish))
         if fn is None:
-            if start == "released" or finish == "released" or (start, "released") not in TRANSITIONS:
+            if (
+                start == "released"
+                or finish == "released"
+                or (start, "released") not in TRANSITIONS
+            ):
                 raise InvalidTransition(f"{ts.key!r}: {start} -> {finish}")
             self._transition(ts, "released", recs)
             if ts.state != "released":
@@ -235,9 +241,8 @@ class SchedulerTransitions:
             waiters = dep.waiters
             if ts in waiters:
                 waiters.discard(ts)
-                if not waiters and not dep.who_wants and dep.state != "released":
-                    if dep.state == "memory" or dep.state in ACTIVE:
-                        recs[dep] = "released"
+                if not waiters and not dep.who_wants and dep.state in RELEASABLE:
+                    recs[dep] = "released"
 
     def _released_followup(self, ts: TaskState, recs: Recs) -> None:
         if self._needed(ts):
@@ -497,7 +502,15 @@ class SchedulerTransitions:
                 self._transition(dts, "released", recs, force=True)
         self._released_followup(ts, recs)
 
+    def _free_erred_on(self, ts: TaskState) -> None:
+        """Tell the workers where ``ts`` failed to drop it (and what it kept there)."""
+        for address in sorted(ts.erred_on):
+            if address in self.workers:
+                self._out.append(FreeKeys(address, [ts.key]))
+        ts.erred_on.clear()
+
     def _erred_released(self, ts: TaskState, recs: Recs, force: bool = False) -> None:
+        self._free_erred_on(ts)
         ts.state = "released"
         ts.exception = ts.traceback = ts.exception_blame = None
         ts.exception_text = ts.traceback_text = ""
@@ -533,6 +546,8 @@ class SchedulerTransitions:
 
     def _erred_forgotten(self, ts: TaskState, recs: Recs) -> None:
         self._forget(ts, recs)
+        if ts.state == "forgotten":
+            self._free_erred_on(ts)
 
 
 _Fn = Callable[..., None]

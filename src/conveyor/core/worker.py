@@ -74,6 +74,11 @@ class WTask:
     def __lt__(self, other: WTask) -> bool:
         return self.priority < other.priority
 
+    def __hash__(self) -> int:
+        # By key, not by id(), so that set iteration order and hence every decision
+        # is the same on every run (deterministic replay). Equality stays identity.
+        return hash(self.key)
+
 
 class WorkerState:
     """Everything a worker knows about its tasks, and the rules for changing it."""
@@ -228,16 +233,28 @@ class WorkerState:
         if state == "memory":
             self._out.append(we.TaskFinishedMsg(ts.key, ts.nbytes, ts.type, 0.0, 0.0))
             return
-        if state in ("executing", "flight", "waiting", "ready"):
+        if state in ("executing", "waiting", "ready"):
             return
-        if state == "cancelled":
-            self._set_state(ts, "flight" if ts.coming_from is not None else "executing")
+        if state == "cancelled" and ts.coming_from is None:
+            self._set_state(ts, "executing")
+            return
+        if state in ("flight", "cancelled"):
+            # A transfer of the key is under way: let it finish. Should it bring nothing,
+            # _gather_dep_done computes the key instead, so remember how.
+            if state == "cancelled":
+                self._set_state(ts, "flight")
+            ts.run_spec = e.run_spec
+            self._add_dependencies(ts, e)
             return
         if state == "fetch":
             self._leave_fetch(ts)
         elif state == "missing":
             self.missing.discard(ts)
         ts.run_spec = e.run_spec
+        self._add_dependencies(ts, e)
+        self._to_compute(ts)
+
+    def _add_dependencies(self, ts: WTask, e: we.ComputeTaskEvent) -> None:
         for dkey, addresses in e.who_has.items():
             dts = self._task(dkey)
             ts.dependencies.add(dts)
@@ -250,8 +267,15 @@ class WorkerState:
                 dts.who_has = set(addresses)
                 dts.priority = ts.priority
                 self._to_fetch_or_missing(dts)
+            elif dts.state == "missing":
+                # the scheduler knows newer holders than the ones that failed us
+                self.missing.discard(dts)
+                dts.who_has = set(addresses)
+                self._to_fetch_or_missing(dts)
             elif dts.state == "cancelled":
                 self._set_state(dts, "flight" if dts.coming_from is not None else "executing")
+
+    def _to_compute(self, ts: WTask) -> None:
         if ts.waiting_for_data:
             self._set_state(ts, "waiting")
         else:
@@ -355,6 +379,10 @@ class WorkerState:
                     added[key] = ts.nbytes
             else:
                 ts.who_has.discard(e.worker)
+                if ts.computed and ts.run_spec is not None:
+                    # asked to compute the key while it travelled: compute it after all
+                    self._to_compute(ts)
+                    continue
                 self._out.append(we.MissingDataMsg(key, e.worker))
                 self._to_fetch_or_missing(ts)
         if added:

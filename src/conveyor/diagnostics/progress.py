@@ -41,7 +41,9 @@ def progress(
     out.flush()
 
 
-def _draw(out: TextIO, label: str, done: int, total: int, errors: int, width: int, t: float) -> None:
+def _draw(
+    out: TextIO, label: str, done: int, total: int, errors: int, width: int, t: float
+) -> None:
     frac = done / total if total else 1.0
     filled = int(frac * width)
     bar = "#" * filled + "-" * (width - filled)

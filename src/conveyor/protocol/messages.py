@@ -35,7 +35,12 @@ def scheduler_instruction_to_msg(instr: si.Instruction) -> Msg:
     if isinstance(instr, si.FreeKeys):
         return {"op": "free-keys", "keys": instr.keys}
     if isinstance(instr, si.KeyInMemory):
-        return {"op": "key-in-memory", "key": instr.key, "type": instr.type, "workers": instr.workers}
+        return {
+            "op": "key-in-memory",
+            "key": instr.key,
+            "type": instr.type,
+            "workers": instr.workers,
+        }
     if isinstance(instr, si.KeyErred):
         return {
             "op": "task-erred",

@@ -51,7 +51,8 @@ def unpack_traceback(tb_bytes: bytes | None) -> TracebackType | None:
     if not tb_bytes:
         return None
     try:
-        return Traceback.from_dict(unpickle_bytes(tb_bytes)).as_traceback()  # type: ignore[arg-type]
+        tb: TracebackType | None = Traceback.from_dict(unpickle_bytes(tb_bytes)).as_traceback()
+        return tb
     except Exception:
         return None
 

@@ -10,6 +10,7 @@ connection as ``{"op": "reply", "id": ..., "result": ...}`` or ``..."error": tex
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 from collections.abc import Awaitable, Callable
@@ -129,15 +130,11 @@ class Peer:
             return
         if self._buffer and not self._writing:
             batch, self._buffer = self._buffer, []
-            try:
+            with contextlib.suppress(CommClosedError, OSError):
                 await self.comm.write(batch)
-            except (CommClosedError, OSError):
-                pass
         self.closed = True
-        try:
+        with contextlib.suppress(CommClosedError, OSError):
             await self.comm.close()
-        except (CommClosedError, OSError):
-            pass
         self._fail_pending()
 
     def _fail_pending(self) -> None:

@@ -34,14 +34,23 @@ logger = logging.getLogger("conveyor.scheduler")
 #: Keywords of distributed's Scheduler accepted for compatibility; their features
 #: arrive with later work and are ignored until then.
 _ACCEPTED_LATER = frozenset(
-    {"services", "extensions", "plugins", "preload", "preload_argv", "http_prefix",
-     "security", "dashboard", "jupyter", "blocked_handlers", "loop"}
+    {
+        "services",
+        "extensions",
+        "plugins",
+        "preload",
+        "preload_argv",
+        "http_prefix",
+        "security",
+        "dashboard",
+        "jupyter",
+        "blocked_handlers",
+        "loop",
+    }
 )
 
 
-def listen_address(
-    protocol: str, host: str | None, port: int | None, interface: str | None
-) -> str:
+def listen_address(protocol: str, host: str | None, port: int | None, interface: str | None) -> str:
     """The address to listen on from the usual host/port/interface/protocol options."""
     if protocol == "inproc":
         return "inproc://"
@@ -197,7 +206,7 @@ class Scheduler:
             return self
         self.loop = asyncio.get_running_loop()
         max_frame = config.parse_size(config.get("comm.max-frame-size"))
-        handshake_timeout = config.parse_duration(config.get("comm.timeouts.handshake"))
+        handshake_timeout = config.parse_duration(config.get("comm.timeouts.handshake")) or 10.0
         self._listener = listen(
             self._listen_at,
             self._handle_comm,

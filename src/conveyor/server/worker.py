@@ -75,7 +75,9 @@ class Worker:
         self.memory_limit = config.memory_limit(memory_limit) or 0
         self.local_directory = local_directory
         if protocol is None:
-            protocol = (scheduler_address or "tcp://").split("://")[0] if scheduler_address else "tcp"
+            protocol = (
+                (scheduler_address or "tcp://").split("://")[0] if scheduler_address else "tcp"
+            )
         if host is None and protocol != "inproc" and scheduler_address:
             host = get_address_host(scheduler_address)
         self._listen_at = listen_address(protocol, host, port, interface)
@@ -310,7 +312,7 @@ class Worker:
                 self.data[key] = value
                 received[key] = ser.nbytes
             missing = list(reply.get("missing") or ())
-        except (OSError, asyncio.TimeoutError) as e:
+        except (TimeoutError, OSError) as e:
             logger.info("Could not fetch %d keys from %s: %s", len(instr.keys), instr.worker, e)
             failed = True
         except Exception:
@@ -339,4 +341,3 @@ class Worker:
     async def _handle_comm(self, comm: Any) -> None:
         peer = Peer(comm, asyncio.get_running_loop())
         await serve_peer(peer, self._handlers)
-

@@ -332,8 +332,8 @@ class SimCluster:
             if self.step_count - start > max_steps:
                 raise SimStuck(f"seed {self.seed}: not quiet after {max_steps} steps")
         # a kill scheduled for a step after the last one still happens
-        for step in sorted(self._kills):
-            for address in self._kills.pop(step):
+        while self._kills:
+            for address in self._kills.pop(min(self._kills)):
                 if address in self.workers:
                     self.kill_worker(address)
             while self.step():
