@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import pickle
 import struct
+from pathlib import Path
 
 import pytest
 
 from conveyor import Scheduler
+from conveyor.comm import connect
 from conveyor.protocol import encode, encode_frames
+from conveyor.server.node import Peer, serve_peer
 from conveyor.testing.cluster import in_process_cluster
 
 
@@ -99,3 +103,35 @@ def test_unregistered_peer_cannot_report_task_results(caplog: pytest.LogCaptureF
 def test_unknown_scheduler_keyword_is_a_clear_error() -> None:
     with pytest.raises(TypeError, match="unexpected keyword"):
         Scheduler(no_such_option=1)
+
+
+class _Trap:
+    """Unpickling this creates a file: proof that someone deserialized it."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (open, (self.path, "w"))
+
+
+def test_scheduler_holds_run_specs_as_opaque_bytes(tmp_path: Path) -> None:
+    marker = tmp_path / "unpickled"
+    payload = pickle.dumps(_Trap(str(marker)))
+
+    async def main() -> None:
+        async with Scheduler(host="127.0.0.1", port=0) as s:
+            comm = await connect(s.address, 5, role="client")
+            peer = Peer(comm, asyncio.get_running_loop())
+            serving = asyncio.ensure_future(serve_peer(peer, {}))
+            await peer.request({"op": "register-client", "client": "evil"})
+            task = {"key": "trap", "spec": payload, "deps": [], "order": 0}
+            peer.send({"op": "update-graph", "tasks": [task], "keys": ["trap"]})
+            await peer.request({"op": "ncores"})  # a round trip: the graph was handled
+            assert s.tasks["trap"].run_spec == payload
+            assert s.tasks["trap"].state in ("queued", "no-worker")
+            await peer.close()
+            serving.cancel()
+
+    asyncio.run(main())
+    assert not marker.exists()

@@ -1,0 +1,83 @@
+"""The layering rules of DESIGN.md, checked on the source: imports flow downwards only."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "conveyor"
+LAYERS = ["core", "protocol", "comm", "server", "deploy", "client", "diagnostics", "cli"]
+RANK = {name: i for i, name in enumerate(LAYERS)}
+#: modules beside the layers, importable from comm upwards
+NEUTRAL = {"config"}
+FORBIDDEN_IN_CORE = {
+    "asyncio",
+    "socket",
+    "threading",
+    "selectors",
+    "ssl",
+    "time",
+    "tornado",
+    "uvloop",
+    "concurrent",
+    "multiprocessing",
+    "subprocess",
+    "random",
+    "pickle",
+    "cloudpickle",
+}
+
+
+def _imports(path: Path) -> list[tuple[str, int, bool]]:
+    """(module, line, at module level) for every import in ``path``."""
+    tree = ast.parse(path.read_text())
+    top = set(map(id, tree.body))
+    for node in tree.body:  # imports only needed by the type checker count as top level
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            top.update(map(id, node.body))
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out += [(a.name, node.lineno, id(node) in top) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.append((node.module, node.lineno, id(node) in top))
+    return out
+
+
+def _layer(path: Path) -> str:
+    return path.relative_to(SRC).parts[0].removesuffix(".py")
+
+
+@pytest.mark.parametrize("path", sorted(SRC.rglob("*.py")), ids=lambda p: str(p.relative_to(SRC)))
+def test_imports_flow_downwards(path: Path) -> None:
+    layer = _layer(path)
+    if layer not in RANK:
+        return
+    for module, line, _ in _imports(path):
+        parts = module.split(".")
+        if parts[0] != "conveyor" or len(parts) < 2:
+            continue
+        target = parts[1]
+        if target in NEUTRAL:
+            assert RANK[layer] >= RANK["comm"], f"{path}:{line} {layer} imports {module}"
+        elif target in RANK:
+            assert RANK[target] <= RANK[layer], f"{path}:{line}: {layer} imports {module}"
+
+
+@pytest.mark.parametrize("path", sorted((SRC / "core").rglob("*.py")), ids=lambda p: p.name)
+def test_core_has_no_io_threads_clocks_or_pickle(path: Path) -> None:
+    for module, line, top_level in _imports(path):
+        assert module.split(".")[0] not in FORBIDDEN_IN_CORE, f"{path.name}:{line} {module}"
+        assert top_level or module.startswith("typing"), f"{path.name}:{line} local import"
+
+
+def test_scheduler_modules_never_deserialize() -> None:
+    """The scheduler's server and state never name a loads/unpickle function."""
+    for path in [SRC / "server" / "scheduler.py", *sorted((SRC / "core").rglob("*.py"))]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            name = getattr(node, "id", None) or getattr(node, "attr", None) or ""
+            assert "loads" not in name and "unpickle" not in name, f"{path.name}: {name}"
+        for module, line, _ in _imports(path):
+            assert "pickle" not in module and "serialize" not in module, f"{path.name}:{line}"
