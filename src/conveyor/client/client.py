@@ -17,7 +17,7 @@ from dask.utils import typename
 from conveyor import config
 from conveyor.client import current
 from conveyor.client.future import CancelledError, Future, FutureState
-from conveyor.client.graph import graph_messages, make_task, submit_key, task_message
+from conveyor.client.graph import call_message, function_entry, graph_messages, submit_key
 from conveyor.client.structure import collect_futures, substitute
 from conveyor.comm import connect
 from conveyor.deploy.local import LocalCluster
@@ -305,14 +305,19 @@ class Client:
         if key is None:
             key = submit_key(func, args, kwargs, pure)
         fut = Future(key, self)
-        msg = task_message(
-            make_task(key, func, args, kwargs),
-            0,
-            _as_list(workers),
-            allow_other_workers,
-            retries or 0,
+        fid, blob = function_entry(func)
+        msg = call_message(
+            key, fid, args, kwargs, 0, _as_list(workers), allow_other_workers, retries or 0
         )
-        self._send({"op": "update-graph", "tasks": [msg], "keys": [key], "priority": priority})
+        self._send(
+            {
+                "op": "update-graph",
+                "tasks": [msg],
+                "keys": [key],
+                "priority": priority,
+                "functions": {fid: blob},
+            }
+        )
         return fut
 
     def map(
@@ -350,11 +355,20 @@ class Client:
             keys = [f"{prefix}-{uuid.uuid4().hex}" for _ in rows]
         futures = [Future(k, self) for k in keys]
         wl = _as_list(workers)
+        fid, blob = function_entry(func)
         msgs = [
-            task_message(make_task(k, func, row, kwargs), i, wl, allow_other_workers, retries or 0)
+            call_message(k, fid, row, kwargs, i, wl, allow_other_workers, retries or 0)
             for i, (k, row) in enumerate(zip(keys, rows, strict=True))
         ]
-        self._send({"op": "update-graph", "tasks": msgs, "keys": keys, "priority": priority})
+        self._send(
+            {
+                "op": "update-graph",
+                "tasks": msgs,
+                "keys": keys,
+                "priority": priority,
+                "functions": {fid: blob},
+            }
+        )
         return futures
 
     def get(self, dsk: Any, keys: Any, *, priority: int = 0, **kwargs: Any) -> Any:

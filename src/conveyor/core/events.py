@@ -59,6 +59,8 @@ class TaskSpec:
     workers: tuple[str, ...] | None = None
     allow_other_workers: bool = False
     retries: int = 0
+    #: id of a function sent once per graph in ``UpdateGraph.functions``
+    function: str | None = None
 
 
 @dataclass(slots=True)
@@ -67,6 +69,8 @@ class UpdateGraph(SchedulerEvent):
     tasks: list[TaskSpec]
     wanted: list[Key]
     user_priority: int = 0
+    #: opaque pickled functions by id, shared by the tasks that name them
+    functions: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(slots=True)

@@ -23,6 +23,9 @@ class ComputeTask(ToWorker):
     who_has: dict[Key, list[str]]
     nbytes: dict[Key, int]
     duration: float
+    #: id of the task's shared function, and its bytes if this worker has not had them
+    function: str | None = None
+    function_blob: Any = None
 
 
 @dataclass(slots=True)

@@ -64,6 +64,7 @@ class TaskState:
         "exception",
         "exception_blame",
         "exception_text",
+        "function",
         "group",
         "key",
         "loose_restrictions",
@@ -114,6 +115,8 @@ class TaskState:
         self.retries = 0
         self.worker_restrictions: frozenset[str] | None = None
         self.loose_restrictions = False
+        #: id of the shared function this task calls (see SchedulerState.functions)
+        self.function: str | None = None
 
     def __repr__(self) -> str:
         return f"<TaskState {self.key!r} {self.state}>"
@@ -133,6 +136,7 @@ class WorkerInfo:
     __slots__ = (
         "address",
         "executing_slots",
+        "functions",
         "has_what",
         "host",
         "last_seen",
@@ -171,6 +175,8 @@ class WorkerInfo:
         self.last_seen = now
         self.metrics: dict[str, Any] = {}
         self.executing_slots = nthreads
+        #: ids of the shared functions already sent to this worker
+        self.functions: set[str] = set()
 
     def __repr__(self) -> str:
         return (

@@ -208,6 +208,9 @@ class SchedulerState(SchedulerTransitions):
         cs = self._client(e.client_id, e.now)
         self.generation += 1
         self.last_activity = e.now
+        for fid, blob in e.functions.items():
+            if fid not in self.functions:
+                self.functions[fid] = [blob, 0]
         new: list[tuple[TaskState, ev.TaskSpec]] = []
         for spec in e.tasks:
             ts = self.tasks.get(spec.key)
@@ -223,6 +226,16 @@ class SchedulerState(SchedulerTransitions):
         for ts, spec in new:
             ts.priority = (-e.user_priority, self.generation, spec.order)
             ts.retries = spec.retries
+            if spec.function is not None:
+                if spec.function in self.functions:
+                    ts.function = spec.function
+                    self.functions[spec.function][1] += 1
+                else:
+                    ts.exception_text = (
+                        f"MissingFunction: task {ts.key!r} names unknown {spec.function!r}"
+                    )
+                    ts.exception_blame = ts
+                    broken.append(ts)
             if spec.workers:
                 ts.worker_restrictions = frozenset(self.names.get(w, w) for w in spec.workers)
                 ts.loose_restrictions = spec.allow_other_workers
@@ -240,6 +253,10 @@ class SchedulerState(SchedulerTransitions):
                 dep.dependents.add(ts)
                 if dep.group is not ts.group:
                     ts.group.dependencies.add(dep.group)
+        for fid in e.functions:
+            entry = self.functions.get(fid)
+            if entry is not None and entry[1] == 0:
+                del self.functions[fid]
         for ts in broken:
             self._transition(ts, "erred", recs)
         for key in reversed(e.wanted):

@@ -98,6 +98,8 @@ class SchedulerTransitions:
         #: root-ish tasks held back until a worker has an open slot
         self.queued: HeapSet[TaskState] = HeapSet()
         self.open_slots: dict[str, WorkerInfo] = {}
+        #: shared function id -> [opaque bytes, number of tasks using it]
+        self.functions: dict[str, list[Any]] = {}
         self.total_nthreads = 0
         self.transition_log: deque[tuple[Key, str, str, str, float]] = deque(
             maxlen=transition_log_length
@@ -209,6 +211,11 @@ class SchedulerTransitions:
         ws.occupancy += duration
         self._update_worker_sets(ws)
         deps = ts.dependencies
+        fid = ts.function
+        blob = None
+        if fid is not None and fid not in ws.functions:
+            ws.functions.add(fid)
+            blob = self.functions[fid][0]
         self._out.append(
             ComputeTask(
                 ws.address,
@@ -218,6 +225,8 @@ class SchedulerTransitions:
                 {d.key: [w.address for w in d.who_has] for d in deps} if deps else {},
                 {d.key: d.nbytes for d in deps} if deps else {},
                 duration,
+                fid,
+                blob,
             )
         )
 
@@ -532,6 +541,12 @@ class SchedulerTransitions:
             elif dep.state == "memory" or dep.state in ACTIVE:
                 recs[dep] = "released"
         ts.dependencies = set()
+        fid = ts.function
+        if fid is not None:
+            entry = self.functions[fid]
+            entry[1] -= 1
+            if entry[1] == 0:
+                del self.functions[fid]
         del self.tasks[ts.key]
         group = ts.group
         group.ntasks -= 1

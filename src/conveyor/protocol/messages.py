@@ -23,7 +23,7 @@ Msg = dict[str, Any]
 def scheduler_instruction_to_msg(instr: si.Instruction) -> Msg:
     """Encode a scheduler instruction as the message its recipient understands."""
     if type(instr) is si.ComputeTask:
-        return {
+        msg = {
             "op": "compute-task",
             "key": instr.key,
             "run_spec": instr.run_spec,
@@ -32,6 +32,11 @@ def scheduler_instruction_to_msg(instr: si.Instruction) -> Msg:
             "nbytes": instr.nbytes,
             "duration": instr.duration,
         }
+        if instr.function is not None:
+            msg["function"] = instr.function
+            if instr.function_blob is not None:
+                msg["function_blob"] = instr.function_blob
+        return msg
     if isinstance(instr, si.FreeKeys):
         return {"op": "free-keys", "keys": instr.keys}
     if isinstance(instr, si.KeyInMemory):
@@ -68,7 +73,7 @@ def worker_event_from_msg(msg: Msg, now: float) -> we.WorkerEvent:
         return we.ComputeTaskEvent(
             now,
             msg["key"],
-            msg["run_spec"],
+            (msg.get("function"), msg["run_spec"]),
             tuple(msg["priority"]),
             dict(msg.get("who_has") or {}),
             dict(msg.get("nbytes") or {}),
@@ -166,12 +171,15 @@ def _task_spec(t: Msg) -> se.TaskSpec:
         tuple(workers) if workers else None,
         bool(t.get("allow_other_workers", False)),
         int(t.get("retries", 0)),
+        t.get("fn"),
     )
 
 
 def _update_graph(c: str, m: Msg, now: float) -> se.SchedulerEvent:
     tasks = [_task_spec(t) for t in m["tasks"]]
-    return se.UpdateGraph(now, c, tasks, list(m.get("keys") or ()), int(m.get("priority", 0)))
+    functions = dict(m.get("functions") or {})
+    keys = list(m.get("keys") or ())
+    return se.UpdateGraph(now, c, tasks, keys, int(m.get("priority", 0)), functions)
 
 
 def _desires(c: str, m: Msg, now: float) -> se.SchedulerEvent:

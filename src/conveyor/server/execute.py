@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import time
 import traceback as tb_module
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from dask._task_spec import GraphNode
+from dask._task_spec import GraphNode, Task
 from dask.sizeof import sizeof
 from dask.utils import typename
 from tblib import Traceback
 
-from conveyor.protocol import pickle_bytes, unpickle_bytes
+from conveyor.protocol import loads_function, pickle_bytes, unpickle_bytes
 
 
 @dataclass(slots=True)
@@ -57,14 +58,48 @@ def unpack_traceback(tb_bytes: bytes | None) -> TracebackType | None:
         return None
 
 
-def run_task(run_spec: Any, deps: dict[Any, Any]) -> Outcome:
+class FunctionStore:
+    """Functions a worker was sent once, by id; unpickled on first use."""
+
+    def __init__(self) -> None:
+        self._blobs: dict[str, bytes] = {}
+        self._loaded: dict[str, Callable[..., Any]] = {}
+
+    def add(self, fid: str, blob: bytes) -> None:
+        """Keep the pickled function ``blob`` under ``fid``."""
+        if fid not in self._blobs:
+            self._blobs[fid] = blob
+
+    def get(self, fid: str) -> Callable[..., Any]:
+        """The function with id ``fid`` (KeyError if it was never sent)."""
+        func = self._loaded.get(fid)
+        if func is None:
+            func = self._loaded[fid] = loads_function(self._blobs[fid])
+        return func
+
+
+def build_task(key: Any, run_spec: tuple[str | None, Any], functions: FunctionStore) -> GraphNode:
+    """The dask task a run spec describes: a call of a shared function, or a graph node."""
+    fid, spec = run_spec
+    if fid is None:
+        node = unpickle_bytes(spec)
+        if not isinstance(node, GraphNode):
+            raise TypeError(f"run spec is a {type(node).__name__}, not a dask task")
+        return node
+    call = unpickle_bytes(spec)
+    if not isinstance(call, tuple) or len(call) != 2:
+        raise TypeError("a call's run spec must be (args, kwargs)")
+    args, kwargs = call
+    return Task(key, functions.get(fid), *args, **kwargs)
+
+
+def run_task(
+    key: Any, run_spec: tuple[str | None, Any], deps: dict[Any, Any], functions: FunctionStore
+) -> Outcome:
     """Deserialize and run one task with its dependencies' values (on a worker thread)."""
     start = time.time()
     try:
-        task = unpickle_bytes(run_spec)
-        if not isinstance(task, GraphNode):
-            raise TypeError(f"run spec is a {type(task).__name__}, not a dask task")
-        value = task(deps)
+        value = build_task(key, run_spec, functions)(deps)
     except Exception as e:
         stop = time.time()
         user_tb = e.__traceback__.tb_next if e.__traceback__ is not None else None

@@ -22,7 +22,7 @@ from conveyor.core.types import Key
 from conveyor.core.worker import WorkerState
 from conveyor.protocol import dumps, loads
 from conveyor.protocol.messages import worker_event_from_msg, worker_instruction_to_msg
-from conveyor.server.execute import run_task
+from conveyor.server.execute import FunctionStore, run_task
 from conveyor.server.node import Handler, Msg, Peer, PeerPool, serve_peer
 from conveyor.server.scheduler import listen_address
 
@@ -89,6 +89,8 @@ class Worker:
         self.validate = bool(config.get("scheduler.validate") if validate is None else validate)
         self.id = f"Worker-{uuid.uuid4()}"
         self.data: dict[Key, Any] = {}
+        #: functions the scheduler sent, shared by the tasks that call them
+        self.functions = FunctionStore()
         self.address = ""
         self.status = "created"
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -244,6 +246,9 @@ class Worker:
     # ------------------------------------------------------------ state machine
 
     def _from_scheduler(self, peer: Peer, msg: Msg) -> None:
+        blob = msg.get("function_blob")
+        if blob is not None:
+            self.functions.add(msg["function"], blob)
         self.apply(worker_event_from_msg(msg, time.time()))
 
     def apply(self, event: we.WorkerEvent) -> None:
@@ -272,7 +277,9 @@ class Worker:
             now = time.time()
             self.apply(we.ExecuteFailure(now, key, None, None, text, "", now, now))
             return
-        fut = self.loop.run_in_executor(self.executor, run_task, ts.run_spec, deps)
+        fut = self.loop.run_in_executor(
+            self.executor, run_task, key, ts.run_spec, deps, self.functions
+        )
         fut.add_done_callback(lambda f: self._executed(key, f))
 
     def _executed(self, key: Key, fut: asyncio.Future[Any]) -> None:

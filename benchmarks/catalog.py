@@ -1,0 +1,134 @@
+"""What the benchmark measures: workload names, sizes, time budgets and the metrics reported.
+
+Shared by the parent process (which draws the table) and the per-system child processes
+(which measure); it imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+#: Workloads run when ``--workloads`` is not given, in the order they run.
+DEFAULT_WORKLOADS = ("rawsock", "map", "latency", "array", "transfer", "submit")
+#: Workloads that share one LocalCluster per system.
+CLUSTER_WORKLOADS = ("map", "latency", "array", "transfer")
+#: ``scale`` runs on conveyor only; ``scale_all`` also runs it on every other system (slow).
+SCALE_ALL = "scale_all"
+ALL_WORKLOADS = (*DEFAULT_WORKLOADS, "scale", SCALE_ALL)
+SYSTEMS = ("conveyor", "distributed")
+
+#: The cluster every system gets: two worker processes with one thread each.
+CLUSTER_SHAPE = {
+    "n_workers": 2,
+    "threads_per_worker": 1,
+    "processes": True,
+    "dashboard_address": None,
+}
+#: Per-task scheduler cost may grow this much from the small to the large ``scale`` run.
+SCALE_GROWTH_TARGET = 1.5
+
+Kind = Literal["speed", "memory", "reference", "growth"]
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Problem sizes; ``--quick`` shrinks them."""
+
+    n_map: int
+    array_n: int
+    n_wait: int
+    scale_ns: tuple[int, int]
+    transfer_bytes: int = 200_000_000
+    latency_round_trips: int = 200
+    latency_repeats: int = 3
+
+    @classmethod
+    def for_mode(cls, quick: bool) -> Sizes:
+        if quick:
+            return cls(n_map=2_000, array_n=4_000, n_wait=20_000, scale_ns=(10_000, 100_000))
+        return cls(n_map=10_000, array_n=10_000, n_wait=100_000, scale_ns=(10_000, 1_000_000))
+
+
+#: Seconds each phase of a child may take before the parent stops it: (full, quick).
+_BUDGETS: dict[str, tuple[float, float]] = {
+    "startup": (120, 120),
+    "setup": (180, 120),
+    "teardown": (90, 90),
+    "rawsock": (120, 120),
+    "map": (300, 120),
+    "latency": (180, 120),
+    "array": (900, 300),
+    "transfer": (300, 300),
+    "submit": (600, 300),
+    "scale": (3600, 600),
+}
+
+
+def budget(phase: str, quick: bool) -> float:
+    """The time limit of ``phase`` in seconds."""
+    full, short = _BUDGETS[phase]
+    return short if quick else full
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One row of the table: what a workload reports, and which way is better."""
+
+    key: str
+    workload: str
+    label: str
+    unit: str
+    higher_is_better: bool
+    kind: Kind
+
+
+def _count(n: int) -> str:
+    """``10k``, ``1M``: a compact task count for labels."""
+    if n >= 1_000_000 and n % 1_000_000 == 0:
+        return f"{n // 1_000_000}M"
+    if n >= 1_000 and n % 1_000 == 0:
+        return f"{n // 1_000}k"
+    return f"{n:,}"
+
+
+def metrics(sizes: Sizes) -> list[Metric]:
+    """Every row the table can show, in order."""
+    mb = sizes.transfer_bytes // 1_000_000
+    rt = sizes.latency_round_trips
+    small, large = (_count(n) for n in sizes.scale_ns)
+    a = sizes.array_n
+    return [
+        Metric("rawsock", "rawsock", f"rawsock: {mb} MB, loopback socket", "MB/s", True, "reference"),
+        Metric("map", "map", f"map: {_count(sizes.n_map)} x inc", "tasks/s", True, "speed"),
+        Metric("latency", "latency", f"latency: {rt} round trips", "ms", False, "speed"),
+        Metric("latency_median", "latency", "latency: median of 3 repeats", "ms", False, "speed"),
+        Metric("array", "array", f"array: ({a}x{a}, 100x100 chunks)+1 .sum()", "s", False, "speed"),
+        Metric("transfer", "transfer", f"transfer: {mb} MB worker A -> B", "MB/s", True, "speed"),
+        Metric("transfer_pct", "transfer", "transfer: % of rawsock", "%", True, "speed"),
+        Metric("submit", "submit", f"submit: {_count(sizes.n_wait)} waiting tasks", "tasks/s", True, "speed"),
+        Metric("submit_rss", "submit", "submit: scheduler RSS/waiting task", "B/task", False, "memory"),
+        Metric("scale_time_small", "scale", f"scale: {small} tasks run+release", "us/task", False, "speed"),
+        Metric("scale_rss_small", "scale", f"scale: {small} scheduler RSS", "B/task", False, "memory"),
+        Metric("scale_time_large", "scale", f"scale: {large} tasks run+release", "us/task", False, "speed"),
+        Metric("scale_rss_large", "scale", f"scale: {large} scheduler RSS", "B/task", False, "memory"),
+        Metric("scale_time_growth", "scale", f"scale: time/task {large}/{small}", "x", False, "growth"),
+        Metric("scale_rss_growth", "scale", f"scale: RSS/task {large}/{small}", "x", False, "growth"),
+    ]
+
+
+#: Metrics computed from others (in the parent): key -> (numerator, denominator, factor).
+DERIVED: dict[str, tuple[str, str, float]] = {
+    "transfer_pct": ("transfer", "rawsock", 100.0),
+    "scale_time_growth": ("scale_time_large", "scale_time_small", 1.0),
+    "scale_rss_growth": ("scale_rss_large", "scale_rss_small", 1.0),
+}
+
+
+def derive(values: dict[str, float]) -> dict[str, float]:
+    """``values`` plus every derived metric whose inputs are present (and divisible)."""
+    out = dict(values)
+    for key, (num, den, factor) in DERIVED.items():
+        if num in values and den in values and values[den] > 0:
+            out[key] = factor * values[num] / values[den]
+    return out
