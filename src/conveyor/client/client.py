@@ -21,7 +21,8 @@ from conveyor.client.graph import call_message, function_entry, graph_messages, 
 from conveyor.client.structure import collect_futures, substitute
 from conveyor.comm import connect
 from conveyor.deploy.local import LocalCluster
-from conveyor.protocol import dumps, loads
+from conveyor.protocol import dumps
+from conveyor.server.data import unpack_data
 from conveyor.server.loop import LoopRunner
 from conveyor.server.node import Msg, Peer, PeerPool, serve_peer
 from conveyor.server.worker import read_scheduler_file
@@ -444,7 +445,8 @@ class Client:
             logger.info("Could not fetch %d keys from %s: %s", len(keys), worker, e)
             self.pool.drop(worker)
             return {}
-        return {k: loads(ser) for k, ser in reply["data"].items()}
+        values, _, _ = unpack_data(reply)
+        return values
 
     async def _refresh_who_has(self, todo: dict[Any, FutureState], no_holder: list[Any]) -> None:
         assert self.scheduler is not None

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any, NamedTuple
 
 from conveyor import config
-from conveyor.client.future import Future
+from conveyor.client.future import Future, FutureState
 
 ALL_COMPLETED = "ALL_COMPLETED"
 FIRST_COMPLETED = "FIRST_COMPLETED"
@@ -42,21 +42,31 @@ def wait(
 
 
 async def _wait(futures: list[Future], return_when: str) -> DoneAndNotDoneFutures:
-    pending = {asyncio.ensure_future(f._state.wait()): f for f in futures if not f.done()}
-    try:
-        while pending:
-            if return_when == FIRST_COMPLETED and any(f.done() for f in futures):
-                break
-            if return_when == FIRST_EXCEPTION and any(
-                f.status in ("error", "cancelled") for f in futures
+    states = {f.key: f._state for f in futures}
+    if return_when == ALL_COMPLETED:
+        await asyncio.gather(*(st.wait() for st in states.values()))
+    else:
+        trigger = asyncio.Event()
+        pending = [st for st in states.values() if not st.done()]
+        remaining = len(pending)
+
+        def settled(st: FutureState) -> None:
+            nonlocal remaining
+            remaining -= 1
+            if return_when == FIRST_COMPLETED or st.status != "finished" or not remaining:
+                trigger.set()
+
+        for st in pending:
+            st.callbacks.append(lambda st=st: settled(st))  # type: ignore[misc]
+        if len(pending) < len(states):
+            settled_before = [st for st in states.values() if st.done()]
+            if return_when == FIRST_COMPLETED or any(
+                st.status != "finished" for st in settled_before
             ):
-                break
-            finished, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            for t in finished:
-                pending.pop(t)
-    finally:
-        for t in pending:
-            t.cancel()
+                trigger.set()
+        if not pending:
+            trigger.set()
+        await trigger.wait()
     done = {f for f in futures if f.done()}
     return DoneAndNotDoneFutures(done, set(futures) - done)
 

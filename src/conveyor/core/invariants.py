@@ -69,7 +69,7 @@ def validate_scheduler(s: SchedulerState) -> None:
         n = len(ws.processing)
         _check((address in s.idle) == (n < ws.nthreads), ws, "idle set")
         _check((ws in s.saturated) == (n > ws.nthreads), ws, "saturated set")
-        _check((address in s.open_slots) == (n < s._slots(ws)), ws, "open-slot set")
+        _check((address in s.open_slots) == s._has_room(ws), ws, "open-slot set")
         _check(math.isclose(ws.occupancy, sum(ws.processing.values()), abs_tol=1e-6), ws, "occ")
         for ts in ws.processing:
             _check(ts.processing_on is ws, ws, f"{ts!r} processing elsewhere")

@@ -12,7 +12,14 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from conveyor.core import events as ev
-from conveyor.core.instructions import FreeKeys, Instruction, KeyErred, KeyInMemory, RefreshWhoHas
+from conveyor.core.instructions import (
+    FreeKeys,
+    Instruction,
+    KeyErred,
+    KeyInMemory,
+    KeysCancelled,
+    RefreshWhoHas,
+)
 from conveyor.core.invariants import validate_scheduler
 from conveyor.core.records import ClientInfo, TaskState, WorkerInfo
 from conveyor.core.transitions import Recs, SchedulerTransitions
@@ -291,6 +298,7 @@ class SchedulerState(SchedulerTransitions):
 
     def _cancel_keys(self, e: ev.CancelKeys) -> None:
         recs: Recs = {}
+        cancelled: dict[str, list[Key]] = {}
         for key in e.keys:
             ts = self.tasks.get(key)
             if ts is None:
@@ -299,7 +307,10 @@ class SchedulerState(SchedulerTransitions):
             for cs in holders:
                 if ts in cs.wants_what:
                     self._unwant(cs, ts, recs)
+                    cancelled.setdefault(cs.client_id, []).append(key)
         self._transitions(recs)
+        for client_id, keys in cancelled.items():
+            self._out.append(KeysCancelled(client_id, keys))
 
     def _update_data(self, e: ev.UpdateData) -> None:
         cs = self._client(e.client_id, e.now)
@@ -333,7 +344,8 @@ class SchedulerState(SchedulerTransitions):
         ts = self.tasks.get(e.key)
         if ts is not None and ts.state == "processing" and ts.processing_on is ws:
             recs: Recs = {}
-            duration = e.stop - e.start if e.stop >= e.start else None
+            # start == stop (0.0, 0.0) means the worker did not run it (it had the data)
+            duration = e.stop - e.start if e.stop > e.start else None
             self._transition(
                 ts, "memory", recs, worker=ws, nbytes=e.nbytes, type=e.type, duration=duration
             )

@@ -77,12 +77,16 @@ class SchedulerTransitions:
         default_task_durations: dict[str, float] | None = None,
         worker_saturation: float = 1.1,
         bandwidth: float = 100e6,
+        pipeline_seconds: float = 0.005,
+        max_pipeline: int = 32,
     ) -> None:
         self.allowed_failures = allowed_failures
         self.validate_state = validate
         self.unknown_task_duration = unknown_task_duration
         self.default_task_durations = dict(default_task_durations or {})
         self.worker_saturation = worker_saturation
+        self.pipeline_seconds = pipeline_seconds
+        self.max_pipeline = max_pipeline
         self.bandwidth = bandwidth
         self.tasks: dict[Key, TaskState] = {}
         self.task_prefixes: dict[str, TaskPrefix] = {}
@@ -169,6 +173,22 @@ class SchedulerTransitions:
             return 1 << 30
         return max(math.ceil(ws.nthreads * self.worker_saturation), 1)
 
+    def _has_room(self, ws: WorkerInfo) -> bool:
+        """Whether ``ws`` may take another queued root-ish task.
+
+        Up to ``ceil(nthreads * worker_saturation)`` tasks; beyond that only while the
+        expected work already sent stays under ``pipeline_seconds`` per thread, so that
+        tiny tasks keep a worker busy across a network round trip, and never more than
+        ``max_pipeline`` tasks per thread.
+        """
+        n = len(ws.processing)
+        if n < self._slots(ws):
+            return True
+        return (
+            n < ws.nthreads * self.max_pipeline
+            and ws.occupancy < ws.nthreads * self.pipeline_seconds
+        )
+
     def _update_worker_sets(self, ws: WorkerInfo) -> None:
         address = ws.address
         if address not in self.workers:
@@ -182,7 +202,7 @@ class SchedulerTransitions:
             self.saturated.add(ws)
         else:
             self.saturated.discard(ws)
-        if n < self._slots(ws):
+        if self._has_room(ws):
             self.open_slots[address] = ws
         else:
             self.open_slots.pop(address, None)

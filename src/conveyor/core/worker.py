@@ -90,6 +90,7 @@ class WorkerState:
         *,
         transfer_message_bytes_limit: int = 50_000_000,
         outgoing_connections: int = 50,
+        prefetch_seconds: float = 0.001,
         validate: bool = False,
         log_length: int = 10_000,
     ) -> None:
@@ -97,6 +98,7 @@ class WorkerState:
         self.nthreads = nthreads
         self.transfer_message_bytes_limit = transfer_message_bytes_limit
         self.outgoing_connections = outgoing_connections
+        self.prefetch_seconds = prefetch_seconds
         self.validate_state = validate
         self.tasks: dict[Key, WTask] = {}
         self.ready: HeapSet[WTask] = HeapSet()
@@ -399,9 +401,21 @@ class WorkerState:
     # -------------------------------------------------------------- dispatch
 
     def _ensure_computing(self) -> None:
+        """Start ready tasks on free threads.
+
+        Short tasks (expected under ``prefetch_seconds``) may be handed to the executor
+        up to ``nthreads`` beyond the thread count: a thread that finishes one starts
+        the next at once instead of waiting for the event loop to send it.
+        """
         ready = self.ready
         executing = self.executing_keys
-        while ready and len(executing) < self.nthreads:
+        nthreads = self.nthreads
+        while ready:
+            n = len(executing)
+            if n >= nthreads and (
+                n >= 2 * nthreads or ready.peek().duration >= self.prefetch_seconds
+            ):
+                break
             ts = ready.pop()
             self._set_state(ts, "executing")
             executing.add(ts.key)
@@ -459,4 +473,4 @@ class WorkerState:
             assert heap, "empty fetch queue kept"
             for ts in heap:
                 assert ts.state == "fetch", ts
-        assert len(self.executing_keys) <= self.nthreads
+        assert len(self.executing_keys) <= 2 * self.nthreads

@@ -20,8 +20,9 @@ from conveyor.comm import Listener, connect, get_address_host, listen
 from conveyor.core import worker_events as we
 from conveyor.core.types import Key
 from conveyor.core.worker import WorkerState
-from conveyor.protocol import dumps, loads
+from conveyor.protocol import loads
 from conveyor.protocol.messages import worker_event_from_msg, worker_instruction_to_msg
+from conveyor.server.data import pack_data, unpack_data
 from conveyor.server.execute import FunctionStore, run_task
 from conveyor.server.node import Handler, Msg, Peer, PeerPool, serve_peer
 from conveyor.server.scheduler import listen_address
@@ -314,11 +315,8 @@ class Worker:
         try:
             peer = await self.pool.get(instr.worker)
             reply = await peer.request({"op": "get-data", "keys": instr.keys})
-            for key, ser in reply["data"].items():
-                value = loads(ser)
-                self.data[key] = value
-                received[key] = ser.nbytes
-            missing = list(reply.get("missing") or ())
+            values, received, missing = unpack_data(reply)
+            self.data.update(values)
         except (TimeoutError, OSError) as e:
             logger.info("Could not fetch %d keys from %s: %s", len(instr.keys), instr.worker, e)
             failed = True
@@ -328,14 +326,7 @@ class Worker:
         self.apply(we.GatherDepDone(time.time(), instr.worker, received, missing, failed))
 
     def _get_data(self, peer: Peer, msg: Msg) -> dict[str, Any]:
-        data = {}
-        missing = []
-        for key in msg["keys"]:
-            if key in self.data:
-                data[key] = dumps(self.data[key])
-            else:
-                missing.append(key)
-        return {"data": data, "missing": missing}
+        return pack_data(self.data, msg["keys"])
 
     def _update_data(self, peer: Peer, msg: Msg) -> dict[str, Any]:
         sizes: dict[Key, int] = {}

@@ -184,6 +184,8 @@ class SimCluster:
         self.workers: dict[str, WorkerState] = {}
         self.data: dict[str, dict[Key, Any]] = {}
         self.dead: set[str] = set()
+        #: state machines of killed workers, kept for their logs
+        self.retired: dict[str, WorkerState] = {}
         self.links: dict[Link, deque[Callable[[], None]]] = {}
         self.running: dict[tuple[str, Key], _Running] = {}
         #: messages the scheduler sent to each client, in order
@@ -194,6 +196,7 @@ class SimCluster:
         self.trace: list[tuple[str, Any]] = []
         self._kills: dict[int, list[str]] = {}
         self._attempts: Counter[Key] = Counter()
+        self._touched: set[str] = set()
         for i in range(n_workers):
             self.add_worker(f"sim://worker-{i}", nthreads)
 
@@ -214,7 +217,7 @@ class SimCluster:
         """The worker dies now: data, running tasks and inbound messages are lost."""
         if address not in self.workers:
             raise KeyError(address)
-        del self.workers[address]
+        self.retired[address] = self.workers.pop(address)
         del self.data[address]
         self.dead.add(address)
         self.trace.append(("kill", address))
@@ -341,19 +344,35 @@ class SimCluster:
                     raise SimStuck(f"seed {self.seed}: not quiet after {max_steps} steps")
         return self.step_count - start
 
+    def logs(self) -> dict[str, list[Any]]:
+        """The scheduler's transition log and every worker's, by address (for replays)."""
+        out: dict[str, list[Any]] = {SCHEDULER: list(self.scheduler.transition_log)}
+        for address, ws in {**self.retired, **self.workers}.items():
+            out[address] = list(ws.log)
+        return out
+
     def is_quiet(self) -> bool:
         """Nothing in transit and nothing running."""
         return not self.running and not any(self.links.values())
 
     # ----------------------------------------------------------------- checks
 
-    def check(self) -> None:
-        """Validate both state machines and each worker's data against its state."""
+    def check(self, everything: bool = False) -> None:
+        """Check the data of the workers touched by the last step against their state.
+
+        The state machines validate themselves after every event they handle (they are
+        built with ``validate=True``); ``everything=True`` also re-validates them all.
+        """
         if not self.validate_state:
             return
-        self.scheduler.validate()
-        for address, ws in self.workers.items():
-            ws.validate()
+        touched = set(self.workers) if everything else self._touched & set(self.workers)
+        self._touched.clear()
+        if everything:
+            self.scheduler.validate()
+        for address in sorted(touched):
+            ws = self.workers[address]
+            if everything:
+                ws.validate()
             in_memory = {k for k, t in ws.tasks.items() if t.state == "memory"}
             stored = set(self.data[address])
             if in_memory != stored:
@@ -366,6 +385,7 @@ class SimCluster:
         """At rest, the scheduler's view of each worker's data is the truth."""
         if not self.is_quiet():
             raise AssertionError("not quiet")
+        self.check(everything=True)
         s = self.scheduler
         stuck = [ts for ts in s.tasks.values() if ts.state in ("processing", "waiting")]
         if stuck or s.queued or s.unrunnable:
@@ -418,6 +438,7 @@ class SimCluster:
 
     def _worker_handle(self, address: str, event: we.WorkerEvent) -> None:
         self.trace.append((address, event))
+        self._touched.add(address)
         data = self.data[address]
         ws = self.workers[address]
         for instr in ws.handle(event):
