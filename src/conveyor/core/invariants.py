@@ -38,6 +38,8 @@ def _validate_task(s: SchedulerState, ts: TaskState) -> None:
         expect = {d for d in ts.dependencies if d.state != "memory"}
         _check(ts.waiting_on == expect, ts, f"waiting_on {ts.waiting_on} != {expect}")
         _check(bool(ts.waiting_on), ts, "waiting on nothing")
+        for dep in ts.waiting_on:
+            _check(dep.state != "erred", ts, f"waiting on erred {dep!r}")
     else:
         _check(not ts.waiting_on, ts, "waiting_on outside waiting")
     if state in ACTIVE:

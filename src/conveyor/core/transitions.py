@@ -271,7 +271,10 @@ class SchedulerTransitions:
             if ts in waiters:
                 waiters.discard(ts)
                 if not waiters and not dep.who_wants and dep.state in RELEASABLE:
-                    recs[dep] = "released"
+                    # never downgrade a pending "erred": a waiting task that is needed
+                    # again would ignore "released" and wait on its erred dependency
+                    if recs.get(dep) != "erred":
+                        recs[dep] = "released"
 
     def _released_followup(self, ts: TaskState, recs: Recs) -> None:
         if self._needed(ts):

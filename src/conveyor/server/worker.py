@@ -160,8 +160,7 @@ class Worker:
         try:
             await self._register(timeout)
         except BaseException:
-            self._listener.stop()
-            self.executor.shutdown(wait=False)
+            await self.close("failed to register")
             raise
         self.status = "running"
         self._spawn(self._heartbeat_loop())

@@ -27,7 +27,7 @@ whatever the peer had at that moment.
 A killed worker loses its data, its running tasks and the messages sent to it; the
 messages it already sent are still delivered, then the scheduler sees ``RemoveWorker``
 (as a real scheduler sees a closed connection after the bytes before it). Fetches it has
-not served yet fail.
+not served yet fail; answers it already sent still arrive.
 
 After every step both state machines are validated, and each worker's ``memory`` tasks
 must match its data store exactly (no leaked or phantom data).
@@ -48,7 +48,14 @@ from conveyor.core.scheduler import SchedulerState
 from conveyor.core.types import Key
 from conveyor.core.worker import WorkerState
 
-__all__ = ["MODULUS", "SimCluster", "SimStuck", "expected_values", "random_dag"]
+__all__ = [
+    "MODULUS",
+    "SimCluster",
+    "SimStuck",
+    "dependencies_of",
+    "expected_values",
+    "random_dag",
+]
 
 MODULUS = 1_000_003
 SCHEDULER = "scheduler"

@@ -1,0 +1,67 @@
+"""Tier 2: scheduler and worker lifecycles: idle timeout, worker time-to-live, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+
+from conveyor import Client, Scheduler, Worker
+from conveyor.testing.cluster import until
+
+
+def test_idle_timeout_closes_an_unused_scheduler() -> None:
+    async def main() -> None:
+        async with Scheduler(host="127.0.0.1", port=0, idle_timeout="0.3s") as s:
+            await asyncio.wait_for(s.finished(), 10)
+            assert s.status == "closed"
+
+    asyncio.run(main())
+
+
+def test_idle_timeout_waits_while_a_client_is_connected() -> None:
+    async def main() -> None:
+        async with Scheduler(host="127.0.0.1", port=0, idle_timeout=0.3) as s:
+            async with Client(s.address, asynchronous=True, set_as_default=False):
+                done = asyncio.ensure_future(s.finished())
+                await asyncio.sleep(1.0)  # three idle timeouts pass: a client is connected
+                assert not done.done()
+            await asyncio.wait_for(done, 10)
+
+    asyncio.run(main())
+
+
+def test_silent_worker_is_removed_after_worker_ttl() -> None:
+    async def main() -> None:
+        async with Scheduler(host="127.0.0.1", port=0, worker_ttl="0.5s") as s:
+            async with Worker(s.address, nthreads=1, heartbeat_interval="1h") as quiet:
+                await until(lambda: quiet.address in s.workers, what="registered")
+                await until(lambda: quiet.address not in s.workers, 10, "removed by ttl")
+            async with Worker(s.address, nthreads=1, heartbeat_interval="50ms") as chatty:
+                await asyncio.sleep(1.0)  # two ttls pass; heartbeats keep it
+                assert chatty.address in s.workers
+
+    asyncio.run(main())
+
+
+def test_worker_closes_when_the_scheduler_goes_away() -> None:
+    async def main() -> None:
+        s = await Scheduler(host="127.0.0.1", port=0)
+        w = await Worker(s.address, nthreads=1)
+        await s.close()
+        await asyncio.wait_for(w.finished(), 10)
+        assert w.status == "closed"
+
+    asyncio.run(main())
+
+
+def test_worker_name_must_be_unique() -> None:
+    async def main() -> None:
+        async with Scheduler(host="127.0.0.1", port=0) as s, Worker(s.address, name="alice"):
+            try:
+                await Worker(s.address, name="alice")
+            except Exception as e:
+                assert "alice" in str(e)
+            else:
+                raise AssertionError("a second worker named alice registered")
+            assert len(s.workers) == 1
+
+    asyncio.run(main())
