@@ -35,14 +35,14 @@ def expect(condition: bool, what: str) -> None:
         raise BenchError(what)
 
 
-def log_tail(path: Path, lines: int = 1) -> str:
+def log_tail(path: Path, lines: int = 1, sep: str = " | ") -> str:
     """The last non-empty ``lines`` of a log file, or ``""``."""
     try:
         text = path.read_text(errors="replace")
     except OSError:
         return ""
     kept = [line.strip() for line in text.splitlines() if line.strip()]
-    return " | ".join(kept[-lines:])
+    return sep.join(kept[-lines:])
 
 
 def stop_processes(procs: Iterable[psutil.Process], grace: float = 5.0) -> None:

@@ -12,11 +12,13 @@ LocalCluster; ``submit`` and ``scale`` start a scheduler and a worker from the c
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import json
 import multiprocessing
 import socket
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -26,9 +28,11 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, TextIO
 
-import bench_tasks
+import dask.array as da
+import numpy as np
 from bench_tasks import fingerprint, ident, inc, make_random
 from catalog import CLUSTER_SHAPE, CLUSTER_WORKLOADS, Sizes, budget
+from dask.base import compute
 from processes import BenchError, CliCluster, expect
 
 #: Seconds the root task of ``submit`` sleeps: its dependents wait for it all along.
@@ -97,19 +101,25 @@ class Runner:
         with contextlib.ExitStack() as stack:
             try:
                 client = self._start_local_cluster(stack)
-                _warm_up(client, self.mod)
+                _warm_up(client)
             except Exception as e:
                 self.fail(workloads, f"cluster setup: {_describe(e)}")
                 return
             stack.callback(self.phase, "teardown", [])
+            steps: dict[str, Callable[[Any, float], None]] = {
+                "map": self.map,
+                "latency": self.latency,
+                "array": self.array,
+                "transfer": self.transfer,
+            }
             for w in workloads:
-                self.attempt(w, lambda limit, w=w: getattr(self, w)(client, limit))
+                self.attempt(w, functools.partial(steps[w], client))
 
     def _start_local_cluster(self, stack: contextlib.ExitStack) -> Any:
         cluster = self.mod.LocalCluster(**CLUSTER_SHAPE, host="127.0.0.1")
-        stack.callback(cluster.close)
+        stack.callback(_quietly, cluster.close)
         client = self.mod.Client(cluster)
-        stack.callback(client.close)
+        stack.callback(_quietly, client.close)
         client.wait_for_workers(CLUSTER_SHAPE["n_workers"], timeout=60)
         return client
 
@@ -123,7 +133,7 @@ class Runner:
             client = self.mod.Client(scheduler_file=str(cluster.scheduler_file))
             try:
                 client.wait_for_workers(1, timeout=60)
-                _warm_up(client, self.mod)
+                _warm_up(client)
                 yield cluster, client
             finally:
                 with contextlib.suppress(Exception):
@@ -132,7 +142,7 @@ class Runner:
     # ----------------------------------------------------------------- workloads
 
     def rawsock(self, limit: float) -> None:
-        self.value("rawsock", rawsock_mb_per_s(self.sizes.transfer_bytes, rounds=3))
+        self.value("rawsock", rawsock_mb_per_s(self.sizes.transfer_bytes, rounds=5))
 
     def map(self, client: Any, limit: float) -> None:
         n = self.sizes.n_map
@@ -158,13 +168,10 @@ class Runner:
         self.value("latency_median", statistics.median(per_trip))
 
     def array(self, client: Any, limit: float) -> None:
-        import dask
-        import dask.array as da
-
         n = self.sizes.array_n
         total = (da.ones((n, n), chunks=(100, 100)) + 1).sum()
         start = time.perf_counter()
-        (got,) = dask.compute(total, scheduler=client)
+        (got,) = compute(total, scheduler=client)
         elapsed = time.perf_counter() - start
         expect(got == 2 * n * n, f"array: sum is {got!r}, expected {2 * n * n}")
         self.value("array", elapsed)
@@ -173,13 +180,16 @@ class Runner:
         workers = sorted(client.scheduler_info()["workers"])
         expect(len(workers) >= 2, f"transfer: needs 2 workers, found {len(workers)}")
         a, b = workers[:2]
-        n = self.sizes.transfer_bytes // 8
-        _fetch_once(client, make_random(1000, 0), a, b)  # connect A and B before timing
+        small = client.submit(make_random, 1000, 0, workers=[a], pure=False)
+        _timed_fetch(client, small, a, b)  # connect A and B before timing
         rates = []
         for seed in range(3):
-            big = client.submit(make_random, n, seed, workers=[a], pure=False)
-            nbytes = _fetch_once(client, big, a, b)[0]
-            rates.append(nbytes / 1e6 / _fetch_once.last_seconds)
+            big = client.submit(
+                make_random, self.sizes.transfer_bytes // 8, seed, workers=[a], pure=False
+            )
+            nbytes, seconds = _timed_fetch(client, big, a, b)
+            expect(nbytes == self.sizes.transfer_bytes, f"transfer: {nbytes} bytes arrived")
+            rates.append(nbytes / 1e6 / seconds)
             del big
         self.value("transfer", statistics.median(rates))
 
@@ -209,56 +219,57 @@ class Runner:
         for size, n in zip(("small", "large"), self.sizes.scale_ns, strict=True):
             with self.cli_client() as (cluster, client):
                 seconds, rss = self._run_and_release(cluster, client, n, deadline)
-            self.value(f"scale_time_{size}", seconds / n * 1e6)
+            self.value(f"scale_time_{size}", sum(seconds.values()) / n * 1e6)
             self.value(f"scale_rss_{size}", rss / n)
+            for step, value in seconds.items():  # the breakdown, for the JSON output
+                self.value(f"scale_{size}_{step}_seconds", value)
 
     def _run_and_release(
         self, cluster: CliCluster, client: Any, n: int, deadline: float
-    ) -> tuple[float, float]:
+    ) -> tuple[dict[str, float], float]:
         """Seconds to submit, run and release ``n`` tasks; scheduler RSS growth at the peak."""
         rss_before = _settled_rss(cluster)
         with PeakRss(cluster) as peak:
             start = time.perf_counter()
             futures = client.map(ident, range(n), pure=False)
+            submitted = time.perf_counter()
             self.mod.wait(futures, timeout=max(1.0, deadline - time.monotonic()))
-            run_seconds = time.perf_counter() - start
+            ran = time.perf_counter()
             finished = sum(f.status == "finished" for f in futures)
             expect(finished == n, f"scale: {finished} of {n} tasks finished")
             step = max(1, n // 1000)
             sample = client.gather(futures[::step])
             expect(sample == list(range(0, n, step)), "scale: wrong results")
-            start = time.perf_counter()
+            releasing = time.perf_counter()
             del futures
             _wait_until_no_tasks(client, deadline)
-            release_seconds = time.perf_counter() - start
-        return run_seconds + release_seconds, peak.rss - rss_before
+            end = time.perf_counter()
+        seconds = {"submit": submitted - start, "run": ran - submitted, "release": end - releasing}
+        return seconds, peak.rss - rss_before
 
 
-def _fetch_once(client: Any, data: Any, a: str, b: str) -> tuple[int, float]:
-    """Fingerprint ``data`` (held by worker ``a``) on worker ``b``; check it matches.
+def _timed_fetch(client: Any, data: Any, a: str, b: str) -> tuple[int, float]:
+    """Fingerprint ``data`` (held by worker ``a``) on worker ``b``, check it, time it.
 
-    The seconds the fetch took are left in ``_fetch_once.last_seconds``.
+    Returns the number of bytes and the seconds the fetching task took to return.
     """
     want = client.submit(fingerprint, data, workers=[a], pure=False).result(timeout=120)
     start = time.perf_counter()
     on_b = client.submit(fingerprint, data, workers=[b], pure=False)
-    got = on_b.result(timeout=120)
-    _fetch_once.last_seconds = time.perf_counter() - start  # type: ignore[attr-defined]
-    expect(got == want, f"transfer: fingerprint {got} on B, {want} on A")
+    got = tuple(on_b.result(timeout=120))
+    seconds = time.perf_counter() - start
+    expect(got == tuple(want), f"transfer: fingerprint {got} on B, {want} on A")
     ran_on = client.who_has(on_b).get(on_b.key, [])
-    expect(ran_on == [b], f"transfer: the fetching task ran on {ran_on}, not on {b}")
-    return got
+    expect(list(ran_on) == [b], f"transfer: the fetching task ran on {ran_on}, not on {b}")
+    return int(got[0]), seconds
 
 
-def _warm_up(client: Any, mod: ModuleType) -> None:
+def _warm_up(client: Any) -> None:
     """Start every code path the workloads use once: tasks, numpy, dask.array."""
-    import dask
-    import dask.array as da
-
     expect(client.gather(client.map(inc, range(200), pure=False)) == list(range(1, 201)), "warm-up")
     expect(client.submit(fingerprint, make_random(10, 0)).result(timeout=60)[0] == 80, "warm-up")
     small = (da.ones((400, 400), chunks=(100, 100)) + 1).sum()
-    expect(dask.compute(small, scheduler=client)[0] == 320_000, "warm-up: dask.array")
+    expect(compute(small, scheduler=client)[0] == 320_000, "warm-up: dask.array")
 
 
 def _settled_rss(cluster: CliCluster) -> int:
@@ -311,7 +322,7 @@ class PeakRss:
 
 
 def _rawsock_receiver(conn: Connection, nbytes: int, rounds: int) -> None:
-    """Receive ``rounds`` x ``nbytes`` on a loopback socket, acking each; report a digest."""
+    """Receive ``rounds`` x ``nbytes`` on a loopback socket, acking each; then fingerprint them."""
     with socket.create_server(("127.0.0.1", 0)) as server:
         server.settimeout(_SOCKET_TIMEOUT)
         conn.send(server.getsockname()[1])
@@ -328,13 +339,7 @@ def _rawsock_receiver(conn: Connection, nbytes: int, rounds: int) -> None:
                         raise ConnectionError("the sender closed early")
                     got += k
                 peer.sendall(b"k")
-    conn.send(fingerprint(_as_floats(buf)))
-
-
-def _as_floats(buf: bytearray | memoryview) -> Any:
-    import numpy as np
-
-    return np.frombuffer(buf, dtype=np.float64)
+    conn.send(fingerprint(np.frombuffer(buf, dtype=np.float64)))
 
 
 def rawsock_mb_per_s(nbytes: int, rounds: int) -> float:
@@ -345,7 +350,7 @@ def rawsock_mb_per_s(nbytes: int, rounds: int) -> float:
     receiver.start()
     try:
         expect(ours.poll(_SOCKET_TIMEOUT), "rawsock: the receiver did not start")
-        data = bench_tasks.make_random(nbytes // 8, 1)
+        data = make_random(nbytes // 8, 1)
         rates = []
         with socket.create_connection(("127.0.0.1", ours.recv()), _SOCKET_TIMEOUT) as sock:
             for _ in range(rounds):
@@ -353,7 +358,7 @@ def rawsock_mb_per_s(nbytes: int, rounds: int) -> float:
                 sock.sendall(data.data)
                 expect(sock.recv(1) == b"k", "rawsock: no acknowledgement")
                 rates.append(data.nbytes / 1e6 / (time.perf_counter() - start))
-        expect(ours.poll(_SOCKET_TIMEOUT), "rawsock: no digest from the receiver")
+        expect(ours.poll(_SOCKET_TIMEOUT), "rawsock: no fingerprint from the receiver")
         expect(ours.recv() == fingerprint(data), "rawsock: the receiver got other bytes")
         return statistics.median(rates)
     finally:
@@ -361,6 +366,14 @@ def rawsock_mb_per_s(nbytes: int, rounds: int) -> float:
         if receiver.is_alive():
             receiver.kill()
             receiver.join(10)
+
+
+def _quietly(close: Callable[[], object]) -> None:
+    """Call ``close``; a failure to clean up is logged, not raised."""
+    try:
+        close()
+    except Exception as e:
+        print(f"cleanup {close!r} failed: {_describe(e)}", file=sys.stderr)
 
 
 def _describe(error: BaseException) -> str:
