@@ -30,6 +30,8 @@ from conveyor.server.worker import read_scheduler_file
 logger = logging.getLogger("conveyor.client")
 
 _GATHER_ATTEMPTS = 5
+#: tasks per graph message when ``map`` submits many
+_MAP_CHUNK = 5_000
 
 
 class Client:
@@ -357,19 +359,27 @@ class Client:
         futures = [Future(k, self) for k in keys]
         wl = _as_list(workers)
         fid, blob = function_entry(func)
-        msgs = [
-            call_message(k, fid, row, kwargs, i, wl, allow_other_workers, retries or 0)
-            for i, (k, row) in enumerate(zip(keys, rows, strict=True))
-        ]
-        self._send(
-            {
-                "op": "update-graph",
-                "tasks": msgs,
-                "keys": keys,
-                "priority": priority,
-                "functions": {fid: blob},
-            }
-        )
+        # Sent in chunks: the scheduler starts on the first while the rest are encoded.
+        for start in range(0, len(keys), _MAP_CHUNK):
+            chunk = keys[start : start + _MAP_CHUNK]
+            msgs = [
+                call_message(k, fid, row, kwargs, i, wl, allow_other_workers, retries or 0)
+                for i, k, row in zip(
+                    range(start, start + len(chunk)),
+                    chunk,
+                    rows[start : start + len(chunk)],
+                    strict=True,
+                )
+            ]
+            self._send(
+                {
+                    "op": "update-graph",
+                    "tasks": msgs,
+                    "keys": chunk,
+                    "priority": priority,
+                    "functions": {fid: blob},
+                }
+            )
         return futures
 
     def get(self, dsk: Any, keys: Any, *, priority: int = 0, **kwargs: Any) -> Any:
