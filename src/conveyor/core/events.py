@@ -81,6 +81,8 @@ class TaskFinished(SchedulerEvent):
     type: str | None = None
     start: float = 0.0
     stop: float = 0.0
+    #: the ``run_id`` of the ComputeTask this answers (0: unknown)
+    run_id: int = 0
 
 
 @dataclass(slots=True)
@@ -93,6 +95,8 @@ class TaskErred(SchedulerEvent):
     traceback_text: str = ""
     start: float = 0.0
     stop: float = 0.0
+    #: the ``run_id`` of the ComputeTask this answers (0: unknown)
+    run_id: int = 0
 
 
 @dataclass(slots=True)

@@ -26,6 +26,9 @@ class ComputeTask(ToWorker):
     #: id of the task's shared function, and its bytes if this worker has not had them
     function: str | None = None
     function_blob: Any = None
+    #: unique per ComputeTask; the worker echoes it so that a late answer about an
+    #: earlier, since freed run of the same key is told apart from this run's
+    run_id: int = 0
 
 
 @dataclass(slots=True)

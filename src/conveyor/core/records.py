@@ -73,6 +73,7 @@ class TaskState:
         "priority",
         "processing_on",
         "retries",
+        "run_id",
         "run_spec",
         "state",
         "suspicious",
@@ -113,6 +114,8 @@ class TaskState:
         self.erred_on: set[str] = set()
         self.suspicious = 0
         self.retries = 0
+        #: id of the latest ComputeTask sent for this task (see ComputeTask.run_id)
+        self.run_id = 0
         self.worker_restrictions: frozenset[str] | None = None
         self.loose_restrictions = False
         #: id of the shared function this task calls (see SchedulerState.functions)

@@ -272,7 +272,8 @@ class SchedulerState(SchedulerTransitions):
                 self._want(cs, wanted, recs)
         self._transitions(recs)
         for ts, _ in new:
-            if ts.state == "released" and not self._needed(ts) and not ts.dependents:
+            # "erred": a task broken at submission (missing dependency) that nobody wants
+            if ts.state in ("released", "erred") and not self._needed(ts) and not ts.dependents:
                 recs[ts] = "forgotten"
         self._transitions(recs)
 
@@ -342,6 +343,8 @@ class SchedulerState(SchedulerTransitions):
         ws.last_seen = e.now
         self.last_activity = e.now
         ts = self.tasks.get(e.key)
+        if ts is not None and e.run_id and e.run_id != ts.run_id:
+            return  # about an earlier run, freed since: the worker dropped that result
         if ts is not None and ts.state == "processing" and ts.processing_on is ws:
             recs: Recs = {}
             # start == stop (0.0, 0.0) means the worker did not run it (it had the data)
@@ -361,6 +364,8 @@ class SchedulerState(SchedulerTransitions):
             return
         self.last_activity = e.now
         ts = self.tasks.get(e.key)
+        if ts is not None and e.run_id and e.run_id != ts.run_id:
+            return  # about an earlier run, freed since
         if ts is None or ts.state != "processing" or ts.processing_on is not ws:
             self._out.append(FreeKeys(e.worker, [e.key]))
             return

@@ -109,6 +109,7 @@ class SchedulerTransitions:
             maxlen=transition_log_length
         )
         self.transition_counter = 0
+        self.run_counter = 0
         self._out: list[Instruction] = []
         self._stimulus = ""
         self._now = 0.0
@@ -236,6 +237,8 @@ class SchedulerTransitions:
         if fid is not None and fid not in ws.functions:
             ws.functions.add(fid)
             blob = self.functions[fid][0]
+        self.run_counter += 1
+        ts.run_id = run_id = self.run_counter
         self._out.append(
             ComputeTask(
                 ws.address,
@@ -247,6 +250,7 @@ class SchedulerTransitions:
                 duration,
                 fid,
                 blob,
+                run_id,
             )
         )
 
@@ -270,11 +274,15 @@ class SchedulerTransitions:
             waiters = dep.waiters
             if ts in waiters:
                 waiters.discard(ts)
-                if not waiters and not dep.who_wants and dep.state in RELEASABLE:
-                    # never downgrade a pending "erred": a waiting task that is needed
-                    # again would ignore "released" and wait on its erred dependency
-                    if recs.get(dep) != "erred":
-                        recs[dep] = "released"
+                # never downgrade a pending "erred": a waiting task that is needed again
+                # would ignore "released" and wait on its erred dependency forever
+                if (
+                    not waiters
+                    and not dep.who_wants
+                    and dep.state in RELEASABLE
+                    and recs.get(dep) != "erred"
+                ):
+                    recs[dep] = "released"
 
     def _released_followup(self, ts: TaskState, recs: Recs) -> None:
         if self._needed(ts):

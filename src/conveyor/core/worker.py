@@ -42,6 +42,7 @@ class WTask:
         "key",
         "nbytes",
         "priority",
+        "run_id",
         "run_spec",
         "state",
         "type",
@@ -54,6 +55,8 @@ class WTask:
         self.state = "released"
         self.run_spec: Any = None
         self.priority: Priority = ()
+        #: run_id of the latest ComputeTask for this key, echoed in the answer
+        self.run_id = 0
         self.duration = 0.0
         self.dependencies: set[WTask] = set()
         self.dependents: set[WTask] = set()
@@ -230,10 +233,11 @@ class WorkerState:
         state = ts.state
         ts.priority = e.priority
         ts.duration = e.duration
+        ts.run_id = e.run_id
         ts.computed = True
         ts.freed = False
         if state == "memory":
-            self._out.append(we.TaskFinishedMsg(ts.key, ts.nbytes, ts.type, 0.0, 0.0))
+            self._out.append(we.TaskFinishedMsg(ts.key, ts.nbytes, ts.type, 0.0, 0.0, ts.run_id))
             return
         if state in ("executing", "waiting", "ready"):
             return
@@ -331,7 +335,9 @@ class WorkerState:
         if ts.state == "executing":
             ts.type = e.type
             self._put_in_memory(ts, e.nbytes)
-            self._out.append(we.TaskFinishedMsg(ts.key, e.nbytes, e.type, e.start, e.stop))
+            self._out.append(
+                we.TaskFinishedMsg(ts.key, e.nbytes, e.type, e.start, e.stop, ts.run_id)
+            )
             self._finished_running(ts)
         elif ts.state == "cancelled":
             self._set_state(ts, "memory")
@@ -353,6 +359,7 @@ class WorkerState:
                     e.traceback_text,
                     e.start,
                     e.stop,
+                    ts.run_id,
                 )
             )
             self._finished_running(ts)
@@ -376,7 +383,9 @@ class WorkerState:
             elif key in e.received:
                 self._put_in_memory(ts, e.received[key])
                 if ts.computed:
-                    self._out.append(we.TaskFinishedMsg(key, ts.nbytes, ts.type, 0.0, 0.0))
+                    self._out.append(
+                        we.TaskFinishedMsg(key, ts.nbytes, ts.type, 0.0, 0.0, ts.run_id)
+                    )
                 else:
                     added[key] = ts.nbytes
             else:

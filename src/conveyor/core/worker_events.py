@@ -25,6 +25,7 @@ class ComputeTaskEvent(WorkerEvent):
     who_has: dict[Key, list[str]] = field(default_factory=dict)
     nbytes: dict[Key, int] = field(default_factory=dict)
     duration: float = 0.5
+    run_id: int = 0
 
 
 @dataclass(slots=True)
@@ -104,6 +105,7 @@ class TaskFinishedMsg:
     type: str | None
     start: float
     stop: float
+    run_id: int = 0
 
 
 @dataclass(slots=True)
@@ -115,6 +117,7 @@ class TaskErredMsg:
     traceback_text: str
     start: float
     stop: float
+    run_id: int = 0
 
 
 @dataclass(slots=True)

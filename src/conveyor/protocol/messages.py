@@ -31,6 +31,7 @@ def scheduler_instruction_to_msg(instr: si.Instruction) -> Msg:
             "who_has": instr.who_has,
             "nbytes": instr.nbytes,
             "duration": instr.duration,
+            "run_id": instr.run_id,
         }
         if instr.function is not None:
             msg["function"] = instr.function
@@ -78,6 +79,7 @@ def worker_event_from_msg(msg: Msg, now: float) -> we.WorkerEvent:
             dict(msg.get("who_has") or {}),
             dict(msg.get("nbytes") or {}),
             float(msg.get("duration", 0.5)),
+            int(msg.get("run_id", 0)),
         )
     if op == "free-keys":
         return we.FreeKeysEvent(now, list(msg["keys"]))
@@ -99,6 +101,7 @@ def worker_instruction_to_msg(instr: we.WorkerInstruction) -> Msg:
             "type": instr.type,
             "start": instr.start,
             "stop": instr.stop,
+            "run_id": instr.run_id,
         }
     if isinstance(instr, we.TaskErredMsg):
         return {
@@ -110,6 +113,7 @@ def worker_instruction_to_msg(instr: we.WorkerInstruction) -> Msg:
             "traceback_text": instr.traceback_text,
             "start": instr.start,
             "stop": instr.stop,
+            "run_id": instr.run_id,
         }
     if isinstance(instr, we.AddKeysMsg):
         return {"op": "add-keys", "keys": instr.keys}
@@ -119,7 +123,16 @@ def worker_instruction_to_msg(instr: we.WorkerInstruction) -> Msg:
 
 
 def _task_finished(w: str, m: Msg, now: float) -> se.SchedulerEvent:
-    return se.TaskFinished(now, w, m["key"], int(m["nbytes"]), m.get("type"), m["start"], m["stop"])
+    return se.TaskFinished(
+        now,
+        w,
+        m["key"],
+        int(m["nbytes"]),
+        m.get("type"),
+        m["start"],
+        m["stop"],
+        int(m.get("run_id", 0)),
+    )
 
 
 def _task_erred(w: str, m: Msg, now: float) -> se.SchedulerEvent:
@@ -133,6 +146,7 @@ def _task_erred(w: str, m: Msg, now: float) -> se.SchedulerEvent:
         str(m.get("traceback_text", "")),
         m.get("start", 0.0),
         m.get("stop", 0.0),
+        int(m.get("run_id", 0)),
     )
 
 

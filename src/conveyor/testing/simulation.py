@@ -543,7 +543,14 @@ def _worker_event_factory(instr: si.ToWorker) -> Callable[[float], we.WorkerEven
     if isinstance(instr, si.ComputeTask):
         i = instr
         return lambda now: we.ComputeTaskEvent(
-            now, i.key, i.run_spec, i.priority, dict(i.who_has), dict(i.nbytes), i.duration
+            now,
+            i.key,
+            i.run_spec,
+            i.priority,
+            dict(i.who_has),
+            dict(i.nbytes),
+            i.duration,
+            i.run_id,
         )
     if isinstance(instr, si.FreeKeys):
         keys = list(instr.keys)
@@ -559,7 +566,9 @@ def _scheduler_event_factory(
 ) -> Callable[[float], ev.SchedulerEvent]:
     if isinstance(instr, we.TaskFinishedMsg):
         f = instr
-        return lambda now: ev.TaskFinished(now, address, f.key, f.nbytes, f.type, f.start, f.stop)
+        return lambda now: ev.TaskFinished(
+            now, address, f.key, f.nbytes, f.type, f.start, f.stop, f.run_id
+        )
     if isinstance(instr, we.TaskErredMsg):
         e = instr
         return lambda now: ev.TaskErred(
@@ -572,6 +581,7 @@ def _scheduler_event_factory(
             e.traceback_text,
             e.start,
             e.stop,
+            e.run_id,
         )
     if isinstance(instr, we.AddKeysMsg):
         keys = dict(instr.keys)

@@ -1,0 +1,79 @@
+"""Message schemas: core instructions survive the trip through wire dicts (and msgpack)."""
+
+from __future__ import annotations
+
+from conveyor.core import instructions as si
+from conveyor.core import worker_events as we
+from conveyor.protocol import decode, encode
+from conveyor.protocol.messages import (
+    CLIENT_STREAM_OPS,
+    WORKER_STREAM_OPS,
+    scheduler_instruction_to_msg,
+    worker_event_from_msg,
+    worker_instruction_to_msg,
+)
+
+
+def _wire(msg: dict[str, object]) -> dict[str, object]:
+    out = decode(encode(msg))
+    assert isinstance(out, dict)
+    return out
+
+
+def test_compute_task_round_trip_with_function_and_run_id() -> None:
+    instr = si.ComputeTask(
+        "tcp://w",
+        ("x", 1),
+        b"spec",
+        (0, 1, 2),
+        {"d": ["tcp://v"]},
+        {"d": 8},
+        0.25,
+        "fid",
+        b"blob",
+        7,
+    )
+    msg = _wire(scheduler_instruction_to_msg(instr))
+    assert msg["function_blob"] == b"blob"
+    event = worker_event_from_msg(msg, now=1.0)
+    assert isinstance(event, we.ComputeTaskEvent)
+    assert event.key == ("x", 1) and event.run_spec == ("fid", b"spec")
+    assert event.priority == (0, 1, 2) and event.run_id == 7
+    assert event.who_has == {"d": ("tcp://v",)} and event.nbytes == {"d": 8}
+
+
+def test_task_results_carry_the_run_id_back() -> None:
+    done = _wire(worker_instruction_to_msg(we.TaskFinishedMsg("k", 10, "int", 1.0, 2.0, 9)))
+    ev = WORKER_STREAM_OPS["task-finished"]("tcp://w", done, 3.0)
+    assert (ev.key, ev.nbytes, ev.run_id, ev.worker) == ("k", 10, 9, "tcp://w")  # type: ignore[attr-defined]
+    err = we.TaskErredMsg("k", b"e", None, "E: x", "tb", 1.0, 2.0, 4)
+    ev2 = WORKER_STREAM_OPS["task-erred"]("tcp://w", _wire(worker_instruction_to_msg(err)), 3.0)
+    assert ev2.run_id == 4 and ev2.exception == b"e"  # type: ignore[attr-defined]
+
+
+def test_update_graph_carries_functions_and_options() -> None:
+    msg = _wire(
+        {
+            "op": "update-graph",
+            "tasks": [
+                {
+                    "key": "a",
+                    "spec": b"s",
+                    "deps": ["b"],
+                    "order": 3,
+                    "fn": "f1",
+                    "workers": ["w"],
+                    "allow_other_workers": True,
+                    "retries": 2,
+                }
+            ],
+            "keys": ["a"],
+            "priority": 5,
+            "functions": {"f1": b"blob"},
+        }
+    )
+    ev = CLIENT_STREAM_OPS["update-graph"]("client-1", msg, 0.0)
+    (spec,) = ev.tasks  # type: ignore[attr-defined]
+    assert (spec.key, spec.dependencies, spec.order, spec.function) == ("a", ("b",), 3, "f1")
+    assert spec.workers == ("w",) and spec.allow_other_workers and spec.retries == 2
+    assert ev.functions == {"f1": b"blob"} and ev.user_priority == 5  # type: ignore[attr-defined]
