@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+from conveyor.core.records import EMPTY
 from conveyor.core.transitions import ACTIVE
 
 if TYPE_CHECKING:
@@ -35,13 +36,17 @@ def _validate_task(s: SchedulerState, ts: TaskState) -> None:
     _check((state == "queued") == (ts in s.queued), ts, "queued set")
     _check((state == "no-worker") == (ts in s.unrunnable), ts, "unrunnable set")
     if state == "waiting":
-        expect = {d for d in ts.dependencies if d.state != "memory"}
-        _check(ts.waiting_on == expect, ts, f"waiting_on {ts.waiting_on} != {expect}")
-        _check(bool(ts.waiting_on), ts, "waiting on nothing")
-        for dep in ts.waiting_on:
+        pending = [d for d in ts.dependencies if d.state != "memory"]
+        _check(ts.nwaiting == len(pending), ts, f"nwaiting {ts.nwaiting} != {len(pending)}")
+        _check(bool(pending), ts, "waiting on nothing")
+        for dep in pending:
             _check(dep.state != "erred", ts, f"waiting on erred {dep!r}")
     else:
-        _check(not ts.waiting_on, ts, "waiting_on outside waiting")
+        _check(ts.nwaiting == 0, ts, "nwaiting outside waiting")
+    for name in ("dependents", "waiters", "who_has", "erred_on"):
+        value = getattr(ts, name)
+        _check(value is EMPTY or bool(value), ts, f"empty {name} not shared")
+    _check(len(set(ts.who_wants)) == len(ts.who_wants), ts, "a client wants it twice")
     if state in ACTIVE:
         for dep in ts.dependencies:
             _check(ts in dep.waiters, ts, f"not among waiters of {dep!r}")

@@ -5,9 +5,13 @@ They hold state only; every change to them is made by :class:`SchedulerState`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final, cast
 
 from conveyor.core.types import Key, Priority
+
+#: Shared stand-in for an empty set, replaced by a real set on the first insertion. Most
+#: of a task's sets are empty most of its life, and an empty set costs 216 bytes.
+EMPTY: Final[set[Any]] = cast(set[Any], frozenset())
 
 
 class TaskPrefix:
@@ -69,6 +73,7 @@ class TaskState:
         "key",
         "loose_restrictions",
         "nbytes",
+        "nwaiting",
         "prefix",
         "priority",
         "processing_on",
@@ -81,7 +86,6 @@ class TaskState:
         "traceback_text",
         "type",
         "waiters",
-        "waiting_on",
         "who_has",
         "who_wants",
         "worker_restrictions",
@@ -95,14 +99,17 @@ class TaskState:
         self.group = group
         self.state = "released"
         self.priority: Priority = ()
-        self.dependencies: set[TaskState] = set()
-        self.dependents: set[TaskState] = set()
-        #: Dependencies not yet in memory (only while waiting).
-        self.waiting_on: set[TaskState] = set()
-        #: Dependents that still need this task's result.
-        self.waiters: set[TaskState] = set()
-        self.who_wants: set[ClientInfo] = set()
-        self.who_has: set[WorkerInfo] = set()
+        #: Fixed at submission (emptied when forgotten).
+        self.dependencies: tuple[TaskState, ...] = ()
+        #: The sets below start as the shared ``EMPTY``; see ``add_to``/``discard_from``.
+        self.dependents: set[TaskState] = EMPTY
+        #: Number of dependencies not yet in memory (only while waiting).
+        self.nwaiting = 0
+        #: Dependents in an active state that still need this task's result.
+        self.waiters: set[TaskState] = EMPTY
+        #: Clients holding futures for this key (rarely more than one).
+        self.who_wants: tuple[ClientInfo, ...] = ()
+        self.who_has: set[WorkerInfo] = EMPTY
         self.processing_on: WorkerInfo | None = None
         self.nbytes = -1
         self.type: str | None = None
@@ -111,7 +118,7 @@ class TaskState:
         self.exception_text = ""
         self.traceback_text = ""
         self.exception_blame: TaskState | None = None
-        self.erred_on: set[str] = set()
+        self.erred_on: set[str] = EMPTY
         self.suspicious = 0
         self.retries = 0
         #: id of the latest ComputeTask sent for this task (see ComputeTask.run_id)
@@ -123,6 +130,13 @@ class TaskState:
 
     def __repr__(self) -> str:
         return f"<TaskState {self.key!r} {self.state}>"
+
+    @property
+    def waiting_on(self) -> set[TaskState]:
+        """Dependencies not yet in memory, while waiting (computed; for diagnostics)."""
+        if self.state != "waiting":
+            return set()
+        return {d for d in self.dependencies if d.state != "memory"}
 
     def __lt__(self, other: TaskState) -> bool:
         return self.priority < other.priority
@@ -209,3 +223,21 @@ class ClientInfo:
 
     def __hash__(self) -> int:
         return hash(self.client_id)
+
+
+def add_to(owner: Any, attr: str, item: Any) -> None:
+    """``getattr(owner, attr).add(item)``, turning the shared ``EMPTY`` into a real set."""
+    current = getattr(owner, attr)
+    if current is EMPTY:
+        setattr(owner, attr, {item})
+    else:
+        current.add(item)
+
+
+def discard_from(owner: Any, attr: str, item: Any) -> None:
+    """Remove ``item`` if present; an emptied set goes back to the shared ``EMPTY``."""
+    current = getattr(owner, attr)
+    if item in current:
+        current.discard(item)
+        if not current:
+            setattr(owner, attr, EMPTY)

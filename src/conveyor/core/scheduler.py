@@ -21,7 +21,7 @@ from conveyor.core.instructions import (
     RefreshWhoHas,
 )
 from conveyor.core.invariants import validate_scheduler
-from conveyor.core.records import ClientInfo, TaskState, WorkerInfo
+from conveyor.core.records import EMPTY, ClientInfo, TaskState, WorkerInfo
 from conveyor.core.transitions import Recs, SchedulerTransitions
 from conveyor.core.types import Key
 
@@ -180,7 +180,7 @@ class SchedulerState(SchedulerTransitions):
 
     def _want(self, cs: ClientInfo, ts: TaskState, recs: Recs) -> None:
         if cs not in ts.who_wants:
-            ts.who_wants.add(cs)
+            ts.who_wants = (*ts.who_wants, cs)
             cs.wants_what.add(ts)
         state = ts.state
         if state == "memory":
@@ -203,7 +203,7 @@ class SchedulerState(SchedulerTransitions):
 
     def _unwant(self, cs: ClientInfo, ts: TaskState, recs: Recs) -> None:
         cs.wants_what.discard(ts)
-        ts.who_wants.discard(cs)
+        ts.who_wants = tuple(c for c in ts.who_wants if c is not cs)
         if self._needed(ts):
             return
         if ts.state in ("released", "erred"):
@@ -246,6 +246,7 @@ class SchedulerState(SchedulerTransitions):
             if spec.workers:
                 ts.worker_restrictions = frozenset(self.names.get(w, w) for w in spec.workers)
                 ts.loose_restrictions = spec.allow_other_workers
+            deps: dict[TaskState, None] = {}
             for dkey in spec.dependencies:
                 dep = self.tasks.get(dkey)
                 if dep is None:
@@ -256,10 +257,14 @@ class SchedulerState(SchedulerTransitions):
                     ts.exception_blame = ts
                     broken.append(ts)
                     continue
-                ts.dependencies.add(dep)
-                dep.dependents.add(ts)
+                deps[dep] = None
+                if dep.dependents is EMPTY:
+                    dep.dependents = {ts}
+                else:
+                    dep.dependents.add(ts)
                 if dep.group is not ts.group:
                     ts.group.dependencies.add(dep.group)
+            ts.dependencies = tuple(deps)
         for fid in e.functions:
             entry = self.functions.get(fid)
             if entry is not None and entry[1] == 0:

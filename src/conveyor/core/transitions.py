@@ -19,7 +19,7 @@ Some arrows are conditional and may leave the task where it is:
 
 Bookkeeping kept in step by these functions:
 
-* ``ts.waiting_on``: dependencies of a ``waiting`` task not yet in memory;
+* ``ts.nwaiting``: how many dependencies of a ``waiting`` task are not yet in memory;
 * ``ts.waiters``: dependents in an active state (waiting .. processing) that need ``ts``;
 * ``ws.processing`` / ``ws.occupancy``: tasks sent to a worker and their expected time;
 * ``idle``, ``saturated`` and the open-slot set, updated whenever ``processing`` changes.
@@ -43,7 +43,16 @@ from conveyor.core.instructions import (
     KeyInMemory,
     LostData,
 )
-from conveyor.core.records import ClientInfo, TaskGroup, TaskPrefix, TaskState, WorkerInfo
+from conveyor.core.records import (
+    EMPTY,
+    ClientInfo,
+    TaskGroup,
+    TaskPrefix,
+    TaskState,
+    WorkerInfo,
+    add_to,
+    discard_from,
+)
 from conveyor.core.types import Key
 
 Recs = dict[TaskState, str]
@@ -213,14 +222,17 @@ class SchedulerTransitions:
             return
         if nbytes >= 0 and not ts.who_has:
             ts.nbytes = nbytes
-        ts.who_has.add(ws)
+        if ts.who_has is EMPTY:
+            ts.who_has = {ws}
+        else:
+            ts.who_has.add(ws)
         ws.has_what.add(ts)
         ws.nbytes += max(ts.nbytes, 0)
 
     def _remove_replica(self, ts: TaskState, ws: WorkerInfo) -> None:
         if ws not in ts.who_has:
             return
-        ts.who_has.discard(ws)
+        discard_from(ts, "who_has", ws)
         ws.has_what.discard(ts)
         ws.nbytes -= max(ts.nbytes, 0)
 
@@ -274,6 +286,8 @@ class SchedulerTransitions:
             waiters = dep.waiters
             if ts in waiters:
                 waiters.discard(ts)
+                if not waiters:
+                    dep.waiters = EMPTY
                 # never downgrade a pending "erred": a waiting task that is needed again
                 # would ignore "released" and wait on its erred dependency forever
                 if (
@@ -368,14 +382,18 @@ class SchedulerTransitions:
                 self._to_erred(ts, recs)
                 return
         ts.state = "waiting"
-        waiting_on = ts.waiting_on
+        nwaiting = 0
         for dep in ts.dependencies:
-            dep.waiters.add(ts)
+            if dep.waiters is EMPTY:
+                dep.waiters = {ts}
+            else:
+                dep.waiters.add(ts)
             if dep.state != "memory":
-                waiting_on.add(dep)
+                nwaiting += 1
                 if dep.state == "released":
                     recs[dep] = "waiting"
-        if not waiting_on:
+        ts.nwaiting = nwaiting
+        if not nwaiting:
             recs[ts] = "processing"
 
     def _waiting_processing(
@@ -438,11 +456,11 @@ class SchedulerTransitions:
         self._on_memory(ts, recs)
 
     def _on_memory(self, ts: TaskState, recs: Recs) -> None:
+        # every dependency of a waiting task that is not in memory is counted in nwaiting
         for dts in ts.dependents:
-            waiting_on = dts.waiting_on
-            if ts in waiting_on:
-                waiting_on.discard(ts)
-                if not waiting_on and dts.state == "waiting":
+            if dts.state == "waiting":
+                dts.nwaiting -= 1
+                if not dts.nwaiting:
                     recs[dts] = "processing"
         self._leave_active(ts, recs)
         if ts.who_wants:
@@ -464,7 +482,7 @@ class SchedulerTransitions:
     ) -> None:
         ws = self._remove_processing(ts)
         if worker is not None:
-            ts.erred_on.add(worker)
+            add_to(ts, "erred_on", worker)
         ts.exception = exception
         ts.traceback = traceback
         ts.exception_text = exception_text
@@ -482,7 +500,7 @@ class SchedulerTransitions:
 
     def _to_erred(self, ts: TaskState, recs: Recs) -> None:
         ts.state = "erred"
-        ts.waiting_on.clear()
+        ts.nwaiting = 0
         self._leave_active(ts, recs)
         blame = ts.exception_blame or ts
         for dts in ts.dependents:
@@ -516,7 +534,7 @@ class SchedulerTransitions:
             if ws is not None and ws.address in self.workers:
                 self._out.append(FreeKeys(ws.address, [ts.key]))
         ts.state = "released"
-        ts.waiting_on.clear()
+        ts.nwaiting = 0
         self._leave_active(ts, recs)
         if ws is not None and ws.address in self.workers:
             self._fill_slots(ws, recs)
@@ -537,7 +555,7 @@ class SchedulerTransitions:
                 self._out.append(LostData(cs.client_id, ts.key))
         for dts in list(ts.dependents):
             if dts.state == "waiting":
-                dts.waiting_on.add(ts)
+                dts.nwaiting += 1
             elif dts.state in ("processing", "queued", "no-worker"):
                 self._transition(dts, "released", recs, force=True)
         self._released_followup(ts, recs)
@@ -547,7 +565,7 @@ class SchedulerTransitions:
         for address in sorted(ts.erred_on):
             if address in self.workers:
                 self._out.append(FreeKeys(address, [ts.key]))
-        ts.erred_on.clear()
+        ts.erred_on = EMPTY
 
     def _erred_released(self, ts: TaskState, recs: Recs, force: bool = False) -> None:
         self._free_erred_on(ts)
@@ -563,15 +581,15 @@ class SchedulerTransitions:
         if ts.who_wants or ts.waiters or ts.dependents:
             return
         for dep in ts.dependencies:
-            dep.dependents.discard(ts)
-            dep.waiters.discard(ts)
+            discard_from(dep, "dependents", ts)
+            discard_from(dep, "waiters", ts)
             if dep.who_wants or dep.waiters:
                 continue
             if not dep.dependents and dep.state in ("released", "erred", "memory"):
                 recs[dep] = "forgotten"
             elif dep.state == "memory" or dep.state in ACTIVE:
                 recs[dep] = "released"
-        ts.dependencies = set()
+        ts.dependencies = ()
         fid = ts.function
         if fid is not None:
             entry = self.functions[fid]
