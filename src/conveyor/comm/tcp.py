@@ -218,7 +218,9 @@ class _FrameProtocol(asyncio.BufferedProtocol):
 
         ``biggest`` is the size of the largest frame.
         """
-        if self._native_writelines:
+        # uvloop's zero-copy writelines is still slower than feeding large frames in
+        # chunks as the socket drains (about 1.7 against 2.2 GB/s for 200 MB here)
+        if self._native_writelines and biggest < _LARGE_WRITE:
             self.transport.writelines([header, *frames])
             await self.drain()
             return
