@@ -15,8 +15,6 @@ from conveyor.core import events as ev
 from conveyor.core.instructions import (
     FreeKeys,
     Instruction,
-    KeyErred,
-    KeyInMemory,
     KeysCancelled,
     RefreshWhoHas,
 )
@@ -182,23 +180,9 @@ class SchedulerState(SchedulerTransitions):
         if cs not in ts.who_wants:
             ts.who_wants = (*ts.who_wants, cs)
             cs.wants_what.add(ts)
-        state = ts.state
-        if state == "memory":
-            holders = [ws.address for ws in ts.who_has]
-            self._out.append(KeyInMemory(cs.client_id, ts.key, ts.type, holders))
-        elif state == "erred":
-            blame = ts.exception_blame or ts
-            self._out.append(
-                KeyErred(
-                    cs.client_id,
-                    ts.key,
-                    blame.exception,
-                    blame.traceback,
-                    blame.exception_text,
-                    blame.traceback_text,
-                )
-            )
-        elif state == "released":
+        if ts.state in ("memory", "erred"):
+            self._report(ts, (cs,))
+        elif ts.state == "released":
             recs[ts] = "waiting"
 
     def _unwant(self, cs: ClientInfo, ts: TaskState, recs: Recs) -> None:

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from dask.utils import key_split
@@ -277,6 +277,26 @@ class SchedulerTransitions:
         self._update_worker_sets(ws)
         return ws
 
+    def _report(self, ts: TaskState, clients: Iterable[ClientInfo]) -> None:
+        """Tell ``clients`` that ``ts`` is in memory (and where) or failed (and why)."""
+        if ts.state == "memory":
+            holders = [ws.address for ws in ts.who_has]
+            for cs in clients:
+                self._out.append(KeyInMemory(cs.client_id, ts.key, ts.type, holders))
+        elif ts.state == "erred":
+            blame = ts.exception_blame or ts
+            for cs in clients:
+                self._out.append(
+                    KeyErred(
+                        cs.client_id,
+                        ts.key,
+                        blame.exception,
+                        blame.traceback,
+                        blame.exception_text,
+                        blame.traceback_text,
+                    )
+                )
+
     def _needed(self, ts: TaskState) -> bool:
         return bool(ts.who_wants or ts.waiters)
 
@@ -463,10 +483,7 @@ class SchedulerTransitions:
                 if not dts.nwaiting:
                     recs[dts] = "processing"
         self._leave_active(ts, recs)
-        if ts.who_wants:
-            holders = [ws.address for ws in ts.who_has]
-            for cs in ts.who_wants:
-                self._out.append(KeyInMemory(cs.client_id, ts.key, ts.type, holders))
+        self._report(ts, ts.who_wants)
         if not self._needed(ts):
             recs[ts] = "released"
 
@@ -507,17 +524,7 @@ class SchedulerTransitions:
             if dts.state in ACTIVE:
                 dts.exception_blame = blame
                 recs[dts] = "erred"
-        for cs in ts.who_wants:
-            self._out.append(
-                KeyErred(
-                    cs.client_id,
-                    ts.key,
-                    blame.exception,
-                    blame.traceback,
-                    blame.exception_text,
-                    blame.traceback_text,
-                )
-            )
+        self._report(ts, ts.who_wants)
 
     def _active_released(self, ts: TaskState, recs: Recs, force: bool = False) -> None:
         """waiting/queued/no-worker/processing -> released."""
