@@ -28,7 +28,6 @@ Bookkeeping kept in step by these functions:
 from __future__ import annotations
 
 import math
-from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -43,6 +42,7 @@ from conveyor.core.instructions import (
     KeyInMemory,
     LostData,
 )
+from conveyor.core.log import TransitionLog
 from conveyor.core.records import (
     EMPTY,
     ClientInfo,
@@ -57,6 +57,10 @@ from conveyor.core.types import Key
 
 Recs = dict[TaskState, str]
 
+#: dask's key_split keeps an LRU cache of 100,000 keys (about 94 bytes a task); the
+#: scheduler splits each key once, so it calls the function beneath the cache
+_split: Callable[[Key], str] = getattr(key_split, "__wrapped__", key_split)
+
 ACTIVE = frozenset({"waiting", "queued", "no-worker", "processing"})
 #: states a task leaves for ``released`` once nothing needs it
 RELEASABLE = ACTIVE | {"memory"}
@@ -70,7 +74,7 @@ def group_name(key: Key) -> str:
     """Name of the task group of ``key``: a tuple key's first element, else its prefix."""
     if isinstance(key, tuple) and key and isinstance(key[0], str):
         return key[0]
-    return str(key_split(key))
+    return str(_split(key))
 
 
 class SchedulerTransitions:
@@ -114,9 +118,7 @@ class SchedulerTransitions:
         #: shared function id -> [opaque bytes, number of tasks using it]
         self.functions: dict[str, list[Any]] = {}
         self.total_nthreads = 0
-        self.transition_log: deque[tuple[Key, str, str, str, float]] = deque(
-            maxlen=transition_log_length
-        )
+        self.transition_log = TransitionLog(transition_log_length)
         self.transition_counter = 0
         self.run_counter = 0
         self._out: list[Instruction] = []
@@ -154,12 +156,12 @@ class SchedulerTransitions:
         fn(self, ts, recs, **kwargs)
         if ts.state != start:
             self.transition_counter += 1
-            self.transition_log.append((ts.key, start, ts.state, self._stimulus, self._now))
+            self.transition_log.append(ts.key, start, ts.state, self._stimulus, self._now)
 
     # ----------------------------------------------------------- bookkeeping
 
     def _new_task(self, key: Key, run_spec: Any) -> TaskState:
-        pname = str(key_split(key))
+        pname = str(_split(key))
         prefix = self.task_prefixes.get(pname)
         if prefix is None:
             prefix = TaskPrefix(pname, self.default_task_durations.get(pname))
