@@ -227,3 +227,14 @@ def test_scheduler_attributes() -> None:
         assert set(info["workers"]) == set(s.workers)
 
     run(body)
+
+
+def test_small_results_ride_along_and_large_ones_are_fetched() -> None:
+    async def body(s, workers, c):  # type: ignore[no-untyped-def]
+        assert await c.submit(inc, 1) == 2
+        assert c.pool is not None and not c.pool._peers  # no connection to a worker
+        big = await c.submit(lambda n: b"x" * n, 100_000)
+        assert big == b"x" * 100_000
+        assert len(c.pool._peers) == 1  # fetched straight from the worker holding it
+
+    run(body)

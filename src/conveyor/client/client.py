@@ -21,7 +21,7 @@ from conveyor.client.graph import call_message, function_entry, graph_messages, 
 from conveyor.client.structure import collect_futures, substitute
 from conveyor.comm import connect
 from conveyor.deploy.local import LocalCluster
-from conveyor.protocol import dumps
+from conveyor.protocol import dumps, loads
 from conveyor.server.data import unpack_data
 from conveyor.server.loop import LoopRunner
 from conveyor.server.node import Msg, Peer, PeerPool, serve_peer
@@ -77,6 +77,8 @@ class Client:
         self._address = address if isinstance(address, str) else None
         self.futures: dict[Any, FutureState] = {}
         self._refcount: dict[Any, int] = {}
+        #: keys whose last future went away, released together on the loop
+        self._to_release: list[Any] = []
         self._lock = threading.Lock()
         self.scheduler: Peer | None = None
         self.pool: PeerPool | None = None
@@ -251,21 +253,28 @@ class Client:
                 return
             self._refcount.pop(key, None)
             self.futures.pop(key, None)
-        if self.status == "running" and self.scheduler is not None and self.loop is not None:
-            with contextlib.suppress(RuntimeError):  # the loop is closed
-                self.loop.call_soon_threadsafe(self._release_key, key)
+            if self.status != "running" or self.scheduler is None or self.loop is None:
+                return
+            self._to_release.append(key)
+            if len(self._to_release) > 1:
+                return  # a flush is already scheduled
+        with contextlib.suppress(RuntimeError):  # the loop is closed
+            self.loop.call_soon_threadsafe(self._flush_releases)
 
-    def _release_key(self, key: Any) -> None:
-        if key in self._refcount or self.scheduler is None:
-            return
-        self.scheduler.send({"op": "client-releases-keys", "keys": [key]})
+    def _flush_releases(self) -> None:
+        """Tell the scheduler, in one message, about every key no future holds now."""
+        with self._lock:
+            keys = [k for k in self._to_release if k not in self._refcount]
+            self._to_release = []
+        if keys and self.scheduler is not None:
+            self.scheduler.send({"op": "client-releases-keys", "keys": keys})
 
     # ------------------------------------------------------- scheduler events
 
     def _on_key_in_memory(self, peer: Peer, msg: Msg) -> None:
         st = self.futures.get(msg["key"])
         if st is not None:
-            st.finish(msg.get("type"), list(msg.get("workers") or ()))
+            st.finish(msg.get("type"), list(msg.get("workers") or ()), msg.get("result"))
 
     def _on_task_erred(self, peer: Peer, msg: Msg) -> None:
         st = self.futures.get(msg["key"])
@@ -427,7 +436,14 @@ class Client:
     async def _fetch(self, states: dict[Any, FutureState]) -> dict[Any, Any]:
         """Fetch finished keys straight from the workers holding them."""
         out: dict[Any, Any] = {}
-        todo = dict(states)
+        todo = {}
+        for key, st in states.items():
+            if st.inline is not None:
+                out[key] = loads(st.inline)
+            else:
+                todo[key] = st
+        if not todo:
+            return out
         for _attempt in range(_GATHER_ATTEMPTS):
             by_worker: dict[str, list[Any]] = {}
             for key, st in todo.items():

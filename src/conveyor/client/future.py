@@ -40,6 +40,7 @@ class FutureState:
         "callbacks",
         "exception",
         "exception_text",
+        "inline",
         "key",
         "status",
         "traceback",
@@ -60,6 +61,8 @@ class FutureState:
         self.traceback_text = ""
         self._event: asyncio.Event | None = None
         self.callbacks: list[Callable[[], None]] = []
+        #: the serialized result, when the worker sent it along (small results)
+        self.inline: Any = None
 
     @property
     def event(self) -> asyncio.Event:
@@ -84,9 +87,10 @@ class FutureState:
         for cb in callbacks:
             cb()
 
-    def finish(self, type: str | None, workers: list[str]) -> None:
+    def finish(self, type: str | None, workers: list[str], inline: Any = None) -> None:
         self.type = type
         self.workers = list(workers)
+        self.inline = inline
         self._settle("finished")
 
     def set_error(self, exception: Any, traceback: Any, text: str, tb_text: str) -> None:
@@ -98,6 +102,7 @@ class FutureState:
         """The result was lost and is being recomputed."""
         self.status = "pending"
         self.workers = []
+        self.inline = None
         if self._event is not None:
             self._event.clear()
 

@@ -83,6 +83,8 @@ class TaskFinished(SchedulerEvent):
     stop: float = 0.0
     #: the ``run_id`` of the ComputeTask this answers (0: unknown)
     run_id: int = 0
+    #: the serialized result, when small and wanted (passed through to clients)
+    result: Any = None
 
 
 @dataclass(slots=True)

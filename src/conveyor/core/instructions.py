@@ -29,6 +29,8 @@ class ComputeTask(ToWorker):
     #: unique per ComputeTask; the worker echoes it so that a late answer about an
     #: earlier, since freed run of the same key is told apart from this run's
     run_id: int = 0
+    #: a client waits for this result: send it back with the completion if small
+    inline: bool = False
 
 
 @dataclass(slots=True)
@@ -59,6 +61,8 @@ class KeyInMemory(ToClient):
     type: str | None
     #: addresses of the workers holding the result, so the client can fetch directly
     workers: list[str]
+    #: the serialized result itself when the worker sent it along (opaque, small)
+    result: Any = None
 
 
 @dataclass(slots=True)

@@ -339,7 +339,14 @@ class SchedulerState(SchedulerTransitions):
             # start == stop (0.0, 0.0) means the worker did not run it (it had the data)
             duration = e.stop - e.start if e.stop > e.start else None
             self._transition(
-                ts, "memory", recs, worker=ws, nbytes=e.nbytes, type=e.type, duration=duration
+                ts,
+                "memory",
+                recs,
+                worker=ws,
+                nbytes=e.nbytes,
+                type=e.type,
+                duration=duration,
+                result=e.result,
             )
             self._transitions(recs)
         elif ts is not None and ts.state == "memory":

@@ -265,6 +265,7 @@ class SchedulerTransitions:
                 fid,
                 blob,
                 run_id,
+                bool(ts.who_wants),
             )
         )
 
@@ -279,12 +280,15 @@ class SchedulerTransitions:
         self._update_worker_sets(ws)
         return ws
 
-    def _report(self, ts: TaskState, clients: Iterable[ClientInfo]) -> None:
-        """Tell ``clients`` that ``ts`` is in memory (and where) or failed (and why)."""
+    def _report(self, ts: TaskState, clients: Iterable[ClientInfo], result: Any = None) -> None:
+        """Tell ``clients`` that ``ts`` is in memory (and where) or failed (and why).
+
+        ``result``: the serialized value a worker sent along, passed through unopened.
+        """
         if ts.state == "memory":
             holders = [ws.address for ws in ts.who_has]
             for cs in clients:
-                self._out.append(KeyInMemory(cs.client_id, ts.key, ts.type, holders))
+                self._out.append(KeyInMemory(cs.client_id, ts.key, ts.type, holders, result))
         elif ts.state == "erred":
             blame = ts.exception_blame or ts
             for cs in clients:
@@ -458,6 +462,7 @@ class SchedulerTransitions:
         nbytes: int = -1,
         type: str | None = None,
         duration: float | None = None,
+        result: Any = None,
     ) -> None:
         ws = self._remove_processing(ts)
         if duration is not None:
@@ -465,7 +470,7 @@ class SchedulerTransitions:
         ts.state = "memory"
         ts.type = type
         self._add_replica(ts, worker, nbytes)
-        self._on_memory(ts, recs)
+        self._on_memory(ts, recs, result)
         if ws is not None:
             self._fill_slots(ws, recs)
 
@@ -477,7 +482,7 @@ class SchedulerTransitions:
             self._add_replica(ts, ws, nbytes)
         self._on_memory(ts, recs)
 
-    def _on_memory(self, ts: TaskState, recs: Recs) -> None:
+    def _on_memory(self, ts: TaskState, recs: Recs, result: Any = None) -> None:
         # every dependency of a waiting task that is not in memory is counted in nwaiting
         for dts in ts.dependents:
             if dts.state == "waiting":
@@ -485,7 +490,7 @@ class SchedulerTransitions:
                 if not dts.nwaiting:
                     recs[dts] = "processing"
         self._leave_active(ts, recs)
-        self._report(ts, ts.who_wants)
+        self._report(ts, ts.who_wants, result)
         if not self._needed(ts):
             recs[ts] = "released"
 

@@ -39,6 +39,7 @@ class WTask:
         "dependents",
         "duration",
         "freed",
+        "inline",
         "key",
         "nbytes",
         "priority",
@@ -57,6 +58,8 @@ class WTask:
         self.priority: Priority = ()
         #: run_id of the latest ComputeTask for this key, echoed in the answer
         self.run_id = 0
+        #: a client waits for the result: the shell sends small ones with the completion
+        self.inline = False
         self.duration = 0.0
         self.dependencies: set[WTask] = set()
         self.dependents: set[WTask] = set()
@@ -234,6 +237,7 @@ class WorkerState:
         ts.priority = e.priority
         ts.duration = e.duration
         ts.run_id = e.run_id
+        ts.inline = e.inline
         ts.computed = True
         ts.freed = False
         if state == "memory":

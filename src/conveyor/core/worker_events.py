@@ -26,6 +26,8 @@ class ComputeTaskEvent(WorkerEvent):
     nbytes: dict[Key, int] = field(default_factory=dict)
     duration: float = 0.5
     run_id: int = 0
+    #: a client waits for this result (the shell may send it along when small)
+    inline: bool = False
 
 
 @dataclass(slots=True)

@@ -33,6 +33,8 @@ def scheduler_instruction_to_msg(instr: si.Instruction) -> Msg:
             "duration": instr.duration,
             "run_id": instr.run_id,
         }
+        if instr.inline:
+            msg["inline"] = True
         if instr.function is not None:
             msg["function"] = instr.function
             if instr.function_blob is not None:
@@ -41,12 +43,15 @@ def scheduler_instruction_to_msg(instr: si.Instruction) -> Msg:
     if isinstance(instr, si.FreeKeys):
         return {"op": "free-keys", "keys": instr.keys}
     if isinstance(instr, si.KeyInMemory):
-        return {
+        msg = {
             "op": "key-in-memory",
             "key": instr.key,
             "type": instr.type,
             "workers": instr.workers,
         }
+        if instr.result is not None:
+            msg["result"] = instr.result
+        return msg
     if isinstance(instr, si.KeyErred):
         return {
             "op": "task-erred",
@@ -80,6 +85,7 @@ def worker_event_from_msg(msg: Msg, now: float) -> we.WorkerEvent:
             dict(msg.get("nbytes") or {}),
             float(msg.get("duration", 0.5)),
             int(msg.get("run_id", 0)),
+            bool(msg.get("inline", False)),
         )
     if op == "free-keys":
         return we.FreeKeysEvent(now, list(msg["keys"]))
@@ -132,6 +138,7 @@ def _task_finished(w: str, m: Msg, now: float) -> se.SchedulerEvent:
         m["start"],
         m["stop"],
         int(m.get("run_id", 0)),
+        m.get("result"),
     )
 
 

@@ -16,6 +16,8 @@ from conveyor.protocol import Serialized, dumps, loads
 
 #: values estimated below this many bytes are pickled together
 SMALL = 64 * 1024
+#: results up to this size ride along with their completion to a waiting client
+INLINE_RESULT_BYTES = 16 * 1024
 
 
 def pack_data(data: Mapping[Any, Any], keys: Iterable[Any]) -> dict[str, Any]:

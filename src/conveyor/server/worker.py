@@ -15,14 +15,16 @@ from collections.abc import Generator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from dask.sizeof import sizeof
+
 from conveyor import config
 from conveyor.comm import Listener, connect, get_address_host, listen
 from conveyor.core import worker_events as we
 from conveyor.core.types import Key
 from conveyor.core.worker import WorkerState
-from conveyor.protocol import loads
+from conveyor.protocol import dumps, loads
 from conveyor.protocol.messages import worker_event_from_msg, worker_instruction_to_msg
-from conveyor.server.data import pack_data, unpack_data
+from conveyor.server.data import INLINE_RESULT_BYTES, pack_data, unpack_data
 from conveyor.server.execute import FunctionStore, run_task
 from conveyor.server.node import Handler, Msg, Peer, PeerPool, serve_peer
 from conveyor.server.scheduler import listen_address
@@ -265,7 +267,20 @@ class Worker:
                 for key in instr.keys:  # type: ignore[union-attr]
                     self.data.pop(key, None)
             elif self.scheduler is not None:
-                self.scheduler.send(worker_instruction_to_msg(instr))
+                msg = worker_instruction_to_msg(instr)
+                if kind is we.TaskFinishedMsg:
+                    self._attach_small_result(instr.key, msg)  # type: ignore[union-attr]
+                self.scheduler.send(msg)
+
+    def _attach_small_result(self, key: Key, msg: Msg) -> None:
+        """Send a small result that a client waits for along with its completion."""
+        assert self.state is not None
+        ts = self.state.tasks.get(key)
+        if ts is None or not ts.inline or key not in self.data:
+            return
+        value = self.data[key]
+        if sizeof(value) <= INLINE_RESULT_BYTES:
+            msg["result"] = dumps(value)
 
     def _execute(self, key: Key) -> None:
         assert self.state is not None and self.loop is not None
