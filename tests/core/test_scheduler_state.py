@@ -89,10 +89,20 @@ def compute(
     duration: float = 0.5,
     *,
     run: int,
+    wanted: bool = True,
 ) -> ComputeTask:
-    """The expected ComputeTask; ``run`` counts the ComputeTasks this scheduler sent."""
+    """The expected ComputeTask; ``run`` counts the ComputeTasks this scheduler sent;
+    ``wanted``: a client waits for the key, so its small result may ride along."""
     return ComputeTask(
-        worker, key, run_spec(key), priority, who_has or {}, nbytes or {}, duration, run_id=run
+        worker,
+        key,
+        run_spec(key),
+        priority,
+        who_has or {},
+        nbytes or {},
+        duration,
+        run_id=run,
+        inline=wanted,
     )
 
 
@@ -117,7 +127,7 @@ def test_compute_task_carries_who_has_and_nbytes_of_dependencies() -> None:
     add_worker(s, W1)
     add_worker(s, W2)
     out = submit(s, [spec("a"), spec("b", "a")], ["b"])
-    assert out == [compute(W1, "a", (0, 1, 0), run=1)]
+    assert out == [compute(W1, "a", (0, 1, 0), run=1, wanted=False)]
     assert states(s) == {"a": "processing", "b": "waiting"}
     out = finish(s, W1, "a", nbytes=123)
     assert out == [compute(W1, "b", (0, 1, 1), {"a": [W1]}, {"a": 123}, run=2)]
@@ -133,10 +143,10 @@ def test_chain_is_placed_where_the_data_is() -> None:
     add_worker(s, W2)
     big = 50_000_000  # half a second at the default bandwidth
     tasks = [spec("a", workers=(W2,)), spec("b", "a"), spec("c", "b")]
-    assert submit(s, tasks, ["c"]) == [compute(W2, "a", (0, 1, 0), run=1)]
+    assert submit(s, tasks, ["c"]) == [compute(W2, "a", (0, 1, 0), run=1, wanted=False)]
     # W1 is idle and sorts first, but b's input lives on W2
     out = finish(s, W2, "a", nbytes=big)
-    assert out == [compute(W2, "b", (0, 1, 1), {"a": [W2]}, {"a": big}, run=2)]
+    assert out == [compute(W2, "b", (0, 1, 1), {"a": [W2]}, {"a": big}, run=2, wanted=False)]
     out = finish(s, W2, "b", nbytes=big)
     assert out == [
         FreeKeys(W2, ["a"]),
@@ -403,7 +413,7 @@ def test_missing_data_report_with_no_other_replica_recomputes() -> None:
     finish(s, W1, "a")
     # W2 could not get a from W1 (W1 lost it): recompute a
     out = s.handle(ev.MissingData(2.0, W2, "a", W1))
-    assert out == [FreeKeys(W2, ["b"]), compute(W1, "a", (0, 1, 0), run=3)]
+    assert out == [FreeKeys(W2, ["b"]), compute(W1, "a", (0, 1, 0), run=3, wanted=False)]
 
 
 def test_missing_data_report_with_another_replica_refreshes_who_has() -> None:
@@ -493,7 +503,7 @@ def test_replica_arriving_while_a_compute_for_it_is_in_transit_is_kept() -> None
     submit(s, [spec("a"), spec("b", "a", workers=(W2,))], ["b"])
     finish(s, W1, "a")
     out = s.handle(ev.RemoveWorker(2.0, W1))
-    assert out == [FreeKeys(W2, ["b"]), compute(W2, "a", (0, 1, 0), run=3)]
+    assert out == [FreeKeys(W2, ["b"]), compute(W2, "a", (0, 1, 0), run=3, wanted=False)]
     assert s.handle(ev.WorkerAddKeys(2.1, W2, {"a": 8})) == []
     out = finish(s, W2, "a", now=2.2)
     assert out == [compute(W2, "b", (0, 1, 1), {"a": [W2]}, {"a": 8}, run=4)]
@@ -516,7 +526,7 @@ def test_tasks_wait_for_a_worker_when_there_is_none() -> None:
     s = make()
     assert submit(s, [spec("x"), spec("y", "x")], ["y"]) == []
     assert states(s) == {"x": "queued", "y": "waiting"}
-    assert add_worker(s, W1) == [compute(W1, "x", (0, 1, 0), run=1)]
+    assert add_worker(s, W1) == [compute(W1, "x", (0, 1, 0), run=1, wanted=False)]
 
 
 # ----------------------------------------------------------------- restrictions
