@@ -106,3 +106,11 @@ def test_client_to_nothing_fails_fast() -> None:
     with pytest.raises(OSError, match="Could not connect"):
         Client(f"tcp://127.0.0.1:{port}", timeout=0.5)
     assert time.monotonic() - start < 5
+
+
+def test_dropping_futures_right_after_submitting_their_dependents(client: Client) -> None:
+    """A release must never overtake a submission that names the released key."""
+    level = client.map(inc, range(64))
+    while len(level) > 1:  # each level drops the previous one as soon as it is built
+        level = [client.submit(sum, level[i : i + 2]) for i in range(0, len(level), 2)]
+    assert level[0].result(timeout=30) == sum(range(1, 65))

@@ -9,7 +9,7 @@ import random
 import threading
 import uuid
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 from dask.base import tokenize
 from dask.utils import typename
@@ -77,8 +77,9 @@ class Client:
         self._address = address if isinstance(address, str) else None
         self.futures: dict[Any, FutureState] = {}
         self._refcount: dict[Any, int] = {}
-        #: keys whose last future went away, released together on the loop
-        self._to_release: list[Any] = []
+        #: messages and releases from other threads, sent in order by the loop
+        self._outbox: list[Msg | _Release] = []
+        self._drain_scheduled = False
         self._lock = threading.Lock()
         self.scheduler: Peer | None = None
         self.pool: PeerPool | None = None
@@ -226,14 +227,50 @@ class Client:
         return self._runner is not None and self._runner.in_loop_thread()
 
     def _send(self, msg: Msg) -> None:
-        scheduler = self.scheduler
-        if scheduler is None:
+        """Send ``msg`` to the scheduler, after everything sent or released before it."""
+        if self.scheduler is None:
             raise RuntimeError("this client is not connected")
         if self.asynchronous or self._in_loop_thread():
-            scheduler.send(msg)
+            self._drain_outbox()
+            self.scheduler.send(msg)
         else:
-            assert self.loop is not None
-            self.loop.call_soon_threadsafe(scheduler.send, msg)
+            self._enqueue(msg)
+
+    def _enqueue(self, item: Msg | _Release) -> None:
+        """Queue a message or a release for the loop, keeping the order they happened in."""
+        with self._lock:
+            self._outbox.append(item)
+            if self._drain_scheduled:
+                return
+            self._drain_scheduled = True
+        assert self.loop is not None
+        with contextlib.suppress(RuntimeError):  # the loop is closed
+            self.loop.call_soon_threadsafe(self._drain_outbox)
+
+    def _drain_outbox(self) -> None:
+        """Send what other threads queued, in order; adjacent releases go as one message.
+
+        A release must never overtake a message sent before it: that message may name
+        the released key as a dependency.
+        """
+        with self._lock:
+            items, self._outbox = self._outbox, []
+            self._drain_scheduled = False
+        scheduler = self.scheduler
+        if scheduler is None:
+            return
+        released: list[Any] = []
+        for item in items:
+            if isinstance(item, _Release):
+                if item.key not in self._refcount:  # not taken up again meanwhile
+                    released.append(item.key)
+                continue
+            if released:
+                scheduler.send({"op": "client-releases-keys", "keys": released})
+                released = []
+            scheduler.send(item)
+        if released:
+            scheduler.send({"op": "client-releases-keys", "keys": released})
 
     # ------------------------------------------------------ reference counting
 
@@ -255,19 +292,7 @@ class Client:
             self.futures.pop(key, None)
             if self.status != "running" or self.scheduler is None or self.loop is None:
                 return
-            self._to_release.append(key)
-            if len(self._to_release) > 1:
-                return  # a flush is already scheduled
-        with contextlib.suppress(RuntimeError):  # the loop is closed
-            self.loop.call_soon_threadsafe(self._flush_releases)
-
-    def _flush_releases(self) -> None:
-        """Tell the scheduler, in one message, about every key no future holds now."""
-        with self._lock:
-            keys = [k for k in self._to_release if k not in self._refcount]
-            self._to_release = []
-        if keys and self.scheduler is not None:
-            self.scheduler.send({"op": "client-releases-keys", "keys": keys})
+        self._enqueue(_Release(key))
 
     # ------------------------------------------------------- scheduler events
 
@@ -627,6 +652,12 @@ class Client:
         else:
             assert self.loop is not None
             self.loop.call_soon_threadsafe(register)
+
+
+class _Release(NamedTuple):
+    """In the outbox: the last future for ``key`` went away."""
+
+    key: Any
 
 
 def _call_safely(fn: Callable[[Future], Any], fut: Future) -> None:
