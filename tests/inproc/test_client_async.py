@@ -9,6 +9,8 @@ import traceback
 import pytest
 
 from conveyor import CancelledError, Future, as_completed, wait
+from conveyor.client import graph as graph_module
+from conveyor.client.graph import graph_messages
 from conveyor.testing.cluster import in_process_cluster, until
 
 
@@ -236,5 +238,36 @@ def test_small_results_ride_along_and_large_ones_are_fetched() -> None:
         big = await c.submit(lambda n: b"x" * n, 100_000)
         assert big == b"x" * 100_000
         assert len(c.pool._peers) == 1  # fetched straight from the worker holding it
+
+    run(body)
+
+
+def test_shared_blobs_are_sent_once_and_dropped_with_their_tasks() -> None:
+    async def body(s, workers, c):  # type: ignore[no-untyped-def]
+        fs = c.map(inc, range(50))
+        assert await c.gather(fs) == list(range(1, 51))
+        assert len(s.state.functions) == 1  # one function for fifty tasks
+        assert all(len(w.functions) == 1 for w in workers if w.data)
+        del fs
+        await until(lambda: not s.tasks, what="scheduler forgets the map")
+        assert not s.state.functions
+        await until(lambda: all(len(w.functions) == 0 for w in workers), what="workers drop it")
+
+    run(body)
+
+
+def test_graph_nodes_travel_in_shared_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(graph_module, "GRAPH_CHUNK", 10)
+    dsk: dict[object, object] = {("x", i): (inc, i) for i in range(25)}
+    dsk["total"] = (sum, list(dsk))
+    msgs, blobs = graph_messages(dsk, ["total"])
+    assert len(msgs) == 26 and len(blobs) == 3  # chunks of 10 in priority order
+    assert {m["fn"] for m in msgs} == set(blobs)
+    assert [m["spec"] for m in msgs[:12]] == [*range(10), 0, 1]
+
+    async def body(s, workers, c):  # type: ignore[no-untyped-def]
+        assert await c.get(dsk, "total") == sum(range(1, 26))
+        await until(lambda: not s.tasks and not s.state.functions, what="graph forgotten")
+        await until(lambda: all(len(w.functions) == 0 for w in workers), what="chunks dropped")
 
     run(body)

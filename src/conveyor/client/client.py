@@ -422,9 +422,17 @@ class Client:
         This is what ``dask.compute(..., scheduler=client)`` calls.
         """
         flat = _flatten_keys(keys)
-        msgs = graph_messages(dsk, flat)
+        msgs, blobs = graph_messages(dsk, flat)
         futures = {k: Future(k, self) for k in flat}
-        self._send({"op": "update-graph", "tasks": msgs, "keys": flat, "priority": priority})
+        self._send(
+            {
+                "op": "update-graph",
+                "tasks": msgs,
+                "keys": flat,
+                "priority": priority,
+                "functions": blobs,
+            }
+        )
         packed = _pack_keys(keys, futures)
         try:
             return self.gather(packed)

@@ -7,7 +7,10 @@ Two kinds of run spec travel:
 
 * a *call* (``submit``/``map``): the pickled ``(args, kwargs)`` plus the id of a function
   that is pickled once and sent once per graph (``functions``), however many tasks use it;
-* a *node* (graphs from collections): the pickled dask task-spec node itself.
+* a *node* (graphs from collections): an index into a blob holding the pickled nodes of
+  up to ``GRAPH_CHUNK`` tasks, consecutive in priority order. Pickled together, the
+  functions and constants the nodes share are written once; the blob travels like a
+  shared function (once per worker) and each worker unpickles it once.
 """
 
 from __future__ import annotations
@@ -26,6 +29,9 @@ from conveyor.protocol import dumps_function, dumps_spec
 
 Msg = dict[str, Any]
 
+#: graph nodes pickled together in one shared blob
+GRAPH_CHUNK = 1000
+
 
 def submit_key(func: Callable[..., Any], args: Any, kwargs: Any, pure: bool) -> str:
     """A key for one call: deterministic (content hash) when ``pure``, else unique."""
@@ -36,7 +42,11 @@ def submit_key(func: Callable[..., Any], args: Any, kwargs: Any, pure: bool) -> 
 
 def function_entry(func: Callable[..., Any]) -> tuple[str, bytes]:
     """The id and pickled bytes of ``func`` (cloudpickle, cached per function)."""
-    blob = dumps_function(func)
+    return blob_entry(dumps_function(func))
+
+
+def blob_entry(blob: bytes) -> tuple[str, bytes]:
+    """A shared blob with its content id."""
     return hashlib.blake2b(blob, digest_size=12).hexdigest(), blob
 
 
@@ -68,16 +78,6 @@ def call_message(
     return msg
 
 
-def node_message(node: GraphNode, order_: int = 0) -> Msg:
-    """The wire form of one graph node: pickled here, once, on the client."""
-    return {
-        "key": node.key,
-        "spec": dumps_spec(node),
-        "deps": list(node.dependencies),
-        "order": order_,
-    }
-
-
 def _add_options(
     msg: Msg, workers: list[str] | None, allow_other_workers: bool, retries: int
 ) -> None:
@@ -98,12 +98,32 @@ def as_graph(obj: Any) -> dict[Any, GraphNode]:
     return graph
 
 
-def graph_messages(dsk: Any, keys: list[Any]) -> list[Msg]:
-    """Cull ``dsk`` to what ``keys`` need, order it, and encode each task."""
+def graph_messages(dsk: Any, keys: list[Any]) -> tuple[list[Msg], dict[str, bytes]]:
+    """Cull ``dsk`` to what ``keys`` need, order it, and encode it.
+
+    Returns the task messages and the shared blobs (by id) that their specs index into.
+    """
     graph = as_graph(dsk)
     missing = [k for k in keys if k not in graph]
     if missing:
         raise KeyError(f"keys not in the graph: {missing[:5]}")
     graph = cull(graph, keys)
     priorities = order(graph) if len(graph) > 1 else dict.fromkeys(graph, 0)
-    return [node_message(node, priorities[key]) for key, node in graph.items()]
+    ordered = sorted(graph, key=priorities.__getitem__)
+    msgs: list[Msg] = []
+    blobs: dict[str, bytes] = {}
+    for start in range(0, len(ordered), GRAPH_CHUNK):
+        chunk = ordered[start : start + GRAPH_CHUNK]
+        bid, blob = blob_entry(dumps_spec([graph[k] for k in chunk]))
+        blobs[bid] = blob
+        for index, key in enumerate(chunk):
+            msgs.append(
+                {
+                    "key": key,
+                    "spec": index,
+                    "deps": list(graph[key].dependencies),
+                    "order": priorities[key],
+                    "fn": bid,
+                }
+            )
+    return msgs, blobs

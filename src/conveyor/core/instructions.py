@@ -39,6 +39,13 @@ class FreeKeys(ToWorker):
 
 
 @dataclass(slots=True)
+class FreeFunctions(ToWorker):
+    """Shared blobs (functions, graph chunks) no task uses any more."""
+
+    ids: list[str]
+
+
+@dataclass(slots=True)
 class RefreshWhoHas(ToWorker):
     who_has: dict[Key, list[str]]
 

@@ -252,7 +252,7 @@ class SchedulerState(SchedulerTransitions):
         for fid in e.functions:
             entry = self.functions.get(fid)
             if entry is not None and entry[1] == 0:
-                del self.functions[fid]
+                self._drop_function(fid)
         for ts in broken:
             self._transition(ts, "erred", recs)
         for key in reversed(e.wanted):

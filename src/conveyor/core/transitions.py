@@ -36,6 +36,7 @@ from dask.utils import key_split
 from conveyor.core.heapset import HeapSet
 from conveyor.core.instructions import (
     ComputeTask,
+    FreeFunctions,
     FreeKeys,
     Instruction,
     KeyErred,
@@ -609,7 +610,7 @@ class SchedulerTransitions:
             entry = self.functions[fid]
             entry[1] -= 1
             if entry[1] == 0:
-                del self.functions[fid]
+                self._drop_function(fid)
         del self.tasks[ts.key]
         group = ts.group
         group.ntasks -= 1
@@ -618,6 +619,14 @@ class SchedulerTransitions:
             for g in self.task_groups.values():
                 g.dependencies.discard(group)
         ts.state = "forgotten"
+
+    def _drop_function(self, fid: str) -> None:
+        """No task uses shared blob ``fid`` any more: forget it here and on workers."""
+        del self.functions[fid]
+        for ws in self.workers.values():
+            if fid in ws.functions:
+                ws.functions.discard(fid)
+                self._out.append(FreeFunctions(ws.address, [fid]))
 
     def _released_forgotten(self, ts: TaskState, recs: Recs) -> None:
         self._forget(ts, recs)

@@ -42,6 +42,8 @@ def scheduler_instruction_to_msg(instr: si.Instruction) -> Msg:
         return msg
     if isinstance(instr, si.FreeKeys):
         return {"op": "free-keys", "keys": instr.keys}
+    if isinstance(instr, si.FreeFunctions):
+        return {"op": "free-functions", "ids": instr.ids}
     if isinstance(instr, si.KeyInMemory):
         msg = {
             "op": "key-in-memory",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 import traceback as tb_module
-from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -14,7 +13,7 @@ from dask.sizeof import sizeof
 from dask.utils import typename
 from tblib import Traceback
 
-from conveyor.protocol import loads_function, pickle_bytes, unpickle_bytes
+from conveyor.protocol import pickle_bytes, unpickle_bytes
 
 
 @dataclass(slots=True)
@@ -59,38 +58,55 @@ def unpack_traceback(tb_bytes: bytes | None) -> TracebackType | None:
 
 
 class FunctionStore:
-    """Functions a worker was sent once, by id; unpickled on first use."""
+    """Shared blobs a worker was sent once, by id (a function, or a chunk of graph nodes),
+    unpickled on first use; the scheduler says when to drop them."""
 
     def __init__(self) -> None:
         self._blobs: dict[str, bytes] = {}
-        self._loaded: dict[str, Callable[..., Any]] = {}
+        self._loaded: dict[str, Any] = {}
 
     def add(self, fid: str, blob: bytes) -> None:
-        """Keep the pickled function ``blob`` under ``fid``."""
+        """Keep the pickled ``blob`` under ``fid``."""
         if fid not in self._blobs:
             self._blobs[fid] = blob
 
-    def get(self, fid: str) -> Callable[..., Any]:
-        """The function with id ``fid`` (KeyError if it was never sent)."""
-        func = self._loaded.get(fid)
-        if func is None:
-            func = self._loaded[fid] = loads_function(self._blobs[fid])
-        return func
+    def discard(self, fid: str) -> None:
+        """Forget ``fid`` (no task here needs it any more)."""
+        self._blobs.pop(fid, None)
+        self._loaded.pop(fid, None)
+
+    def __len__(self) -> int:
+        return len(self._blobs)
+
+    def get(self, fid: str) -> Any:
+        """The object with id ``fid`` (KeyError if it was never sent)."""
+        obj = self._loaded.get(fid)
+        if obj is None:
+            obj = self._loaded[fid] = unpickle_bytes(self._blobs[fid])
+        return obj
 
 
 def build_task(key: Any, run_spec: tuple[str | None, Any], functions: FunctionStore) -> GraphNode:
-    """The dask task a run spec describes: a call of a shared function, or a graph node."""
+    """The dask task a run spec describes: a graph node or a call of a shared function."""
     fid, spec = run_spec
     if fid is None:
         node = unpickle_bytes(spec)
         if not isinstance(node, GraphNode):
             raise TypeError(f"run spec is a {type(node).__name__}, not a dask task")
         return node
+    if isinstance(spec, int):  # an index into a shared chunk of graph nodes
+        node = functions.get(fid)[spec]
+        if not isinstance(node, GraphNode) or node.key != key:
+            raise TypeError(f"shared graph chunk {fid} has no task {key!r} at {spec}")
+        return node
+    func = functions.get(fid)
+    if not callable(func):
+        raise TypeError(f"shared object {fid} is not a function")
     call = unpickle_bytes(spec)
     if not isinstance(call, tuple) or len(call) != 2:
         raise TypeError("a call's run spec must be (args, kwargs)")
     args, kwargs = call
-    return Task(key, functions.get(fid), *args, **kwargs)
+    return Task(key, func, *args, **kwargs)
 
 
 def run_task(

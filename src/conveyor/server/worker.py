@@ -115,6 +115,7 @@ class Worker:
             "compute-task": self._from_scheduler,
             "free-keys": self._from_scheduler,
             "refresh-who-has": self._from_scheduler,
+            "free-functions": self._free_functions,
             "close": lambda p, m: self._spawn(self.close()),
         }
 
@@ -246,6 +247,10 @@ class Worker:
         }
 
     # ------------------------------------------------------------ state machine
+
+    def _free_functions(self, peer: Peer, msg: Msg) -> None:
+        for fid in msg["ids"]:
+            self.functions.discard(fid)
 
     def _from_scheduler(self, peer: Peer, msg: Msg) -> None:
         blob = msg.get("function_blob")
