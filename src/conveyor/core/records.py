@@ -5,9 +5,11 @@ They hold state only; every change to them is made by :class:`SchedulerState`.
 
 from __future__ import annotations
 
-from typing import Any, Final, cast
+from typing import Any, Final, Generic, TypeVar, cast
 
 from conveyor.core.types import Key, Priority
+
+T = TypeVar("T")
 
 #: Shared stand-in for an empty set, replaced by a real set on the first insertion. Most
 #: of a task's sets are empty most of its life, and an empty set costs 216 bytes.
@@ -58,44 +60,112 @@ class TaskGroup:
         return f"<TaskGroup {self.name!r} n={self.ntasks}>"
 
 
-class TaskState:
-    """What the scheduler knows about one task. The run spec is opaque bytes."""
+class _RareFields:
+    """Task fields that most tasks never set: errors, retries, restrictions."""
 
     __slots__ = (
-        "dependencies",
-        "dependents",
         "erred_on",
         "exception",
         "exception_blame",
         "exception_text",
-        "function",
-        "group",
-        "key",
         "loose_restrictions",
-        "nbytes",
-        "nwaiting",
-        "prefix",
-        "priority",
-        "processing_on",
         "retries",
-        "run_id",
-        "run_spec",
-        "state",
         "suspicious",
         "traceback",
         "traceback_text",
+        "worker_restrictions",
+    )
+
+    def __init__(self) -> None:
+        for name, value in _RARE_DEFAULTS.items():
+            setattr(self, name, value)
+
+
+_RARE_DEFAULTS: dict[str, Any] = {
+    "erred_on": EMPTY,
+    "exception": None,
+    "exception_blame": None,
+    "exception_text": "",
+    "loose_restrictions": False,
+    "retries": 0,
+    "suspicious": 0,
+    "traceback": None,
+    "traceback_text": "",
+    "worker_restrictions": None,
+}
+
+
+class _RareField(Generic[T]):
+    """A TaskState attribute stored in its ``_RareFields`` record, made on first set."""
+
+    __slots__ = ("default", "name")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.default: T = _RARE_DEFAULTS[name]
+
+    def __get__(self, ts: TaskState, owner: object = None) -> T:
+        rare = ts._rare
+        if rare is None:
+            return self.default
+        value: T = getattr(rare, self.name)
+        return value
+
+    def __set__(self, ts: TaskState, value: T) -> None:
+        rare = ts._rare
+        if rare is None:
+            default = self.default
+            if value is default or (type(value) is type(default) and value == default):
+                return
+            rare = ts._rare = _RareFields()
+        setattr(rare, self.name, value)
+
+
+class TaskState:
+    """What the scheduler knows about one task. The run spec is opaque bytes."""
+
+    __slots__ = (
+        "_rare",
+        "dependencies",
+        "dependents",
+        "function",
+        "group",
+        "key",
+        "nbytes",
+        "nwaiting",
+        "priority",
+        "processing_on",
+        "run_id",
+        "run_spec",
+        "state",
         "type",
         "waiters",
         "who_has",
         "who_wants",
-        "worker_restrictions",
     )
 
-    def __init__(self, key: Key, run_spec: Any, prefix: TaskPrefix, group: TaskGroup) -> None:
+    # Fields most tasks never set live in a record made on first use (see _RareFields),
+    # which saves 72 bytes per task; they read and write like plain attributes.
+    exception: _RareField[Any] = _RareField("exception")
+    traceback: _RareField[Any] = _RareField("traceback")
+    exception_text: _RareField[str] = _RareField("exception_text")
+    traceback_text: _RareField[str] = _RareField("traceback_text")
+    exception_blame: _RareField[TaskState | None] = _RareField("exception_blame")
+    erred_on: _RareField[set[str]] = _RareField("erred_on")
+    suspicious: _RareField[int] = _RareField("suspicious")
+    retries: _RareField[int] = _RareField("retries")
+    worker_restrictions: _RareField[frozenset[str] | None] = _RareField("worker_restrictions")
+    loose_restrictions: _RareField[bool] = _RareField("loose_restrictions")
+
+    @property
+    def prefix(self) -> TaskPrefix:
+        """The task's key prefix (shared by its group)."""
+        return self.group.prefix
+
+    def __init__(self, key: Key, run_spec: Any, group: TaskGroup) -> None:
         self.key = key
         #: Opaque serialized task (bytes or a Serialized); None for scattered data.
         self.run_spec = run_spec
-        self.prefix = prefix
         self.group = group
         self.state = "released"
         self.priority: Priority = ()
@@ -113,20 +183,11 @@ class TaskState:
         self.processing_on: WorkerInfo | None = None
         self.nbytes = -1
         self.type: str | None = None
-        self.exception: Any = None
-        self.traceback: Any = None
-        self.exception_text = ""
-        self.traceback_text = ""
-        self.exception_blame: TaskState | None = None
-        self.erred_on: set[str] = EMPTY
-        self.suspicious = 0
-        self.retries = 0
         #: id of the latest ComputeTask sent for this task (see ComputeTask.run_id)
         self.run_id = 0
-        self.worker_restrictions: frozenset[str] | None = None
-        self.loose_restrictions = False
         #: id of the shared function this task calls (see SchedulerState.functions)
         self.function: str | None = None
+        self._rare: _RareFields | None = None
 
     def __repr__(self) -> str:
         return f"<TaskState {self.key!r} {self.state}>"

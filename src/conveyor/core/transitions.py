@@ -173,7 +173,7 @@ class SchedulerTransitions:
             group = TaskGroup(gname, prefix)
             self.task_groups[gname] = group
         group.ntasks += 1
-        ts = TaskState(key, run_spec, prefix, group)
+        ts = TaskState(key, run_spec, group)
         self.tasks[key] = ts
         return ts
 
