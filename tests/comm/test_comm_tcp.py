@@ -125,7 +125,7 @@ def test_http_request_is_rejected_with_one_warning(
         run(main())
     [warning] = warnings_from(caplog)
     assert warning.startswith("Closing connection from tcp://127.0.0.1:")
-    assert "frames, exceeding limit 10000" in warning
+    assert "frames, exceeding limit 1000000" in warning
     assert all(r.exc_info is None for r in caplog.records if r.levelno >= logging.WARNING)
 
 

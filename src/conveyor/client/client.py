@@ -21,7 +21,7 @@ from conveyor.client.graph import call_message, function_entry, graph_messages, 
 from conveyor.client.structure import collect_futures, substitute
 from conveyor.comm import connect
 from conveyor.deploy.local import LocalCluster
-from conveyor.protocol import dumps, loads
+from conveyor.protocol import dumps, unpickle_bytes
 from conveyor.server.data import unpack_data
 from conveyor.server.loop import LoopRunner
 from conveyor.server.node import Msg, Peer, PeerPool, serve_peer
@@ -472,7 +472,7 @@ class Client:
         todo = {}
         for key, st in states.items():
             if st.inline is not None:
-                out[key] = loads(st.inline)
+                out[key] = unpickle_bytes(st.inline)
             else:
                 todo[key] = st
         if not todo:

@@ -56,7 +56,7 @@ _ANY_HOSTS = frozenset({"", "0.0.0.0", "::"})
 @dataclass(frozen=True, slots=True)
 class _Limits:
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
-    max_frames: int = 10_000
+    max_frames: int = 1_000_000
     max_message_size: int | None = None
 
     def decoder(self) -> FrameDecoder:

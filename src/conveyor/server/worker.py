@@ -7,6 +7,7 @@ serves its own data to peers and clients. The state machine decides; this execut
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -22,7 +23,7 @@ from conveyor.comm import Listener, connect, get_address_host, listen
 from conveyor.core import worker_events as we
 from conveyor.core.types import Key
 from conveyor.core.worker import WorkerState
-from conveyor.protocol import dumps, loads
+from conveyor.protocol import loads, pickle_bytes
 from conveyor.protocol.messages import worker_event_from_msg, worker_instruction_to_msg
 from conveyor.server.data import INLINE_RESULT_BYTES, pack_data, unpack_data
 from conveyor.server.execute import FunctionStore, run_task
@@ -285,7 +286,9 @@ class Worker:
             return
         value = self.data[key]
         if sizeof(value) <= INLINE_RESULT_BYTES:
-            msg["result"] = dumps(value)
+            # in band: a batch of thousands of completions must not become thousands of frames
+            with contextlib.suppress(Exception):  # unpicklable: the client fetches it instead
+                msg["result"] = pickle_bytes(value)
 
     def _execute(self, key: Key) -> None:
         assert self.state is not None and self.loop is not None
