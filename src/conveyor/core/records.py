@@ -213,7 +213,6 @@ class WorkerInfo:
 
     __slots__ = (
         "address",
-        "executing_slots",
         "functions",
         "has_what",
         "host",
@@ -252,7 +251,6 @@ class WorkerInfo:
         self.nbytes = 0
         self.last_seen = now
         self.metrics: dict[str, Any] = {}
-        self.executing_slots = nthreads
         #: ids of the shared functions already sent to this worker
         self.functions: set[str] = set()
 
