@@ -372,3 +372,37 @@ def test_a_seed_replays_exactly_in_another_interpreter() -> None:
     }
     assert len(digests) == 1
     assert len(digests.pop()) == 64
+
+
+# ------------------------------------------------------------------ batches
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_batched_graphs_survive_deaths_and_leave_nothing(seed: int) -> None:
+    """Graphs sent as TaskBatches (what Client.map sends), with shared and per-row
+    dependencies, retries and restrictions: right values, and every chunk and function
+    reaches a worker once before use and is freed with the last task using it."""
+    rng = random.Random(seed)
+    tasks = random_dag(rng, 200)
+    keys = list(tasks)
+    flaky = [k for k in keys[5::17] if tasks[k][0] == "add"]
+    for k in flaky:
+        tasks[k] = ("flaky", 1, *dependencies_of(tasks[k]))
+    survivors = ["sim://worker-0", "sim://worker-1"]
+    restrictions = {k: (rng.choice(survivors),) for k in keys[::23]}
+    sim = SimCluster(n_workers=3, nthreads=2, seed=seed)
+    sim.submit(
+        "c1",
+        tasks,
+        keys[::2],
+        retries={k: 2 for k in flaky},
+        restrictions=restrictions,
+        batch_size=rng.choice([1, 7, 40]),
+    )
+    sim.kill_at(rng.randrange(50, 800), "sim://worker-2")
+    sim.run_until_quiet()
+    sim.check_quiet()
+    check_results(sim, tasks, keys[::2])
+    release_all_and_check_empty(sim, "c1", keys[::2])
+    assert not sim.scheduler.functions
+    assert all(not held for held in sim.worker_blobs.values())

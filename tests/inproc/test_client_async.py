@@ -54,6 +54,63 @@ def test_map_with_several_iterables_and_kwargs() -> None:
     run(body)
 
 
+def test_map_over_futures_and_containers_of_them() -> None:
+    async def body(s, workers, c):  # type: ignore[no-untyped-def]
+        xs = c.map(inc, range(4))
+        ys = c.map(add, xs, [10, xs[0], 20, 5])
+        assert await c.gather(ys) == [1 + 10, 2 + 1, 3 + 20, 4 + 5]
+        sums = c.map(sum, [[xs[0], xs[1]], [5, xs[2]]], pure=False)
+        assert await c.gather(sums) == [1 + 2, 5 + 3]
+        # rows mixing plain values and futures; a future among the keyword arguments
+        zs = c.map(add, [1, xs[3]], offset=xs[2])
+        assert await c.gather(zs) == [1 + 3, 4 + 3]
+        assert {d.key for d in s.tasks[zs[0].key].dependencies} == {xs[2].key}
+        assert {d.key for d in s.tasks[zs[1].key].dependencies} == {xs[2].key, xs[3].key}
+        assert c.map(inc, []) == []
+
+    run(body)
+
+
+def test_map_keys_pure_impure_named_and_given() -> None:
+    async def body(s, workers, c):  # type: ignore[no-untyped-def]
+        a, b = c.map(inc, range(3)), c.map(inc, range(3))
+        assert [f.key for f in a] == [f.key for f in b] and len({f.key for f in a}) == 3
+        x = c.map(inc, range(3), pure=False)
+        y = c.map(inc, range(3), pure=False, key="step")
+        assert len({f.key for f in x + y}) == 6
+        assert all(f.key.startswith("inc-") for f in x)
+        assert all(f.key.startswith("step-") for f in y)
+        given = c.map(inc, range(2), key=["first", ("second", 1)])
+        assert [f.key for f in given] == ["first", ("second", 1)]
+        assert await c.gather(a + x + y + given) == [1, 2, 3] * 3 + [1, 2]
+        assert {s.tasks[f.key].group.name for f in x} == {"inc"}
+        with pytest.raises(ValueError, match="3 keys given for 2 tasks"):
+            c.map(inc, range(2), key=["a", "b", "c"])
+
+    run(body)
+
+
+def test_map_failures_stay_with_their_rows() -> None:
+    async def body(s, workers, c):  # type: ignore[no-untyped-def]
+        fs = c.map(operator.truediv, [1, 2, 3], [1, 0, 3])
+        assert await fs[0] == 1.0 and await fs[2] == 1.0
+        with pytest.raises(ZeroDivisionError):
+            await fs[1]
+        assert fs[1].status == "error"
+
+    run(body)
+
+
+def test_map_options_apply_to_every_task() -> None:
+    async def body(s, workers, c):  # type: ignore[no-untyped-def]
+        target = workers[1].address
+        fs = c.map(inc, range(12), workers=[target], pure=False)
+        assert await c.gather(fs) == list(range(1, 13))
+        assert all({ws.address for ws in s.tasks[f.key].who_has} == {target} for f in fs)
+
+    run(body)
+
+
 def test_pure_submissions_share_a_key_and_impure_ones_do_not() -> None:
     async def body(s, workers, c):  # type: ignore[no-untyped-def]
         a, b = c.submit(inc, 1), c.submit(inc, 1)
@@ -242,12 +299,22 @@ def test_small_results_ride_along_and_large_ones_are_fetched() -> None:
     run(body)
 
 
-def test_shared_blobs_are_sent_once_and_dropped_with_their_tasks() -> None:
+def test_shared_blobs_are_sent_once_and_dropped_with_their_tasks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(graph_module, "MAP_CHUNK", 20)
+
     async def body(s, workers, c):  # type: ignore[no-untyped-def]
         fs = c.map(inc, range(50))
         assert await c.gather(fs) == list(range(1, 51))
-        assert len(s.state.functions) == 1  # one function for fifty tasks
-        assert all(len(w.functions) == 1 for w in workers if w.data)
+        blobs = s.state.functions
+        chunks = {b for b, blob in blobs.items() if blob.requires is not None}
+        (fid,) = set(blobs) - chunks  # one function for fifty tasks ...
+        assert len(chunks) == 3  # ... whose arguments travel in chunks of 20
+        assert blobs[fid].refs == 3 and sorted(blobs[c].refs for c in chunks) == [10, 20, 20]
+        for w in workers:
+            if w.data:  # the function, and the chunks of the tasks it ran
+                assert fid in w.functions._blobs and set(w.functions._blobs) <= set(blobs)
         del fs
         await until(lambda: not s.tasks, what="scheduler forgets the map")
         assert not s.state.functions

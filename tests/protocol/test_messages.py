@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from conveyor.core import instructions as si
 from conveyor.core import worker_events as we
 from conveyor.protocol import decode, encode
@@ -29,15 +31,15 @@ def test_compute_task_round_trip_with_function_and_run_id() -> None:
         {"d": ["tcp://v"]},
         {"d": 8},
         0.25,
-        "fid",
-        b"blob",
+        "chunk",
+        {"chunk": b"rows", "fid": b"func"},
         7,
     )
     msg = _wire(scheduler_instruction_to_msg(instr))
-    assert msg["function_blob"] == b"blob"
+    assert msg["function"] == "chunk" and msg["blobs"] == {"chunk": b"rows", "fid": b"func"}
     event = worker_event_from_msg(msg, now=1.0)
     assert isinstance(event, we.ComputeTaskEvent)
-    assert event.key == ("x", 1) and event.run_spec == ("fid", b"spec")
+    assert event.key == ("x", 1) and event.run_spec == ("chunk", b"spec")
     assert event.priority == (0, 1, 2) and event.run_id == 7
     assert event.who_has == {"d": ("tcp://v",)} and event.nbytes == {"d": 8}
 
@@ -77,3 +79,46 @@ def test_update_graph_carries_functions_and_options() -> None:
     assert (spec.key, spec.dependencies, spec.order, spec.function) == ("a", ("b",), 3, "f1")
     assert spec.workers == ("w",) and spec.allow_other_workers and spec.retries == 2
     assert ev.functions == {"f1": b"blob"} and ev.user_priority == 5  # type: ignore[attr-defined]
+
+
+def test_a_batch_names_its_keys_by_prefix_and_count() -> None:
+    msg = _wire(
+        {
+            "op": "update-graph",
+            "batches": [
+                {"prefix": "inc-ab", "start": 5000, "count": 3, "function": "f", "chunk": "c"},
+                {
+                    "keys": ["x", ("y", 1)],
+                    "function": "f",
+                    "chunk": "d",
+                    "deps": ["root"],
+                    "row_deps": [[], ["z"]],
+                    "order": 7,
+                    "retries": 1,
+                },
+            ],
+            "functions": {"f": b"func", "c": b"rows", "d": b"rows"},
+        }
+    )
+    ev = CLIENT_STREAM_OPS["update-graph"]("client-1", msg, 0.0)
+    first, second = ev.batches  # type: ignore[attr-defined]
+    assert first.keys == ["inc-ab-5000", "inc-ab-5001", "inc-ab-5002"] and first.one_group
+    assert (first.function, first.chunk, first.wanted) == ("f", "c", True)
+    assert second.keys == ["x", ("y", 1)] and not second.one_group
+    assert second.dependencies == ("root",) and second.row_dependencies == [(), ("z",)]
+    assert (second.order, second.retries) == (7, 1)
+
+
+@pytest.mark.parametrize(
+    "batch",
+    [
+        {"prefix": "p", "start": 0, "count": 10**9, "function": "f", "chunk": "c"},
+        {"prefix": "p", "start": 0, "count": -1, "function": "f", "chunk": "c"},
+        {"keys": ["a", "b"], "row_deps": [["x"]], "function": "f", "chunk": "c"},
+        {"keys": ["a"], "chunk": "c"},
+    ],
+)
+def test_malformed_batches_are_refused(batch: dict[str, object]) -> None:
+    msg = _wire({"op": "update-graph", "batches": [batch]})
+    with pytest.raises((ValueError, KeyError)):
+        CLIENT_STREAM_OPS["update-graph"]("client-1", msg, 0.0)

@@ -12,17 +12,25 @@ from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 from dask.base import tokenize
-from dask.utils import typename
+from dask.utils import funcname, typename
 
 from conveyor import config
 from conveyor.client import current
 from conveyor.client.future import CancelledError, Future, FutureState
-from conveyor.client.graph import call_message, function_entry, graph_messages, submit_key
+from conveyor.client.graph import (
+    add_options,
+    call_message,
+    function_entry,
+    graph_messages,
+    map_batches,
+    submit_key,
+)
 from conveyor.client.structure import collect_futures, substitute
 from conveyor.comm import connect
 from conveyor.deploy.local import LocalCluster
 from conveyor.protocol import dumps, unpickle_bytes
 from conveyor.server.data import unpack_data
+from conveyor.server.gcpause import gc_paused
 from conveyor.server.loop import LoopRunner
 from conveyor.server.node import Msg, Peer, PeerPool, serve_peer
 from conveyor.server.worker import read_scheduler_file
@@ -30,8 +38,6 @@ from conveyor.server.worker import read_scheduler_file
 logger = logging.getLogger("conveyor.client")
 
 _GATHER_ATTEMPTS = 5
-#: tasks per graph message when ``map`` submits many
-_MAP_CHUNK = 5_000
 
 
 class Client:
@@ -274,6 +280,19 @@ class Client:
 
     # ------------------------------------------------------ reference counting
 
+    def _futures(self, keys: list[Any]) -> list[Future]:
+        """New futures for ``keys``, counted in one go."""
+        out: list[Future] = []
+        with self._lock:
+            refcount, states = self._refcount, self.futures
+            for key in keys:
+                refcount[key] = refcount.get(key, 0) + 1
+                st = states.get(key)
+                if st is None:
+                    st = states[key] = FutureState(key)
+                out.append(Future._bind(key, self, st))
+        return out
+
     def _inc_ref(self, key: Any) -> FutureState:
         with self._lock:
             self._refcount[key] = self._refcount.get(key, 0) + 1
@@ -375,45 +394,37 @@ class Client:
         if not iterables:
             raise TypeError("map needs at least one iterable")
         rows = list(zip(*iterables, strict=False))
+        keys: list[Any] | str
         if isinstance(key, list):
             if len(key) != len(rows):
                 raise ValueError(f"{len(key)} keys given for {len(rows)} tasks")
-            keys = key
+            keys = names = key
         elif pure:
             prefix = key or None
-            keys = [
+            keys = names = [
                 f"{prefix}-{tokenize(func, kwargs, *row)}"
                 if prefix
                 else submit_key(func, row, kwargs, True)
                 for row in rows
             ]
-        else:
-            prefix = key or submit_key(func, (), {}, False).rsplit("-", 1)[0]
-            keys = [f"{prefix}-{uuid.uuid4().hex}" for _ in rows]
-        futures = [Future(k, self) for k in keys]
-        wl = _as_list(workers)
+        else:  # unique: one random token for the call, then the row number
+            keys = f"{key or funcname(func)}-{uuid.uuid4().hex}"
+            names = [f"{keys}-{i}" for i in range(len(rows))]
+        options: Msg = {}
+        add_options(options, _as_list(workers), allow_other_workers, retries or 0)
         fid, blob = function_entry(func)
-        # Sent in chunks: the scheduler starts on the first while the rest are encoded.
-        for start in range(0, len(keys), _MAP_CHUNK):
-            chunk = keys[start : start + _MAP_CHUNK]
-            msgs = [
-                call_message(k, fid, row, kwargs, i, wl, allow_other_workers, retries or 0)
-                for i, k, row in zip(
-                    range(start, start + len(chunk)),
-                    chunk,
-                    rows[start : start + len(chunk)],
-                    strict=True,
+        with gc_paused():  # many futures at once: see conveyor.server.gcpause
+            futures = self._futures(names)
+            # One message per chunk: the scheduler starts on the first while the rest are made.
+            for batch, cid, chunk in map_batches(fid, rows, kwargs, keys, options):
+                self._send(
+                    {
+                        "op": "update-graph",
+                        "batches": [batch],
+                        "priority": priority,
+                        "functions": {fid: blob, cid: chunk},
+                    }
                 )
-            ]
-            self._send(
-                {
-                    "op": "update-graph",
-                    "tasks": msgs,
-                    "keys": chunk,
-                    "priority": priority,
-                    "functions": {fid: blob},
-                }
-            )
         return futures
 
     def get(self, dsk: Any, keys: Any, *, priority: int = 0, **kwargs: Any) -> Any:

@@ -3,10 +3,13 @@
 Everything that needs dask (task spec, culling, ordering) happens here, on the client:
 the scheduler receives keys, dependency keys, priorities and opaque pickled run specs.
 
-Two kinds of run spec travel:
+Three kinds of run spec travel:
 
-* a *call* (``submit``/``map``): the pickled ``(args, kwargs)`` plus the id of a function
+* a *call* (``submit``): the pickled ``(args, kwargs)`` plus the id of a function
   that is pickled once and sent once per graph (``functions``), however many tasks use it;
+* a *row* (``map``): an index into a :class:`~conveyor.protocol.CallChunk` holding the
+  arguments of up to ``MAP_CHUNK`` calls, pickled together; tasks travel as a batch (key
+  prefix and count, shared dependencies) rather than one message each;
 * a *node* (graphs from collections): an index into a blob holding the pickled nodes of
   up to ``GRAPH_CHUNK`` tasks, consecutive in priority order. Pickled together, the
   functions and constants the nodes share are written once; the blob travels like a
@@ -17,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from dask._task_spec import GraphNode, convert_legacy_graph, cull, parse_input
@@ -25,12 +28,16 @@ from dask.base import tokenize
 from dask.order import order
 from dask.utils import funcname
 
-from conveyor.protocol import dumps_function, dumps_spec
+from conveyor.protocol import CallChunk, dumps_function, dumps_spec
 
 Msg = dict[str, Any]
 
 #: graph nodes pickled together in one shared blob
 GRAPH_CHUNK = 1000
+#: calls of a ``map`` whose arguments are pickled together, sent as one batch
+MAP_CHUNK = 5000
+#: argument types that cannot hold a future: rows of these skip dask's input parsing
+_PLAIN = frozenset({int, float, str, bytes, bool, complex, type(None)})
 
 
 def submit_key(func: Callable[..., Any], args: Any, kwargs: Any, pure: bool) -> str:
@@ -63,10 +70,7 @@ def call_message(
     """A task calling function ``fid``; futures in the arguments become dependencies."""
     parsed_args = tuple(parse_input(a) for a in args)
     parsed_kwargs = {k: parse_input(v) for k, v in kwargs.items()}
-    deps: set[Any] = set()
-    for a in (*parsed_args, *parsed_kwargs.values()):
-        if isinstance(a, GraphNode):
-            deps.update(a.dependencies)
+    deps = _dependencies((*parsed_args, *parsed_kwargs.values()))
     msg: Msg = {
         "key": key,
         "spec": dumps_spec((parsed_args, parsed_kwargs)),
@@ -74,11 +78,59 @@ def call_message(
         "order": order_,
         "fn": fid,
     }
-    _add_options(msg, workers, allow_other_workers, retries)
+    add_options(msg, workers, allow_other_workers, retries)
     return msg
 
 
-def _add_options(
+def map_batches(
+    fid: str,
+    rows: list[tuple[Any, ...]],
+    kwargs: Mapping[str, Any],
+    keys: list[Any] | str,
+    options: Msg,
+) -> Iterator[tuple[Msg, str, bytes]]:
+    """The batches of a ``map`` of function ``fid``: each with its argument chunk's id
+    and bytes.
+
+    ``keys`` is either the list of keys or a prefix: task ``i`` is then ``f"{prefix}-{i}"``
+    and no key travels. ``options`` (workers, retries, ...) go into every batch.
+    """
+    parsed_kwargs = {k: parse_input(v) for k, v in kwargs.items()}
+    shared = _dependencies(parsed_kwargs.values())
+    for start in range(0, len(rows), MAP_CHUNK):
+        part = rows[start : start + MAP_CHUNK]
+        row_deps: list[list[Any]] | None = None
+        args: list[tuple[Any, ...]] = part
+        if not all(type(a) in _PLAIN for row in part for a in row):
+            args = [tuple(parse_input(a) for a in row) for row in part]
+            row_deps = [list(_dependencies(row)) for row in args]
+            if not any(row_deps):
+                row_deps, args = None, part
+        parsed = bool(shared) or row_deps is not None
+        chunk = CallChunk(fid, args, parsed_kwargs if parsed else kwargs, parsed)
+        cid, blob = blob_entry(dumps_spec(chunk))
+        batch: Msg = {"function": fid, "chunk": cid, "order": start, **options}
+        if isinstance(keys, str):
+            batch.update(prefix=keys, start=start, count=len(part))
+        else:
+            batch["keys"] = keys[start : start + len(part)]
+        if shared:
+            batch["deps"] = list(shared)
+        if row_deps is not None:
+            batch["row_deps"] = row_deps
+        yield batch, cid, blob
+
+
+def _dependencies(args: Iterable[Any]) -> set[Any]:
+    """Keys of the tasks that parsed arguments refer to."""
+    deps: set[Any] = set()
+    for a in args:
+        if isinstance(a, GraphNode):
+            deps.update(a.dependencies)
+    return deps
+
+
+def add_options(
     msg: Msg, workers: list[str] | None, allow_other_workers: bool, retries: int
 ) -> None:
     if workers:

@@ -64,6 +64,32 @@ class TaskSpec:
 
 
 @dataclass(slots=True)
+class TaskBatch:
+    """Tasks calling one function on the rows of a shared argument chunk (``map``).
+
+    Task ``i`` is ``keys[i]``; its run spec is the index ``i`` into the shared blob
+    ``chunk``, which refers to the shared blob ``function``. Options apply to all.
+    """
+
+    keys: list[Key]
+    function: str
+    chunk: str
+    #: dependencies of every task of the batch
+    dependencies: tuple[Key, ...] = ()
+    #: further dependencies of each task, aligned with ``keys`` (None: there are none)
+    row_dependencies: list[tuple[Key, ...]] | None = None
+    #: order of the first task; task ``i`` has ``order + i``
+    order: int = 0
+    workers: tuple[str, ...] | None = None
+    allow_other_workers: bool = False
+    retries: int = 0
+    #: every key is ``<prefix>-<integer>`` for one prefix, so all share one task group
+    one_group: bool = False
+    #: the client wants every task of the batch
+    wanted: bool = True
+
+
+@dataclass(slots=True)
 class UpdateGraph(SchedulerEvent):
     client_id: str
     tasks: list[TaskSpec]
@@ -71,6 +97,8 @@ class UpdateGraph(SchedulerEvent):
     user_priority: int = 0
     #: opaque pickled functions by id, shared by the tasks that name them
     functions: dict[str, Any] = field(default_factory=dict)
+    #: tasks submitted in bulk, after ``tasks``
+    batches: list[TaskBatch] = field(default_factory=list)
 
 
 @dataclass(slots=True)

@@ -23,9 +23,10 @@ class ComputeTask(ToWorker):
     who_has: dict[Key, list[str]]
     nbytes: dict[Key, int]
     duration: float
-    #: id of the task's shared function, and its bytes if this worker has not had them
+    #: id of the task's shared blob (function or chunk), and by id the bytes of those
+    #: blobs it needs that this worker has not had yet
     function: str | None = None
-    function_blob: Any = None
+    blobs: dict[str, Any] | None = None
     #: unique per ComputeTask; the worker echoes it so that a late answer about an
     #: earlier, since freed run of the same key is told apart from this run's
     run_id: int = 0

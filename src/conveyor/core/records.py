@@ -270,18 +270,40 @@ class WorkerInfo:
 class ClientInfo:
     """A connected client and the keys it wants kept."""
 
-    __slots__ = ("client_id", "last_seen", "wants_what")
+    __slots__ = ("alone", "client_id", "last_seen", "wants_what")
 
     def __init__(self, client_id: str, now: float) -> None:
         self.client_id = client_id
         self.last_seen = now
         self.wants_what: set[TaskState] = set()
+        #: ``(self,)``: the ``who_wants`` of every task only this client wants, shared
+        self.alone: tuple[ClientInfo] = (self,)
 
     def __repr__(self) -> str:
         return f"<ClientInfo {self.client_id!r} wants={len(self.wants_what)}>"
 
     def __hash__(self) -> int:
         return hash(self.client_id)
+
+
+class SharedBlob:
+    """Opaque bytes many tasks share (a function, or a chunk of graph nodes or call
+    arguments), sent to each worker once and dropped when no task uses it.
+
+    ``requires`` names another blob this one refers to (a chunk of call arguments
+    refers to its function): it is sent along and held while this blob lives.
+    """
+
+    __slots__ = ("data", "refs", "requires")
+
+    def __init__(self, data: Any, requires: str | None = None) -> None:
+        self.data = data
+        #: tasks (and blobs, through ``requires``) using this blob
+        self.refs = 0
+        self.requires = requires
+
+    def __repr__(self) -> str:
+        return f"<SharedBlob refs={self.refs} requires={self.requires!r}>"
 
 
 def add_to(owner: Any, attr: str, item: Any) -> None:

@@ -19,7 +19,7 @@ from conveyor.core.instructions import (
     RefreshWhoHas,
 )
 from conveyor.core.invariants import validate_scheduler
-from conveyor.core.records import EMPTY, ClientInfo, TaskState, WorkerInfo
+from conveyor.core.records import EMPTY, ClientInfo, SharedBlob, TaskState, WorkerInfo
 from conveyor.core.transitions import Recs, SchedulerTransitions
 from conveyor.core.types import Key
 
@@ -178,7 +178,7 @@ class SchedulerState(SchedulerTransitions):
 
     def _want(self, cs: ClientInfo, ts: TaskState, recs: Recs) -> None:
         if cs not in ts.who_wants:
-            ts.who_wants = (*ts.who_wants, cs)
+            ts.who_wants = (*ts.who_wants, cs) if ts.who_wants else cs.alone
             cs.wants_what.add(ts)
         if ts.state in ("memory", "erred"):
             self._report(ts, (cs,))
@@ -187,7 +187,8 @@ class SchedulerState(SchedulerTransitions):
 
     def _unwant(self, cs: ClientInfo, ts: TaskState, recs: Recs) -> None:
         cs.wants_what.discard(ts)
-        ts.who_wants = tuple(c for c in ts.who_wants if c is not cs)
+        rest = tuple(c for c in ts.who_wants if c is not cs)
+        ts.who_wants = rest[0].alone if len(rest) == 1 else rest
         if self._needed(ts):
             return
         if ts.state in ("released", "erred"):
@@ -199,9 +200,28 @@ class SchedulerState(SchedulerTransitions):
         cs = self._client(e.client_id, e.now)
         self.generation += 1
         self.last_activity = e.now
-        for fid, blob in e.functions.items():
-            if fid not in self.functions:
-                self.functions[fid] = [blob, 0]
+        for fid, data in e.functions.items():
+            blob = self.functions.get(fid)
+            if blob is None:
+                blob = self.functions[fid] = SharedBlob(data)
+            blob.refs += 1  # held while the graph is added: tasks may be forgotten at once
+        recs: Recs = {}
+        fresh = self._add_tasks(e, recs) if e.tasks else []
+        for batch in e.batches:
+            fresh += self._add_batch(cs, batch, -e.user_priority)
+        for key in reversed(e.wanted):
+            wanted = self.tasks.get(key)
+            if wanted is not None:
+                self._want(cs, wanted, recs)
+        self._transitions(recs)
+        for ts in fresh:
+            self._forget_if_unneeded(ts, recs)
+        self._transitions(recs)
+        for fid in e.functions:
+            self._unref_blob(fid)
+
+    def _add_tasks(self, e: ev.UpdateGraph, recs: Recs) -> list[TaskState]:
+        """Add the tasks of a graph, each with its own spec; return those that are new."""
         new: list[tuple[TaskState, ev.TaskSpec]] = []
         for spec in e.tasks:
             ts = self.tasks.get(spec.key)
@@ -212,59 +232,141 @@ class SchedulerState(SchedulerTransitions):
             else:
                 continue
             new.append((ts, spec))
-        recs: Recs = {}
         broken: list[TaskState] = []
         for ts, spec in new:
             ts.priority = (-e.user_priority, self.generation, spec.order)
-            ts.retries = spec.retries
+            self._set_options(ts, spec.workers, spec.allow_other_workers, spec.retries)
+            problem = None
             if spec.function is not None:
-                if spec.function in self.functions:
-                    ts.function = spec.function
-                    self.functions[spec.function][1] += 1
-                else:
-                    ts.exception_text = (
-                        f"MissingFunction: task {ts.key!r} names unknown {spec.function!r}"
-                    )
-                    ts.exception_blame = ts
-                    broken.append(ts)
-            if spec.workers:
-                ts.worker_restrictions = frozenset(self.names.get(w, w) for w in spec.workers)
-                ts.loose_restrictions = spec.allow_other_workers
-            deps: dict[TaskState, None] = {}
-            for dkey in spec.dependencies:
-                dep = self.tasks.get(dkey)
-                if dep is None:
-                    ts.exception_text = (
-                        f"MissingDependency: task {ts.key!r} depends on {dkey!r}, "
-                        "which the scheduler does not know (was its future released?)"
-                    )
-                    ts.exception_blame = ts
-                    broken.append(ts)
-                    continue
-                deps[dep] = None
-                if dep.dependents is EMPTY:
-                    dep.dependents = {ts}
-                else:
-                    dep.dependents.add(ts)
-                if dep.group is not ts.group:
-                    ts.group.dependencies.add(dep.group)
-            ts.dependencies = tuple(deps)
-        for fid in e.functions:
-            entry = self.functions.get(fid)
-            if entry is not None and entry[1] == 0:
-                self._drop_function(fid)
+                problem = self._use_blob(ts, spec.function)
+            deps, missing = self._resolve(spec.dependencies)
+            if missing is not None:
+                problem = _missing_dependency(ts, missing)
+            self._link(ts, tuple(deps))
+            if problem is not None:
+                ts.exception_text = problem
+                ts.exception_blame = ts
+                broken.append(ts)
         for ts in broken:
             self._transition(ts, "erred", recs)
-        for key in reversed(e.wanted):
-            wanted = self.tasks.get(key)
-            if wanted is not None:
-                self._want(cs, wanted, recs)
-        self._transitions(recs)
-        for ts, _ in new:
-            # "erred": a task broken at submission (missing dependency) that nobody wants
-            if ts.state in ("released", "erred") and not self._needed(ts) and not ts.dependents:
-                recs[ts] = "forgotten"
-        self._transitions(recs)
+        return [ts for ts, _ in new]
+
+    def _add_batch(self, cs: ClientInfo, b: ev.TaskBatch, user_priority: int) -> list[TaskState]:
+        """Add tasks submitted in bulk (``map``): one function, shared dependencies, and
+        run specs that index into a shared chunk of arguments. A wanted batch is wanted
+        (and moves on) task by task; the new tasks of another are returned."""
+        problem = self._link_chunk(b.chunk, b.function)
+        found, shared_missing = self._resolve(b.dependencies)
+        shared = tuple(found)  # one tuple for every task without dependencies of its own
+        group = self._group_of(b.keys[0]) if b.one_group and b.keys else None
+        chunk = self.functions.get(b.chunk)
+        generation = self.generation
+        recs: Recs = {}
+        unwanted: list[TaskState] = []
+        for i, key in enumerate(b.keys):
+            ts = self.tasks.get(key)
+            if ts is None:
+                ts = self._new_task(key, i, group)
+            elif ts.state == "released" and ts.run_spec is None:
+                ts.run_spec = i
+            else:  # already submitted: only want it
+                if b.wanted:
+                    self._want(cs, ts, recs)
+                    self._transitions(recs)
+                continue
+            ts.priority = (user_priority, generation, b.order + i)
+            if b.workers or b.retries:
+                self._set_options(ts, b.workers, b.allow_other_workers, b.retries)
+            error = problem
+            if error is None and chunk is not None:
+                ts.function = b.chunk
+                chunk.refs += 1
+            deps, missing = shared, shared_missing
+            if b.row_dependencies is not None:
+                extra, row_missing = self._resolve(b.row_dependencies[i])
+                if extra:
+                    deps = tuple(dict.fromkeys((*shared, *extra)))
+                if missing is None:
+                    missing = row_missing
+            if missing is not None and error is None:
+                error = _missing_dependency(ts, missing)
+            self._link(ts, deps)
+            if error is not None:
+                ts.exception_text = error
+                ts.exception_blame = ts
+                self._transition(ts, "erred", recs)
+            if b.wanted:
+                self._want(cs, ts, recs)
+            else:
+                unwanted.append(ts)
+            self._transitions(recs)
+        return unwanted
+
+    def _link_chunk(self, cid: str, fid: str) -> str | None:
+        """Tie argument chunk ``cid`` to the function its rows are applied to."""
+        chunk = self.functions.get(cid)
+        func = self.functions.get(fid)
+        if chunk is None or func is None:
+            return f"MissingFunction: a batch names unknown {cid if chunk is None else fid!r}"
+        if chunk.requires is None:
+            chunk.requires = fid
+            func.refs += 1
+        elif chunk.requires != fid:
+            return f"InvalidBatch: chunk {cid!r} belongs to {chunk.requires!r}, not {fid!r}"
+        return None
+
+    def _use_blob(self, ts: TaskState, fid: str) -> str | None:
+        """Make ``ts`` call shared blob ``fid``; the error text if there is no such blob."""
+        blob = self.functions.get(fid)
+        if blob is None:
+            return f"MissingFunction: task {ts.key!r} names unknown {fid!r}"
+        ts.function = fid
+        blob.refs += 1
+        return None
+
+    def _resolve(self, keys: Iterable[Key]) -> tuple[list[TaskState], Key | None]:
+        """The tasks of ``keys`` (without duplicates), and the first key not known."""
+        found: dict[TaskState, None] = {}
+        missing = None
+        for key in keys:
+            dep = self.tasks.get(key)
+            if dep is None:
+                if missing is None:
+                    missing = key
+            else:
+                found[dep] = None
+        return list(found), missing
+
+    @staticmethod
+    def _link(ts: TaskState, deps: tuple[TaskState, ...]) -> None:
+        """Make ``deps`` the dependencies of ``ts`` (fixed from now on)."""
+        group = ts.group
+        for dep in deps:
+            if dep.dependents is EMPTY:
+                dep.dependents = {ts}
+            else:
+                dep.dependents.add(ts)
+            if dep.group is not group:
+                group.dependencies.add(dep.group)
+        ts.dependencies = deps
+
+    def _set_options(
+        self,
+        ts: TaskState,
+        workers: tuple[str, ...] | None,
+        allow_other_workers: bool,
+        retries: int,
+    ) -> None:
+        if retries:
+            ts.retries = retries
+        if workers:
+            ts.worker_restrictions = frozenset(self.names.get(w, w) for w in workers)
+            ts.loose_restrictions = allow_other_workers
+
+    def _forget_if_unneeded(self, ts: TaskState, recs: Recs) -> None:
+        # "erred": a task broken at submission (missing dependency) that nobody wants
+        if ts.state in ("released", "erred") and not self._needed(ts) and not ts.dependents:
+            recs[ts] = "forgotten"
 
     def _client_desires_keys(self, e: ev.ClientDesiresKeys) -> None:
         cs = self._client(e.client_id, e.now)
@@ -468,3 +570,10 @@ class SchedulerState(SchedulerTransitions):
             }
             for a, ws in self.workers.items()
         }
+
+
+def _missing_dependency(ts: TaskState, key: Key) -> str:
+    return (
+        f"MissingDependency: task {ts.key!r} depends on {key!r}, "
+        "which the scheduler does not know (was its future released?)"
+    )

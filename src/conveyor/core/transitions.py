@@ -47,6 +47,7 @@ from conveyor.core.log import TransitionLog
 from conveyor.core.records import (
     EMPTY,
     ClientInfo,
+    SharedBlob,
     TaskGroup,
     TaskPrefix,
     TaskState,
@@ -69,13 +70,6 @@ RELEASABLE = ACTIVE | {"memory"}
 
 class InvalidTransition(RuntimeError):
     """A transition that no table entry or route through ``released`` allows."""
-
-
-def group_name(key: Key) -> str:
-    """Name of the task group of ``key``: a tuple key's first element, else its prefix."""
-    if isinstance(key, tuple) and key and isinstance(key[0], str):
-        return key[0]
-    return str(_split(key))
 
 
 class SchedulerTransitions:
@@ -116,8 +110,8 @@ class SchedulerTransitions:
         #: root-ish tasks held back until a worker has an open slot
         self.queued: HeapSet[TaskState] = HeapSet()
         self.open_slots: dict[str, WorkerInfo] = {}
-        #: shared function id -> [opaque bytes, number of tasks using it]
-        self.functions: dict[str, list[Any]] = {}
+        #: shared blobs (functions, chunks of graph nodes or call arguments) by id
+        self.functions: dict[str, SharedBlob] = {}
         self.total_nthreads = 0
         self.transition_log = TransitionLog(transition_log_length)
         self.transition_counter = 0
@@ -161,17 +155,26 @@ class SchedulerTransitions:
 
     # ----------------------------------------------------------- bookkeeping
 
-    def _new_task(self, key: Key, run_spec: Any) -> TaskState:
-        pname = str(_split(key))
-        prefix = self.task_prefixes.get(pname)
-        if prefix is None:
-            prefix = TaskPrefix(pname, self.default_task_durations.get(pname))
-            self.task_prefixes[pname] = prefix
-        gname = group_name(key)
+    def _group_of(self, key: Key) -> TaskGroup:
+        """The task group ``key`` belongs to, made (with its prefix) on first use."""
+        if isinstance(key, tuple) and key and isinstance(key[0], str):
+            pname, gname = str(_split(key)), key[0]
+        else:
+            pname = gname = str(_split(key))
         group = self.task_groups.get(gname)
         if group is None:
+            prefix = self.task_prefixes.get(pname)
+            if prefix is None:
+                prefix = TaskPrefix(pname, self.default_task_durations.get(pname))
+                self.task_prefixes[pname] = prefix
             group = TaskGroup(gname, prefix)
             self.task_groups[gname] = group
+        return group
+
+    def _new_task(self, key: Key, run_spec: Any, group: TaskGroup | None = None) -> TaskState:
+        """A new task in ``released``; ``group`` when the caller knows it already."""
+        if group is None:
+            group = self._group_of(key)
         group.ntasks += 1
         ts = TaskState(key, run_spec, group)
         self.tasks[key] = ts
@@ -248,10 +251,9 @@ class SchedulerTransitions:
         self._update_worker_sets(ws)
         deps = ts.dependencies
         fid = ts.function
-        blob = None
+        blobs = None
         if fid is not None and fid not in ws.functions:
-            ws.functions.add(fid)
-            blob = self.functions[fid][0]
+            blobs = self._blobs_for(ws, fid)
         self.run_counter += 1
         ts.run_id = run_id = self.run_counter
         self._out.append(
@@ -264,7 +266,7 @@ class SchedulerTransitions:
                 {d.key: d.nbytes for d in deps} if deps else {},
                 duration,
                 fid,
-                blob,
+                blobs,
                 run_id,
                 bool(ts.who_wants),
             )
@@ -605,12 +607,8 @@ class SchedulerTransitions:
             elif dep.state == "memory" or dep.state in ACTIVE:
                 recs[dep] = "released"
         ts.dependencies = ()
-        fid = ts.function
-        if fid is not None:
-            entry = self.functions[fid]
-            entry[1] -= 1
-            if entry[1] == 0:
-                self._drop_function(fid)
+        if ts.function is not None:
+            self._unref_blob(ts.function)
         del self.tasks[ts.key]
         group = ts.group
         group.ntasks -= 1
@@ -620,13 +618,34 @@ class SchedulerTransitions:
                 g.dependencies.discard(group)
         ts.state = "forgotten"
 
+    def _blobs_for(self, ws: WorkerInfo, fid: str) -> dict[str, Any]:
+        """The bytes of shared blob ``fid`` and those it requires, that ``ws`` lacks;
+        from now on ``ws`` counts as having them."""
+        out: dict[str, Any] = {}
+        bid: str | None = fid
+        while bid is not None and bid not in ws.functions:
+            ws.functions.add(bid)
+            blob = self.functions[bid]
+            out[bid] = blob.data
+            bid = blob.requires
+        return out
+
+    def _unref_blob(self, fid: str) -> None:
+        """One user fewer for shared blob ``fid``; the last one gone, drop it."""
+        blob = self.functions[fid]
+        blob.refs -= 1
+        if blob.refs <= 0:
+            self._drop_function(fid)
+
     def _drop_function(self, fid: str) -> None:
         """No task uses shared blob ``fid`` any more: forget it here and on workers."""
-        del self.functions[fid]
+        blob = self.functions.pop(fid)
         for ws in self.workers.values():
             if fid in ws.functions:
                 ws.functions.discard(fid)
                 self._out.append(FreeFunctions(ws.address, [fid]))
+        if blob.requires is not None:
+            self._unref_blob(blob.requires)
 
     def _released_forgotten(self, ts: TaskState, recs: Recs) -> None:
         self._forget(ts, recs)

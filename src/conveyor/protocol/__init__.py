@@ -3,6 +3,7 @@
 from conveyor.protocol.codec import decode, encode
 from conveyor.protocol.errors import ProtocolError
 from conveyor.protocol.framing import FrameDecoder, encode_frames
+from conveyor.protocol.runspec import CallChunk
 from conveyor.protocol.serialize import (
     Serialized,
     dumps,
@@ -15,6 +16,7 @@ from conveyor.protocol.serialize import (
 )
 
 __all__ = [
+    "CallChunk",
     "FrameDecoder",
     "ProtocolError",
     "Serialized",

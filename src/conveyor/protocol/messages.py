@@ -37,8 +37,8 @@ def scheduler_instruction_to_msg(instr: si.Instruction) -> Msg:
             msg["inline"] = True
         if instr.function is not None:
             msg["function"] = instr.function
-            if instr.function_blob is not None:
-                msg["function_blob"] = instr.function_blob
+            if instr.blobs:
+                msg["blobs"] = instr.blobs
         return msg
     if isinstance(instr, si.FreeKeys):
         return {"op": "free-keys", "keys": instr.keys}
@@ -198,11 +198,48 @@ def _task_spec(t: Msg) -> se.TaskSpec:
     )
 
 
+#: most tasks one batch may name by prefix and count (a message's byte size is capped
+#: by the comm, but a count is not)
+MAX_BATCH = 100_000
+
+
+def _task_batch(b: Msg) -> se.TaskBatch:
+    if "prefix" in b:
+        prefix, start, count = str(b["prefix"]), int(b["start"]), int(b["count"])
+        if not 0 <= count <= MAX_BATCH:
+            raise ValueError(f"a batch of {count} tasks (at most {MAX_BATCH})")
+        keys: list[Any] = [f"{prefix}-{i}" for i in range(start, start + count)]
+        one_group = True
+    else:
+        keys = list(b["keys"])
+        one_group = False
+    row_deps = b.get("row_deps")
+    if row_deps is not None:
+        if len(row_deps) != len(keys):
+            raise ValueError(f"{len(row_deps)} rows of dependencies for {len(keys)} tasks")
+        row_deps = [tuple(d) for d in row_deps]
+    workers = b.get("workers")
+    return se.TaskBatch(
+        keys,
+        str(b["function"]),
+        str(b["chunk"]),
+        tuple(b.get("deps") or ()),
+        row_deps,
+        int(b.get("order", 0)),
+        tuple(workers) if workers else None,
+        bool(b.get("allow_other_workers", False)),
+        int(b.get("retries", 0)),
+        one_group,
+        bool(b.get("wanted", True)),
+    )
+
+
 def _update_graph(c: str, m: Msg, now: float) -> se.SchedulerEvent:
-    tasks = [_task_spec(t) for t in m["tasks"]]
+    tasks = [_task_spec(t) for t in m.get("tasks") or ()]
     functions = dict(m.get("functions") or {})
     keys = list(m.get("keys") or ())
-    return se.UpdateGraph(now, c, tasks, keys, int(m.get("priority", 0)), functions)
+    batches = [_task_batch(b) for b in m.get("batches") or ()]
+    return se.UpdateGraph(now, c, tasks, keys, int(m.get("priority", 0)), functions, batches)
 
 
 def _desires(c: str, m: Msg, now: float) -> se.SchedulerEvent:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import traceback as tb_module
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -13,7 +14,7 @@ from dask.sizeof import sizeof
 from dask.utils import typename
 from tblib import Traceback
 
-from conveyor.protocol import pickle_bytes, unpickle_bytes
+from conveyor.protocol import CallChunk, pickle_bytes, unpickle_bytes
 
 
 @dataclass(slots=True)
@@ -86,16 +87,25 @@ class FunctionStore:
         return obj
 
 
-def build_task(key: Any, run_spec: tuple[str | None, Any], functions: FunctionStore) -> GraphNode:
-    """The dask task a run spec describes: a graph node or a call of a shared function."""
+def build_task(
+    key: Any, run_spec: tuple[str | None, Any], functions: FunctionStore
+) -> Callable[[Any], Any]:
+    """The task a run spec describes, as a callable taking its dependencies' values:
+    a graph node, a row of a shared argument chunk, or a call of a shared function."""
     fid, spec = run_spec
     if fid is None:
         node = unpickle_bytes(spec)
         if not isinstance(node, GraphNode):
             raise TypeError(f"run spec is a {type(node).__name__}, not a dask task")
         return node
-    if isinstance(spec, int):  # an index into a shared chunk of graph nodes
-        node = functions.get(fid)[spec]
+    if isinstance(spec, int):  # an index into a shared chunk of graph nodes or arguments
+        chunk = functions.get(fid)
+        if isinstance(chunk, CallChunk):
+            func = functions.get(chunk.function)
+            if not callable(func):
+                raise TypeError(f"shared object {chunk.function} is not a function")
+            return chunk.task(key, spec, func)
+        node = chunk[spec]
         if not isinstance(node, GraphNode) or node.key != key:
             raise TypeError(f"shared graph chunk {fid} has no task {key!r} at {spec}")
         return node

@@ -27,6 +27,7 @@ from conveyor.protocol.messages import (
     WORKER_STREAM_OPS,
     scheduler_instruction_to_msg,
 )
+from conveyor.server.gcpause import gc_paused
 from conveyor.server.node import Handler, Msg, Peer, ProtocolViolation, serve_peer
 
 logger = logging.getLogger("conveyor.scheduler")
@@ -300,11 +301,12 @@ class Scheduler:
         def handle(peer: Peer, msg: Msg) -> None:
             if peer.role != role:
                 raise ProtocolViolation(f"{msg.get('op')!r} is only for a registered {role}")
-            try:
-                event = make(peer.ident, msg, time.time())
-            except (KeyError, TypeError, ValueError) as e:
-                raise ProtocolViolation(f"malformed {msg.get('op')!r} message: {e!r}") from e
-            self.apply(event)
+            with gc_paused():  # a graph is a burst of objects that all live on
+                try:
+                    event = make(peer.ident, msg, time.time())
+                except (KeyError, TypeError, ValueError) as e:
+                    raise ProtocolViolation(f"malformed {msg.get('op')!r} message: {e!r}") from e
+                self.apply(event)
 
         return handle
 

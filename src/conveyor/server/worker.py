@@ -254,9 +254,10 @@ class Worker:
             self.functions.discard(fid)
 
     def _from_scheduler(self, peer: Peer, msg: Msg) -> None:
-        blob = msg.get("function_blob")
-        if blob is not None:
-            self.functions.add(msg["function"], blob)
+        blobs = msg.get("blobs")
+        if blobs:
+            for fid, blob in blobs.items():
+                self.functions.add(fid, blob)
         self.apply(worker_event_from_msg(msg, time.time()))
 
     def apply(self, event: we.WorkerEvent) -> None:

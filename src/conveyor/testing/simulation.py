@@ -38,7 +38,7 @@ from __future__ import annotations
 import random
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from conveyor.core import events as ev
@@ -59,6 +59,8 @@ __all__ = [
 
 MODULUS = 1_000_003
 SCHEDULER = "scheduler"
+#: id of the shared function every simulated batch calls
+SIM_FUNCTION = "sim-function"
 
 Link = tuple[str, str, str]
 
@@ -204,6 +206,10 @@ class SimCluster:
         self._kills: dict[int, list[str]] = {}
         self._attempts: Counter[Key] = Counter()
         self._touched: set[str] = set()
+        #: the content of each argument chunk sent in a batch: a run spec per row
+        self.blobs: dict[str, list[tuple[Any, ...]]] = {}
+        #: the shared blobs each worker was sent and not yet told to free
+        self.worker_blobs: dict[str, set[str]] = {}
         for i in range(n_workers):
             self.add_worker(f"sim://worker-{i}", nthreads)
 
@@ -226,6 +232,7 @@ class SimCluster:
             raise KeyError(address)
         self.retired[address] = self.workers.pop(address)
         del self.data[address]
+        self.worker_blobs.pop(address, None)
         self.dead.add(address)
         self.trace.append(("kill", address))
         for key in [k for k in self.running if k[0] == address]:
@@ -251,10 +258,28 @@ class SimCluster:
         retries: Mapping[Key, int] | None = None,
         restrictions: Mapping[Key, tuple[str, ...]] | None = None,
         user_priority: int = 0,
+        batch_size: int = 0,
     ) -> None:
-        """Send a graph ``{key: run_spec}`` (dependencies are read from the run specs)."""
+        """Send a graph ``{key: run_spec}`` (dependencies are read from the run specs).
+
+        With ``batch_size``, tasks travel as ``TaskBatch``es of up to that many (as
+        ``Client.map`` sends them): run specs go into shared chunks, dependencies common
+        to a batch are shared, and a run of tasks with the same options is one batch.
+        """
         retries = retries or {}
         restrictions = restrictions or {}
+        wanted_list = list(tasks) if wanted is None else list(wanted)
+        if batch_size:
+            batches, blobs = self._batches(
+                tasks, set(wanted_list), retries, restrictions, batch_size
+            )
+            self._from_client(
+                client_id,
+                lambda now: ev.UpdateGraph(
+                    now, client_id, [], wanted_list, user_priority, blobs, batches
+                ),
+            )
+            return
         specs = [
             ev.TaskSpec(
                 key,
@@ -266,11 +291,62 @@ class SimCluster:
             )
             for i, (key, spec) in enumerate(tasks.items())
         ]
-        wanted_list = list(tasks) if wanted is None else list(wanted)
         self._from_client(
             client_id,
             lambda now: ev.UpdateGraph(now, client_id, specs, wanted_list, user_priority),
         )
+
+    def _batches(
+        self,
+        tasks: Mapping[Key, tuple[Any, ...]],
+        wanted: set[Key],
+        retries: Mapping[Key, int],
+        restrictions: Mapping[Key, tuple[str, ...]],
+        size: int,
+    ) -> tuple[list[ev.TaskBatch], dict[str, bytes]]:
+        blobs = {SIM_FUNCTION: b"sim-function"}
+        out: list[ev.TaskBatch] = []
+        run: list[Key] = []
+        items = list(tasks)
+
+        def close(start: int) -> None:
+            if not run:
+                return
+            cid = f"sim-chunk-{len(self.blobs)}"
+            self.blobs[cid] = [tasks[k] for k in run]
+            blobs[cid] = cid.encode()
+            deps = [dependencies_of(tasks[k]) for k in run]
+            shared = set(deps[0]).intersection(*deps[1:])
+            common = tuple(d for d in deps[0] if d in shared)
+            out.append(
+                ev.TaskBatch(
+                    list(run),
+                    SIM_FUNCTION,
+                    cid,
+                    common,
+                    [tuple(d for d in row if d not in shared) for row in deps],
+                    start,
+                    restrictions.get(run[0]),
+                    False,
+                    retries.get(run[0], 0),
+                    False,
+                    all(k in wanted for k in run),
+                )
+            )
+            run.clear()
+
+        start = 0
+        for i, key in enumerate(items):
+            options = (retries.get(key, 0), restrictions.get(key))
+            if run and (
+                len(run) >= size or options != (retries.get(run[0], 0), restrictions.get(run[0]))
+            ):
+                close(start)
+            if not run:
+                start = i
+            run.append(key)
+        close(start)
+        return out, blobs
 
     def release(self, client_id: str, keys: Iterable[Key]) -> None:
         """The client drops its futures for ``keys``."""
@@ -435,6 +511,18 @@ class SimCluster:
         address = instr.worker
         if isinstance(instr, si.CloseWorker):
             return lambda: self.kill_worker(address) if address in self.workers else None
+        if isinstance(instr, si.FreeFunctions):
+            ids = list(instr.ids)
+            return lambda: self.worker_blobs.get(address, set()).difference_update(ids)
+        if isinstance(instr, si.ComputeTask) and instr.function is not None:
+            batched = instr
+
+            def deliver_batched() -> None:
+                if address in self.workers:
+                    unpacked = self._unpack_chunk(batched)
+                    self._worker_handle(address, _worker_event_factory(unpacked)(self.now))
+
+            return deliver_batched
         make = _worker_event_factory(instr)
 
         def deliver() -> None:
@@ -442,6 +530,20 @@ class SimCluster:
                 self._worker_handle(address, make(self.now))
 
         return deliver
+
+    def _unpack_chunk(self, instr: si.ComputeTask) -> si.ComputeTask:
+        """Check the worker gets the shared blobs a task needs once, in time; then hand
+        it the row of the chunk as its run spec."""
+        held = self.worker_blobs.setdefault(instr.worker, set())
+        sent = set(instr.blobs or ())
+        if sent & held:
+            raise AssertionError(f"{instr.worker} is sent blobs it holds: {sent & held}")
+        held |= sent
+        fid = instr.function
+        if fid not in held or SIM_FUNCTION not in held:
+            raise AssertionError(f"{instr.worker} runs {instr.key!r} without blob {fid!r}")
+        spec = self.blobs[fid][instr.run_spec]
+        return replace(instr, run_spec=spec, function=None, blobs=None)
 
     def _worker_handle(self, address: str, event: we.WorkerEvent) -> None:
         self.trace.append((address, event))
