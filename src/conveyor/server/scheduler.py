@@ -301,11 +301,14 @@ class Scheduler:
         def handle(peer: Peer, msg: Msg) -> None:
             if peer.role != role:
                 raise ProtocolViolation(f"{msg.get('op')!r} is only for a registered {role}")
-            with gc_paused():  # a graph is a burst of objects that all live on
-                try:
-                    event = make(peer.ident, msg, time.time())
-                except (KeyError, TypeError, ValueError) as e:
-                    raise ProtocolViolation(f"malformed {msg.get('op')!r} message: {e!r}") from e
+            try:
+                event = make(peer.ident, msg, time.time())
+            except (KeyError, TypeError, ValueError) as e:
+                raise ProtocolViolation(f"malformed {msg.get('op')!r} message: {e!r}") from e
+            if isinstance(event, se.UpdateGraph):
+                with gc_paused():  # a graph is a burst of objects that all live on
+                    self.apply(event)
+            else:
                 self.apply(event)
 
         return handle
