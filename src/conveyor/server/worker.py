@@ -13,7 +13,6 @@ import logging
 import time
 import uuid
 from collections.abc import Generator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from dask.sizeof import sizeof
@@ -26,8 +25,9 @@ from conveyor.core.worker import WorkerState
 from conveyor.protocol import loads, pickle_bytes
 from conveyor.protocol.messages import worker_event_from_msg, worker_instruction_to_msg
 from conveyor.server.data import INLINE_RESULT_BYTES, pack_data, unpack_data
-from conveyor.server.execute import FunctionStore, run_task
+from conveyor.server.execute import FunctionStore, Outcome
 from conveyor.server.node import Handler, Msg, Peer, PeerPool, serve_peer
+from conveyor.server.runner import TaskRunner
 from conveyor.server.scheduler import listen_address
 
 logger = logging.getLogger("conveyor.worker")
@@ -99,7 +99,8 @@ class Worker:
         self.status = "created"
         self.loop: asyncio.AbstractEventLoop | None = None
         self.state: WorkerState | None = None
-        self.executor = ThreadPoolExecutor(self.nthreads, thread_name_prefix="conveyor-task")
+        #: the threads running tasks (made on start, when the loop is known)
+        self.runner: TaskRunner | None = None
         self.scheduler: Peer | None = None
         self._listener: Listener | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -135,6 +136,7 @@ class Worker:
         if self.status == "running":
             return self
         self.loop = asyncio.get_running_loop()
+        self.runner = TaskRunner(self.nthreads, self.loop, self.functions, self._executed)
         timeout = config.parse_duration(config.get("comm.timeouts.connect")) or 30.0
         if self._scheduler_address is None:
             assert self.scheduler_file is not None
@@ -211,7 +213,8 @@ class Worker:
         await self.pool.close()
         if self.scheduler is not None:
             await self.scheduler.close()
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        if self.runner is not None:
+            self.runner.close()
         self.data.clear()
         self.status = "closed"
         self._closed.set()
@@ -301,15 +304,10 @@ class Worker:
             now = time.time()
             self.apply(we.ExecuteFailure(now, key, None, None, text, "", now, now))
             return
-        fut = self.loop.run_in_executor(
-            self.executor, run_task, key, ts.run_spec, deps, self.functions
-        )
-        fut.add_done_callback(lambda f: self._executed(key, f))
+        assert self.runner is not None
+        self.runner.submit(key, ts.run_spec, deps)
 
-    def _executed(self, key: Key, fut: asyncio.Future[Any]) -> None:
-        if fut.cancelled():
-            return
-        outcome = fut.result()
+    def _executed(self, key: Key, outcome: Outcome) -> None:
         now = time.time()
         if outcome.ok:
             self.data[key] = outcome.value
