@@ -377,6 +377,31 @@ def test_a_seed_replays_exactly_in_another_interpreter() -> None:
 # ------------------------------------------------------------------ batches
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_wanted_batches_of_one_group_take_the_bulk_path(seed: int) -> None:
+    """A map-like graph, every task wanted: roots in one group, then a group sharing one
+    dependency, then one task per row depending on a root; some keys sent twice."""
+    rng = random.Random(seed)
+    tasks: dict[Key, tuple[Any, ...]] = {("load", i): ("value", i) for i in range(60)}
+    tasks.update({f"inc-{i}": ("add", ("load", 0)) for i in range(50)})
+    tasks.update({f"dbl-{i}": ("add", ("load", i), ("load", 0)) for i in range(40)})
+    keys = list(tasks)
+    sim = SimCluster(n_workers=3, nthreads=2, seed=seed)
+    sim.submit("c1", tasks, keys, batch_size=rng.choice([7, 25]))
+    sim.run(rng.randrange(0, 60))
+    # another client sends keys c1 may have sent already (then not by the bulk path)
+    again = {k: tasks[k] for k in [("load", 0), *keys[30:70]]}
+    sim.submit("c2", again, batch_size=20)
+    sim.kill_at(sim.step_count + rng.randrange(1, 200), "sim://worker-1")
+    sim.run_until_quiet()
+    sim.check_quiet()
+    check_results(sim, tasks, keys)
+    sim.release("c2", list(again))
+    release_all_and_check_empty(sim, "c1", keys)
+    assert not sim.scheduler.functions
+    assert all(not held for held in sim.worker_blobs.values())
+
+
 @pytest.mark.parametrize("seed", range(8))
 def test_batched_graphs_survive_deaths_and_leave_nothing(seed: int) -> None:
     """Graphs sent as TaskBatches (what Client.map sends), with shared and per-row

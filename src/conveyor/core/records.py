@@ -164,7 +164,9 @@ class TaskState:
 
     def __init__(self, key: Key, run_spec: Any, group: TaskGroup) -> None:
         self.key = key
-        #: Opaque serialized task (bytes or a Serialized); None for scattered data.
+        #: Opaque to the scheduler: serialized task bytes, or an index into the shared
+        #: blob ``function`` (a chunk of graph nodes or call arguments); None for
+        #: scattered data.
         self.run_spec = run_spec
         self.group = group
         self.state = "released"

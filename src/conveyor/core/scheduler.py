@@ -19,7 +19,14 @@ from conveyor.core.instructions import (
     RefreshWhoHas,
 )
 from conveyor.core.invariants import validate_scheduler
-from conveyor.core.records import EMPTY, ClientInfo, SharedBlob, TaskState, WorkerInfo
+from conveyor.core.records import (
+    EMPTY,
+    ClientInfo,
+    SharedBlob,
+    TaskGroup,
+    TaskState,
+    WorkerInfo,
+)
 from conveyor.core.transitions import Recs, SchedulerTransitions
 from conveyor.core.types import Key
 
@@ -260,6 +267,17 @@ class SchedulerState(SchedulerTransitions):
         shared = tuple(found)  # one tuple for every task without dependencies of its own
         group = self._group_of(b.keys[0]) if b.one_group and b.keys else None
         chunk = self.functions.get(b.chunk)
+        if (
+            problem is None
+            and shared_missing is None
+            and b.row_dependencies is None
+            and b.wanted
+            and not b.workers
+            and group is not None
+            and chunk is not None
+            and self._add_fresh_batch(cs, b, shared, group, chunk, user_priority)
+        ):
+            return []
         generation = self.generation
         recs: Recs = {}
         unwanted: list[TaskState] = []
@@ -301,6 +319,53 @@ class SchedulerState(SchedulerTransitions):
                 unwanted.append(ts)
             self._transitions(recs)
         return unwanted
+
+    def _add_fresh_batch(
+        self,
+        cs: ClientInfo,
+        b: ev.TaskBatch,
+        shared: tuple[TaskState, ...],
+        group: TaskGroup,
+        chunk: SharedBlob,
+        user_priority: int,
+    ) -> bool:
+        """The common ``map``: new keys of one group, wanted by ``cs``, with only shared
+        dependencies (all known) and no options. Records are made and linked in bulk,
+        then each task moves on in order, as the general path would. False (and nothing
+        done) if a key is known already or named twice."""
+        tasks = self.tasks
+        keys = set(b.keys)
+        if len(keys) != len(b.keys) or any(key in tasks for key in keys):
+            return False
+        generation, order, cid, alone = self.generation, b.order, b.chunk, cs.alone
+        new: list[TaskState] = []
+        for i, key in enumerate(b.keys):
+            ts = TaskState(key, i, group)
+            ts.priority = (user_priority, generation, order + i)
+            ts.function = cid
+            ts.dependencies = shared
+            ts.who_wants = alone
+            tasks[key] = ts
+            new.append(ts)
+        if b.retries:
+            for ts in new:
+                ts.retries = b.retries
+        group.ntasks += len(new)
+        chunk.refs += len(new)
+        cs.wants_what.update(new)
+        for dep in shared:
+            if dep.dependents is EMPTY:
+                dep.dependents = set(new)
+            else:
+                dep.dependents.update(new)
+            if dep.group is not group:
+                group.dependencies.add(dep.group)
+        recs: Recs = {}
+        for ts in new:
+            self._transition(ts, "waiting", recs)
+            if recs:
+                self._transitions(recs)
+        return True
 
     def _link_chunk(self, cid: str, fid: str) -> str | None:
         """Tie argument chunk ``cid`` to the function its rows are applied to."""

@@ -41,6 +41,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from dask.utils import key_split
+
 from conveyor.core import events as ev
 from conveyor.core import instructions as si
 from conveyor.core import worker_events as we
@@ -90,6 +92,13 @@ def dependencies_of(run_spec: tuple[Any, ...]) -> tuple[Key, ...]:
     if op == "value":
         return ()
     raise ValueError(f"unknown simulated op {op!r}")
+
+
+def _group_name(key: Key) -> str:
+    """The task group the scheduler puts ``key`` in."""
+    if isinstance(key, tuple) and key and isinstance(key[0], str):
+        return key[0]
+    return str(key_split(key))
 
 
 def expected_values(tasks: Mapping[Key, tuple[Any, ...]]) -> dict[Key, int]:
@@ -318,18 +327,22 @@ class SimCluster:
             deps = [dependencies_of(tasks[k]) for k in run]
             shared = set(deps[0]).intersection(*deps[1:])
             common = tuple(d for d in deps[0] if d in shared)
+            rows: list[tuple[Key, ...]] | None = [
+                tuple(d for d in row if d not in shared) for row in deps
+            ]
+            groups = {_group_name(k) for k in run}
             out.append(
                 ev.TaskBatch(
                     list(run),
                     SIM_FUNCTION,
                     cid,
                     common,
-                    [tuple(d for d in row if d not in shared) for row in deps],
+                    rows if rows and any(rows) else None,
                     start,
                     restrictions.get(run[0]),
                     False,
                     retries.get(run[0], 0),
-                    False,
+                    len(groups) == 1,
                     all(k in wanted for k in run),
                 )
             )
