@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,10 @@ import dask.config
 import psutil
 import pytest
 
+from conveyor import Client
 from conveyor.deploy.local import LocalCluster, WorkerProcess
 from conveyor.server.worker import Worker
+from conveyor.testing.cluster import until
 
 pytestmark = pytest.mark.e2e
 
@@ -181,3 +184,27 @@ def test_default_cluster_shape(
     cluster = LocalCluster(asynchronous=True, **kwargs)  # not awaited: nothing starts
     assert (cluster.n_workers, cluster.threads_per_worker) == shape
     assert cluster.status == "created"
+
+
+def test_a_worker_busy_with_a_long_task_still_stops_at_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Task threads do not hold a worker process open: SIGTERM ends it mid-task."""
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=1, processes=True) as cluster,
+        Client(cluster) as client,
+    ):
+        (proc,) = cluster.workers.values()
+        assert isinstance(proc, WorkerProcess)
+        started = client.submit(time.sleep, 300, pure=False)
+        scheduler = cluster.scheduler
+        assert scheduler is not None
+        client.sync(
+            until,
+            lambda: getattr(scheduler.tasks.get(started.key), "state", None) == "processing",
+            what="the long task starts",
+        )
+        begin = time.monotonic()
+    assert time.monotonic() - begin < 10
+    assert proc.popen.poll() is not None
+    assert "ignored SIGTERM" not in caplog.text

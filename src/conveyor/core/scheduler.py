@@ -335,7 +335,7 @@ class SchedulerState(SchedulerTransitions):
         done) if a key is known already or named twice."""
         tasks = self.tasks
         keys = set(b.keys)
-        if len(keys) != len(b.keys) or any(key in tasks for key in keys):
+        if len(keys) != len(b.keys) or not tasks.keys().isdisjoint(keys):
             return False
         generation, order, cid, alone = self.generation, b.order, b.chunk, cs.alone
         new: list[TaskState] = []
