@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import operator
+import sys
 import threading
 from typing import Any
 
@@ -83,6 +84,22 @@ def test_a_failing_task_comes_back_as_a_failed_outcome() -> None:
         runner.submit("k", ("c", 0), {})
         outcome = await asyncio.wait_for(result, 10)
         assert not outcome.ok and outcome.exception_text.startswith("ZeroDivisionError")
+        runner.close()
+
+    asyncio.run(main())
+
+
+def test_a_task_calling_sys_exit_fails_and_the_thread_lives_on() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        got: asyncio.Queue[Outcome] = asyncio.Queue()
+        runner = TaskRunner(1, loop, _store(sys.exit, [(3,)]), lambda k, o: got.put_nowait(o))
+        runner.submit("k", ("c", 0), {})
+        first = await asyncio.wait_for(got.get(), 10)
+        assert not first.ok and first.exception_text.startswith("SystemExit")
+        runner.submit("k2", ("c", 0), {})  # the same thread runs the next one
+        assert not (await asyncio.wait_for(got.get(), 10)).ok
+        assert all(t.is_alive() for t in runner.threads)
         runner.close()
 
     asyncio.run(main())

@@ -126,7 +126,7 @@ def run_task(
     start = time.time()
     try:
         value = build_task(key, run_spec, functions)(deps)
-    except Exception as e:
+    except BaseException as e:  # SystemExit from a task fails the task, not the thread
         stop = time.time()
         user_tb = e.__traceback__.tb_next if e.__traceback__ is not None else None
         exc_bytes, tb_bytes = pack_exception(e, user_tb)
