@@ -136,3 +136,23 @@ def test_a_task_wanted_by_one_client_shares_its_who_wants_tuple() -> None:
     send(s, batch(["a-0"], chunk="c2"), client="client-2")
     s.handle(ev.ClientReleasesKeys(1.0, "client-2", ["a-0"]))
     assert s.tasks["a-0"].who_wants is s.tasks["a-1"].who_wants
+
+
+def test_blobs_cannot_require_themselves_and_long_chains_are_freed() -> None:
+    s = make()
+    out = send(s, batch(["s-0"], chunk="c1", function="c1"))
+    (err,) = [i for i in out if isinstance(i, KeyErred)]
+    assert "InvalidBatch" in err.exception_text and not s.functions
+    s.handle(ev.ClientReleasesKeys(1.0, C, ["s-0"]))
+    # a function cannot be a chunk ...
+    out = send(s, batch(["t-0"], chunk="c1"), batch(["t-1"], chunk="c2", function="c1"))
+    assert [e.key for e in out if isinstance(e, KeyErred)] == ["t-1"]
+    s.handle(ev.ClientReleasesKeys(1.0, C, ["t-0", "t-1"]))
+    # ... but a function may become a chunk later: a client can build a long chain
+    n = 3000
+    blobs = {f"b{i}": b"x" for i in range(n)}
+    chain = [batch([f"k-{i}"], chunk=f"b{i}", function=f"b{i - 1}") for i in range(n - 1, 0, -1)]
+    send(s, *chain, functions=blobs)
+    assert [s.functions[f"b{i}"].requires for i in (n - 1, 2, 1)] == [f"b{n - 2}", "b1", "b0"]
+    s.handle(ev.ClientReleasesKeys(2.0, C, [f"k-{i}" for i in range(n - 1, 0, -1)]))
+    assert not s.functions and not s.tasks  # freed along the chain, without recursion

@@ -103,3 +103,53 @@ def test_a_task_calling_sys_exit_fails_and_the_thread_lives_on() -> None:
         runner.close()
 
     asyncio.run(main())
+
+
+class BadSize:
+    """A result whose size cannot be measured."""
+
+    def __sizeof__(self) -> int:
+        raise ValueError("no size")
+
+
+def make_bad(x: int) -> BadSize:
+    return BadSize()
+
+
+def test_a_result_that_breaks_sizeof_fails_its_task_only() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        got: asyncio.Queue[Outcome] = asyncio.Queue()
+        runner = TaskRunner(1, loop, _store(make_bad, [(1,)]), lambda k, o: got.put_nowait(o))
+        runner.submit("k", ("c", 0), {})
+        outcome = await asyncio.wait_for(got.get(), 10)
+        assert not outcome.ok and "no size" in outcome.exception_text
+        assert all(t.is_alive() for t in runner.threads)
+        runner.close()
+
+    asyncio.run(main())
+
+
+def test_an_outcome_whose_handling_fails_does_not_strand_the_others(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        handled: list[Any] = []
+        everything = asyncio.Event()
+
+        def on_done(key: Any, outcome: Outcome) -> None:
+            handled.append(key)
+            if len(handled) == 20:
+                everything.set()
+            if key == "k-0":
+                raise RuntimeError("handler bug")
+
+        runner = TaskRunner(1, loop, _store(operator.neg, [(i,) for i in range(20)]), on_done)
+        for i in range(20):
+            runner.submit(f"k-{i}", ("c", i), {})
+        await asyncio.wait_for(everything.wait(), 10)
+        runner.close()
+
+    asyncio.run(main())
+    assert "Handling the outcome of task 'k-0' failed" in caplog.text

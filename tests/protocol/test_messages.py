@@ -9,6 +9,7 @@ from conveyor.core import worker_events as we
 from conveyor.protocol import decode, encode
 from conveyor.protocol.messages import (
     CLIENT_STREAM_OPS,
+    MAX_BATCH,
     WORKER_STREAM_OPS,
     scheduler_instruction_to_msg,
     worker_event_from_msg,
@@ -116,9 +117,30 @@ def test_a_batch_names_its_keys_by_prefix_and_count() -> None:
         {"prefix": "p", "start": 0, "count": -1, "function": "f", "chunk": "c"},
         {"keys": ["a", "b"], "row_deps": [["x"]], "function": "f", "chunk": "c"},
         {"keys": ["a"], "chunk": "c"},
+        {"keys": [{"not": "hashable"}], "function": "f", "chunk": "c"},
+        {"keys": ["a"], "deps": [{"x": 1}], "function": "f", "chunk": "c"},
+        {"keys": ["a"], "row_deps": [[{"x": 1}]], "function": "f", "chunk": "c"},
     ],
 )
 def test_malformed_batches_are_refused(batch: dict[str, object]) -> None:
     msg = _wire({"op": "update-graph", "batches": [batch]})
-    with pytest.raises((ValueError, KeyError)):
+    with pytest.raises((ValueError, KeyError, TypeError)):
         CLIENT_STREAM_OPS["update-graph"]("client-1", msg, 0.0)
+
+
+def test_one_message_names_at_most_max_batch_keys_by_count() -> None:
+    half = {"prefix": "p", "start": 0, "count": MAX_BATCH // 2, "function": "f", "chunk": "c"}
+    ok = _wire({"op": "update-graph", "batches": [half, half]})
+    assert (
+        sum(len(b.keys) for b in CLIENT_STREAM_OPS["update-graph"]("c", ok, 0.0).batches)
+        == MAX_BATCH
+    )  # type: ignore[attr-defined]
+    over = _wire({"op": "update-graph", "batches": [half, half, {**half, "count": 1}]})
+    with pytest.raises(ValueError, match="at most"):
+        CLIENT_STREAM_OPS["update-graph"]("c", over, 0.0)
+
+
+def test_task_keys_must_be_hashable() -> None:
+    msg = _wire({"op": "update-graph", "tasks": [{"key": {"a": 1}, "spec": b"s"}]})
+    with pytest.raises(TypeError):
+        CLIENT_STREAM_OPS["update-graph"]("c", msg, 0.0)

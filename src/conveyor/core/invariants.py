@@ -88,3 +88,13 @@ def validate_scheduler(s: SchedulerState) -> None:
     for cs in s.clients.values():
         for ts in cs.wants_what:
             _check(cs in ts.who_wants, cs, f"{ts!r} does not list it")
+    users: dict[str, int] = {}
+    for ts in s.tasks.values():
+        if ts.function is not None:
+            users[ts.function] = users.get(ts.function, 0) + 1
+    for blob in s.functions.values():
+        if blob.requires is not None:
+            users[blob.requires] = users.get(blob.requires, 0) + 1
+    for bid, blob in s.functions.items():
+        _check(blob.refs == users.get(bid, 0) > 0, blob, f"{bid!r}: refs vs its users")
+    _check(set(users) <= set(s.functions), s, "a task or chunk names a dropped blob")

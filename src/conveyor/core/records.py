@@ -279,7 +279,7 @@ class ClientInfo:
         self.last_seen = now
         self.wants_what: set[TaskState] = set()
         #: ``(self,)``: the ``who_wants`` of every task only this client wants, shared
-        self.alone: tuple[ClientInfo] = (self,)
+        self.alone: tuple[ClientInfo, ...] = (self,)
 
     def __repr__(self) -> str:
         return f"<ClientInfo {self.client_id!r} wants={len(self.wants_what)}>"

@@ -182,6 +182,7 @@ class SchedulerState(SchedulerTransitions):
         for ts in list(cs.wants_what):
             self._unwant(cs, ts, recs)
         self._transitions(recs)
+        cs.alone = ()  # a cycle otherwise: the record would wait for the cyclic GC
 
     def _want(self, cs: ClientInfo, ts: TaskState, recs: Recs) -> None:
         if cs not in ts.who_wants:
@@ -329,10 +330,12 @@ class SchedulerState(SchedulerTransitions):
         chunk: SharedBlob,
         user_priority: int,
     ) -> bool:
-        """The common ``map``: new keys of one group, wanted by ``cs``, with only shared
-        dependencies (all known) and no options. Records are made and linked in bulk,
-        then each task moves on in order, as the general path would. False (and nothing
-        done) if a key is known already or named twice."""
+        """A ``map`` of unique keys (``pure=False``): new keys of one group, wanted by
+        ``cs``, with only shared dependencies (all known) and no restrictions. Records
+        are made and linked in bulk, then each task moves on in order. Unlike the general
+        path, the group counts the whole batch before the first task moves, so root-ish
+        queuing applies from the first task. False (and nothing done) if a key is known
+        already or named twice."""
         tasks = self.tasks
         keys = set(b.keys)
         if len(keys) != len(b.keys) or not tasks.keys().isdisjoint(keys):
@@ -373,6 +376,8 @@ class SchedulerState(SchedulerTransitions):
         func = self.functions.get(fid)
         if chunk is None or func is None:
             return f"MissingFunction: a batch names unknown {cid if chunk is None else fid!r}"
+        if cid == fid or func.requires is not None:
+            return f"InvalidBatch: {fid!r} is an argument chunk, not a function"
         if chunk.requires is None:
             chunk.requires = fid
             func.refs += 1

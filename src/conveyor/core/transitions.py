@@ -631,21 +631,24 @@ class SchedulerTransitions:
         return out
 
     def _unref_blob(self, fid: str) -> None:
-        """One user fewer for shared blob ``fid``; the last one gone, drop it."""
-        blob = self.functions[fid]
-        blob.refs -= 1
-        if blob.refs <= 0:
-            self._drop_function(fid)
+        """One user fewer for shared blob ``fid``; the last one gone, drop it (and so on
+        along the blobs it requires)."""
+        bid: str | None = fid
+        while bid is not None:
+            blob = self.functions[bid]
+            blob.refs -= 1
+            if blob.refs > 0:
+                return
+            self._drop_function(bid)
+            bid = blob.requires
 
     def _drop_function(self, fid: str) -> None:
         """No task uses shared blob ``fid`` any more: forget it here and on workers."""
-        blob = self.functions.pop(fid)
+        del self.functions[fid]
         for ws in self.workers.values():
             if fid in ws.functions:
                 ws.functions.discard(fid)
                 self._out.append(FreeFunctions(ws.address, [fid]))
-        if blob.requires is not None:
-            self._unref_blob(blob.requires)
 
     def _released_forgotten(self, ts: TaskState, recs: Recs) -> None:
         self._forget(ts, recs)

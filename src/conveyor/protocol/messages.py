@@ -187,46 +187,57 @@ WORKER_STREAM_OPS: dict[str, Callable[[str, Msg, float], se.SchedulerEvent]] = {
 def _task_spec(t: Msg) -> se.TaskSpec:
     workers = t.get("workers")
     return se.TaskSpec(
-        t["key"],
+        _hashable(t["key"]),
         t["spec"],
-        tuple(t.get("deps") or ()),
+        _keys(t.get("deps")),
         int(t.get("order", 0)),
-        tuple(workers) if workers else None,
+        _keys(workers) if workers else None,
         bool(t.get("allow_other_workers", False)),
         int(t.get("retries", 0)),
         t.get("fn"),
     )
 
 
-#: most tasks one batch may name by prefix and count (a message's byte size is capped
-#: by the comm, but a count is not)
+def _hashable(key: Any) -> Any:
+    """``key``, if it can be a key (a map or list from the wire cannot)."""
+    hash(key)  # TypeError: malformed message
+    return key
+
+
+def _keys(items: Any) -> tuple[Any, ...]:
+    return tuple(_hashable(k) for k in items or ())
+
+
+#: most tasks the batches of one message may name by prefix and count (a message's byte
+#: size is capped by the comm, but a count is not)
 MAX_BATCH = 100_000
 
 
-def _task_batch(b: Msg) -> se.TaskBatch:
+def _task_batch(b: Msg, budget: int) -> se.TaskBatch:
+    """One batch; ``budget``: how many more keys this message may name by count."""
     if "prefix" in b:
         prefix, start, count = str(b["prefix"]), int(b["start"]), int(b["count"])
-        if not 0 <= count <= MAX_BATCH:
-            raise ValueError(f"a batch of {count} tasks (at most {MAX_BATCH})")
+        if not 0 <= count <= budget:
+            raise ValueError(f"a batch of {count} tasks (at most {MAX_BATCH} a message)")
         keys: list[Any] = [f"{prefix}-{i}" for i in range(start, start + count)]
         one_group = True
     else:
-        keys = list(b["keys"])
+        keys = [_hashable(k) for k in b["keys"]]
         one_group = False
     row_deps = b.get("row_deps")
     if row_deps is not None:
         if len(row_deps) != len(keys):
             raise ValueError(f"{len(row_deps)} rows of dependencies for {len(keys)} tasks")
-        row_deps = [tuple(d) for d in row_deps]
+        row_deps = [_keys(d) for d in row_deps]
     workers = b.get("workers")
     return se.TaskBatch(
         keys,
         str(b["function"]),
         str(b["chunk"]),
-        tuple(b.get("deps") or ()),
+        _keys(b.get("deps")),
         row_deps,
         int(b.get("order", 0)),
-        tuple(workers) if workers else None,
+        _keys(workers) if workers else None,
         bool(b.get("allow_other_workers", False)),
         int(b.get("retries", 0)),
         one_group,
@@ -237,9 +248,15 @@ def _task_batch(b: Msg) -> se.TaskBatch:
 def _update_graph(c: str, m: Msg, now: float) -> se.SchedulerEvent:
     tasks = [_task_spec(t) for t in m.get("tasks") or ()]
     functions = dict(m.get("functions") or {})
-    keys = list(m.get("keys") or ())
-    batches = [_task_batch(b) for b in m.get("batches") or ()]
-    return se.UpdateGraph(now, c, tasks, keys, int(m.get("priority", 0)), functions, batches)
+    keys = _keys(m.get("keys"))
+    batches: list[se.TaskBatch] = []
+    budget = MAX_BATCH
+    for b in m.get("batches") or ():
+        batch = _task_batch(b, budget)
+        if batch.one_group:
+            budget -= len(batch.keys)
+        batches.append(batch)
+    return se.UpdateGraph(now, c, tasks, list(keys), int(m.get("priority", 0)), functions, batches)
 
 
 def _desires(c: str, m: Msg, now: float) -> se.SchedulerEvent:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import traceback as tb_module
 from collections.abc import Callable
@@ -59,12 +60,14 @@ def unpack_traceback(tb_bytes: bytes | None) -> TracebackType | None:
 
 
 class FunctionStore:
-    """Shared blobs a worker was sent once, by id (a function, or a chunk of graph nodes),
-    unpickled on first use; the scheduler says when to drop them."""
+    """Shared blobs a worker was sent once, by id (a function, or a chunk of graph nodes
+    or call arguments), unpickled on first use; the scheduler says when to drop them."""
 
     def __init__(self) -> None:
         self._blobs: dict[str, bytes] = {}
         self._loaded: dict[str, Any] = {}
+        #: task threads load blobs: each is unpickled once, and not kept once discarded
+        self._lock = threading.Lock()
 
     def add(self, fid: str, blob: bytes) -> None:
         """Keep the pickled ``blob`` under ``fid``."""
@@ -73,8 +76,9 @@ class FunctionStore:
 
     def discard(self, fid: str) -> None:
         """Forget ``fid`` (no task here needs it any more)."""
-        self._blobs.pop(fid, None)
-        self._loaded.pop(fid, None)
+        with self._lock:
+            self._blobs.pop(fid, None)
+            self._loaded.pop(fid, None)
 
     def __len__(self) -> int:
         return len(self._blobs)
@@ -83,7 +87,11 @@ class FunctionStore:
         """The object with id ``fid`` (KeyError if it was never sent)."""
         obj = self._loaded.get(fid)
         if obj is None:
-            obj = self._loaded[fid] = unpickle_bytes(self._blobs[fid])
+            with self._lock:
+                obj = self._loaded.get(fid)
+                if obj is None:
+                    obj = unpickle_bytes(self._blobs[fid])
+                    self._loaded[fid] = obj
         return obj
 
 
@@ -126,6 +134,7 @@ def run_task(
     start = time.time()
     try:
         value = build_task(key, run_spec, functions)(deps)
+        nbytes, kind = sizeof(value), typename(type(value))
     except BaseException as e:  # SystemExit from a task fails the task, not the thread
         stop = time.time()
         user_tb = e.__traceback__.tb_next if e.__traceback__ is not None else None
@@ -140,4 +149,4 @@ def run_task(
             traceback_text="".join(tb_module.format_exception(e)),
         )
     stop = time.time()
-    return Outcome(True, start, stop, value, sizeof(value), typename(type(value)))
+    return Outcome(True, start, stop, value, nbytes, kind)

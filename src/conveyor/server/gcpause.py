@@ -11,18 +11,34 @@ everything acyclic at once.
 from __future__ import annotations
 
 import gc
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+_lock = threading.Lock()
+#: pauses open now, in any thread (a client and an in-process scheduler may overlap)
+_depth = 0
+#: whether the first of them found the collector enabled (and so re-enables it)
+_was_enabled = False
 
 
 @contextmanager
 def gc_paused() -> Iterator[None]:
-    """Disable the cyclic collector inside the block (if it was enabled)."""
-    if not gc.isenabled():
-        yield
-        return
-    gc.disable()
+    """Disable the cyclic collector inside the block.
+
+    Pauses may nest and overlap across threads: the collector comes back when the last
+    one ends, and only if it was enabled when the first one began.
+    """
+    global _depth, _was_enabled
+    with _lock:
+        if _depth == 0:
+            _was_enabled = gc.isenabled()
+            gc.disable()
+        _depth += 1
     try:
         yield
     finally:
-        gc.enable()
+        with _lock:
+            _depth -= 1
+            if _depth == 0 and _was_enabled:
+                gc.enable()

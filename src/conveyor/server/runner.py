@@ -12,13 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from conveyor.server.execute import FunctionStore, Outcome, run_task
+
+logger = logging.getLogger("conveyor.worker")
 
 #: a job: the key, its run spec and the values of its dependencies
 Job = tuple[Any, Any, dict[Any, Any]]
@@ -74,8 +78,13 @@ class TaskRunner:
             if job is None:
                 return
             key, run_spec, deps = job
-            done.append((key, run_task(key, run_spec, deps, functions)))
-            del job, deps
+            try:
+                outcome = run_task(key, run_spec, deps, functions)
+            except BaseException as e:  # run_task reports task errors; this is a bug
+                now = time.time()
+                outcome = Outcome(False, now, now, exception_text=f"{type(e).__name__}: {e}")
+            done.append((key, outcome))
+            del job, deps, outcome
             with self._lock:
                 if self._wake_pending:
                     continue
@@ -89,5 +98,9 @@ class TaskRunner:
         done = self._done
         while done:
             key, outcome = done.popleft()
-            if not self._closed:
+            if self._closed:
+                continue
+            try:
                 self._on_done(key, outcome)
+            except Exception:  # one bad outcome must not strand the others
+                logger.exception("Handling the outcome of task %r failed", key)

@@ -136,7 +136,6 @@ class Worker:
         if self.status == "running":
             return self
         self.loop = asyncio.get_running_loop()
-        self.runner = TaskRunner(self.nthreads, self.loop, self.functions, self._executed)
         timeout = config.parse_duration(config.get("comm.timeouts.connect")) or 30.0
         if self._scheduler_address is None:
             assert self.scheduler_file is not None
@@ -163,6 +162,8 @@ class Worker:
             outgoing_connections=int(config.get("worker.connections.outgoing")),
             validate=self.validate,
         )
+        # made just before registering: tasks come after, and a failure closes it
+        self.runner = TaskRunner(self.nthreads, self.loop, self.functions, self._executed)
         try:
             await self._register(timeout)
         except BaseException:
@@ -289,9 +290,9 @@ class Worker:
         if ts is None or not ts.inline or key not in self.data:
             return
         value = self.data[key]
-        if sizeof(value) <= INLINE_RESULT_BYTES:
-            # in band: a batch of thousands of completions must not become thousands of frames
-            with contextlib.suppress(Exception):  # unpicklable: the client fetches it instead
+        # in band: a batch of thousands of completions must not become thousands of frames
+        with contextlib.suppress(Exception):  # unpicklable: the client fetches it instead
+            if sizeof(value) <= INLINE_RESULT_BYTES:
                 msg["result"] = pickle_bytes(value)
 
     def _execute(self, key: Key) -> None:
