@@ -16,7 +16,7 @@ from dask.utils import funcname, typename
 
 from conveyor import config
 from conveyor.client import current
-from conveyor.client.future import CancelledError, Future, FutureState
+from conveyor.client.future import CancelledError, Future, FutureState, all_settled
 from conveyor.client.graph import (
     add_options,
     call_message,
@@ -469,7 +469,7 @@ class Client:
     async def _gather(self, futures: Any, errors: str = "raise") -> Any:
         found = collect_futures(futures)
         states = {f.key: f._state for f in found}
-        await asyncio.gather(*(st.wait() for st in states.values()))
+        await all_settled(states.values())
         bad = [k for k, st in states.items() if st.status != "finished"]
         if bad and errors == "raise":
             raise states[bad[0]].make_exception()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -130,6 +130,31 @@ class FutureState:
 
     def make_traceback(self) -> TracebackType | None:
         return unpack_traceback(self.traceback)
+
+
+async def all_settled(states: Iterable[FutureState]) -> None:
+    """Wait until every state is done: one event and a count, not a waiter per state."""
+    pending = [st for st in states if not st.done()]
+    if not pending:
+        return
+    remaining = len(pending)
+    finished = asyncio.Event()
+
+    def settled() -> None:
+        nonlocal remaining
+        remaining -= 1
+        if not remaining:
+            finished.set()
+
+    for st in pending:
+        st.callbacks.append(settled)
+    try:
+        await finished.wait()
+    finally:
+        if remaining:  # given up on (timeout, cancel): leave no callbacks behind
+            for st in pending:
+                with contextlib.suppress(ValueError):
+                    st.callbacks.remove(settled)
 
 
 class Future(TaskRef):

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any, NamedTuple
 
 from conveyor import config
-from conveyor.client.future import Future, FutureState
+from conveyor.client.future import Future, FutureState, all_settled
 
 ALL_COMPLETED = "ALL_COMPLETED"
 FIRST_COMPLETED = "FIRST_COMPLETED"
@@ -44,7 +44,7 @@ def wait(
 async def _wait(futures: list[Future], return_when: str) -> DoneAndNotDoneFutures:
     states = {f.key: f._state for f in futures}
     if return_when == ALL_COMPLETED:
-        await asyncio.gather(*(st.wait() for st in states.values()))
+        await all_settled(states.values())
     else:
         trigger = asyncio.Event()
         pending = [st for st in states.values() if not st.done()]
