@@ -11,6 +11,7 @@ from typing import Any
 from conveyor.core import events as ev
 from conveyor.core.instructions import ComputeTask, FreeFunctions, Instruction, KeyErred
 from conveyor.core.scheduler import SchedulerState
+from conveyor.core.transitions import PLACEMENT_SAMPLE
 from conveyor.core.types import Key
 
 W1 = "tcp://10.0.0.1:1000"
@@ -156,3 +157,32 @@ def test_blobs_cannot_require_themselves_and_long_chains_are_freed() -> None:
     assert [s.functions[f"b{i}"].requires for i in (n - 1, 2, 1)] == [f"b{n - 2}", "b1", "b0"]
     s.handle(ev.ClientReleasesKeys(2.0, C, [f"k-{i}" for i in range(n - 1, 0, -1)]))
     assert not s.functions and not s.tasks  # freed along the chain, without recursion
+
+
+def test_placement_weighs_a_bounded_sample_that_rotates_through_all_workers() -> None:
+    s = SchedulerState(validate=True)
+    workers = [f"tcp://10.1.0.{i}:1000" for i in range(5 * PLACEMENT_SAMPLE)]
+    for w in workers:
+        s.handle(ev.AddWorker(0.0, w, w, 1, 2**30, "host"))
+    weighed: list[str] = []
+    start_time = s._start_time
+
+    def counting(ts: Any, ws: Any) -> float:
+        weighed.append(ws.address)
+        return start_time(ts, ws)
+
+    s._start_time = counting  # type: ignore[method-assign]
+    # root-ish tasks (one big group): one per worker, each worker in turn
+    out = computes(send(s, batch([f"r-{i}" for i in range(len(workers))], one_group=True)))
+    assert sorted(c.worker for c in out) == sorted(workers)
+    # every worker busy: a lone task is weighed against one sample, not all workers
+    samples = []
+    for i in range(3):
+        weighed.clear()
+        key = f"x-{i}"
+        (placed,) = computes(s.handle(ev.UpdateGraph(0.0, C, [ev.TaskSpec(key, b"x")], [key])))
+        assert len(weighed) == PLACEMENT_SAMPLE and placed.worker in weighed
+        samples.append(set(weighed))
+    assert not samples[0] & samples[1]  # the next task weighs other workers
+    s.handle(ev.RemoveWorker(1.0, workers[0], "gone"))
+    assert workers[0] not in {w.address for w in s._ring}

@@ -84,6 +84,7 @@ def validate_scheduler(s: SchedulerState) -> None:
             _check(ws in ts.who_has, ws, f"{ts!r} does not list it")
         _check(ws.nbytes == sum(max(t.nbytes, 0) for t in ws.has_what), ws, "nbytes")
     _check(nthreads == s.total_nthreads, s, "total_nthreads")
+    _check(sorted(w.address for w in s._ring) == sorted(s.workers), s, "placement ring")
     _check(not (s.queued and s.open_slots), s, "queued tasks while a worker has open slots")
     for cs in s.clients.values():
         for ts in cs.wants_what:

@@ -88,6 +88,7 @@ class SchedulerState(SchedulerTransitions):
             self._remove_worker(ev.RemoveWorker(e.now, e.address, "re-registered"))
         ws = WorkerInfo(e.address, e.name, e.nthreads, e.memory_limit, e.host, e.now)
         self.workers[e.address] = ws
+        self._ring.append(ws)
         self.names[e.name] = e.address
         self.total_nthreads += e.nthreads
         info = self.host_info.setdefault(e.host, {"addresses": set(), "nthreads": 0})
@@ -123,6 +124,7 @@ class SchedulerState(SchedulerTransitions):
         self.idle.pop(e.address, None)
         self.open_slots.pop(e.address, None)
         self.saturated.discard(ws)
+        self._ring.remove(ws)
         self.total_nthreads -= ws.nthreads
         info = self.host_info[ws.host]
         info["addresses"].discard(e.address)

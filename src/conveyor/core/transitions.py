@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
+from itertools import islice
 from typing import Any
 
 from dask.utils import key_split
@@ -66,6 +67,8 @@ _split: Callable[[Key], str] = getattr(key_split, "__wrapped__", key_split)
 ACTIVE = frozenset({"waiting", "queued", "no-worker", "processing"})
 #: states a task leaves for ``released`` once nothing needs it
 RELEASABLE = ACTIVE | {"memory"}
+#: most workers weighed when placing one task: placement costs O(1), not O(workers)
+PLACEMENT_SAMPLE = 20
 
 
 class InvalidTransition(RuntimeError):
@@ -110,6 +113,9 @@ class SchedulerTransitions:
         #: root-ish tasks held back until a worker has an open slot
         self.queued: HeapSet[TaskState] = HeapSet()
         self.open_slots: dict[str, WorkerInfo] = {}
+        #: every worker, in the order they take turns being weighed for placement
+        self._ring: list[WorkerInfo] = []
+        self._ring_at = 0
         #: shared blobs (functions, chunks of graph nodes or call arguments) by id
         self.functions: dict[str, SharedBlob] = {}
         self.total_nthreads = 0
@@ -353,13 +359,28 @@ class SchedulerTransitions:
         return len(deps) < 5 and sum(g.ntasks for g in deps) < 5
 
     def _decide_rootish(self) -> WorkerInfo | None:
+        """The least loaded of the first ``PLACEMENT_SAMPLE`` workers with open slots;
+        the one chosen goes to the back, so the sample rotates through them all."""
         best: WorkerInfo | None = None
         best_load = math.inf
-        for ws in self.open_slots.values():
+        for ws in islice(self.open_slots.values(), PLACEMENT_SAMPLE):
             load = len(ws.processing) / ws.nthreads
             if load < best_load:
                 best, best_load = ws, load
+        if best is not None and len(self.open_slots) > 1:
+            del self.open_slots[best.address]
+            self.open_slots[best.address] = best
         return best
+
+    def _some_workers(self) -> list[WorkerInfo]:
+        """``PLACEMENT_SAMPLE`` workers, taking turns (all of them if fewer)."""
+        ring = self._ring
+        n = len(ring)
+        if n <= PLACEMENT_SAMPLE:
+            return ring
+        start = self._ring_at % n
+        self._ring_at = start + PLACEMENT_SAMPLE
+        return [ring[(start + i) % n] for i in range(PLACEMENT_SAMPLE)]
 
     def _decide_worker(self, ts: TaskState) -> WorkerInfo | None:
         """The worker where ``ts`` would start earliest, or None if none can run it."""
@@ -379,12 +400,14 @@ class SchedulerTransitions:
                 pool = set()
                 for dep in ts.dependencies:
                     pool.update(dep.who_has)
-                if len(self.idle) <= 20:
+                if len(self.idle) <= PLACEMENT_SAMPLE:
                     pool.update(self.idle.values())
                 if not pool:
-                    pool = set(self.workers.values())
+                    pool = self._some_workers()
+            elif self.idle:
+                pool = list(islice(self.idle.values(), PLACEMENT_SAMPLE))
             else:
-                pool = set((self.idle or self.workers).values())
+                pool = self._some_workers()
         return min(pool, key=lambda ws: (self._start_time(ts, ws), ws.address))
 
     def _start_time(self, ts: TaskState, ws: WorkerInfo) -> float:
