@@ -186,3 +186,23 @@ def test_placement_weighs_a_bounded_sample_that_rotates_through_all_workers() ->
     assert not samples[0] & samples[1]  # the next task weighs other workers
     s.handle(ev.RemoveWorker(1.0, workers[0], "gone"))
     assert workers[0] not in {w.address for w in s._ring}
+
+
+def test_the_bulk_path_and_the_general_path_end_in_the_same_state() -> None:
+    """One batch of tasks waiting on a shared root, once by each path."""
+
+    def run(one_group: bool) -> tuple[list[Any], list[Any]]:
+        s = make(nthreads=2)
+        send(s, tasks=[ev.TaskSpec("root", b"r")], functions=BLOBS)
+        keys = [f"m-{i}" for i in range(30)]
+        out = send(s, batch(keys, dependencies=("root",), one_group=one_group))
+        states = [(k, s.tasks[k].state, s.tasks[k].nwaiting) for k in keys]
+        assert s.tasks["root"].waiters == {s.tasks[k] for k in keys}
+        out += s.handle(ev.TaskFinished(1.0, W1, "root", 8, "int", 0.0, 0.1))
+        sent = [(c.key, c.run_spec, c.function) for c in computes(out)]
+        return states, sent
+
+    assert run(True) == run(False)
+    states, sent = run(True)
+    assert {st for _, st, _ in states} == {"waiting"} and {n for _, _, n in states} == {1}
+    assert sent and all(key.startswith("m-") for key, _, _ in sent)

@@ -366,6 +366,9 @@ class SchedulerState(SchedulerTransitions):
             if dep.group is not group:
                 group.dependencies.add(dep.group)
         recs: Recs = {}
+        if self._released_waiting_bulk(new, shared, recs):
+            self._transitions(recs)
+            return True
         for ts in new:
             self._transition(ts, "waiting", recs)
             if recs:

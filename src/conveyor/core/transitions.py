@@ -448,6 +448,33 @@ class SchedulerTransitions:
         if not nwaiting:
             recs[ts] = "processing"
 
+    def _released_waiting_bulk(
+        self, tasks: list[TaskState], deps: tuple[TaskState, ...], recs: Recs
+    ) -> bool:
+        """``released -> waiting`` for new tasks that share exactly ``deps``, at once.
+
+        It does what :meth:`_released_waiting` does task by task, for the case where all
+        of them stay waiting: no dependency erred, at least one not in memory (the bulk
+        ``map`` of tasks waiting on a shared result). False, and nothing done, otherwise.
+        """
+        nwaiting = sum(1 for dep in deps if dep.state != "memory")
+        if not nwaiting or any(dep.state == "erred" for dep in deps):
+            return False
+        for dep in deps:
+            if dep.waiters is EMPTY:
+                dep.waiters = set(tasks)
+            else:
+                dep.waiters.update(tasks)
+            if dep.state == "released":
+                recs[dep] = "waiting"
+        log, stimulus, now = self.transition_log, self._stimulus, self._now
+        for ts in tasks:
+            ts.state = "waiting"
+            ts.nwaiting = nwaiting
+            log.append(ts.key, "released", "waiting", stimulus, now)
+        self.transition_counter += len(tasks)
+        return True
+
     def _waiting_processing(
         self, ts: TaskState, recs: Recs, worker: WorkerInfo | None = None
     ) -> None:
