@@ -132,6 +132,21 @@ def test_nthreads_tasks_run_at_once() -> None:
     assert success(ws, "t1")[-1] == we.Execute("t3")
 
 
+def test_short_tasks_are_handed_to_the_threads_ahead_up_to_a_bound() -> None:
+    ws = make(nthreads=2, prefetch_per_thread=3)
+    short = [
+        ws.handle(we.ComputeTaskEvent(0.0, f"s{i}", b"s", (0, 1, i), duration=0.0001))
+        for i in range(10)
+    ]
+    assert [len(out) for out in short] == [1] * 6 + [0] * 4  # 2 threads x 3
+    assert len(ws.executing_keys) == 6
+    assert success(ws, "s0")[-1] == we.Execute("s6")
+    # a long task waits for a free thread even while short ones are ahead of it
+    long_ws = make(nthreads=1)
+    assert long_ws.handle(we.ComputeTaskEvent(0.0, "a", b"a", (0, 1, 0), duration=0.5))
+    assert not long_ws.handle(we.ComputeTaskEvent(0.0, "b", b"b", (0, 1, 1), duration=0.5))
+
+
 def test_compute_of_a_key_already_in_memory_reports_it() -> None:
     ws = make()
     ws.handle(we.UpdateDataEvent(0.0, {"x": 12}))

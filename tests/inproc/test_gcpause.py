@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from conveyor.server.gcpause import gc_paused
+from conveyor.server.gcpause import gc_paused, tune_server_gc
 
 
 @pytest.fixture
@@ -50,3 +50,12 @@ def test_a_collector_disabled_before_stays_disabled() -> None:
     with pytest.raises(RuntimeError), gc_paused():
         raise RuntimeError("boom")
     assert gc.isenabled()
+
+
+def test_server_processes_collect_the_young_generation_less_often() -> None:
+    before = gc.get_threshold()
+    try:
+        tune_server_gc(12_345)
+        assert gc.get_threshold() == (12_345, before[1], before[2])
+    finally:
+        gc.set_threshold(*before)

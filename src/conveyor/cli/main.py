@@ -20,6 +20,7 @@ import click
 
 from conveyor import config
 from conveyor.cli.demo import run_demo
+from conveyor.server.gcpause import tune_server_gc
 from conveyor.server.loop import new_event_loop
 from conveyor.server.scheduler import Scheduler
 from conveyor.server.worker import Worker
@@ -195,7 +196,9 @@ def _configure_logging() -> None:
 
 
 def _run(main: Coroutine[Any, Any, None]) -> None:
-    """Run ``main`` on a new event loop; a ``CommandError`` becomes a one-line error."""
+    """Run a server's ``main`` on a new event loop; a ``CommandError`` becomes a one-line
+    error."""
+    tune_server_gc()
     try:
         with asyncio.Runner(loop_factory=new_event_loop) as runner:
             runner.run(main)

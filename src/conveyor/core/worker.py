@@ -97,6 +97,7 @@ class WorkerState:
         transfer_message_bytes_limit: int = 50_000_000,
         outgoing_connections: int = 50,
         prefetch_seconds: float = 0.001,
+        prefetch_per_thread: int = 8,
         validate: bool = False,
         log_length: int = 10_000,
     ) -> None:
@@ -105,6 +106,7 @@ class WorkerState:
         self.transfer_message_bytes_limit = transfer_message_bytes_limit
         self.outgoing_connections = outgoing_connections
         self.prefetch_seconds = prefetch_seconds
+        self.prefetch_per_thread = prefetch_per_thread
         self.validate_state = validate
         self.tasks: dict[Key, WTask] = {}
         self.ready: HeapSet[WTask] = HeapSet()
@@ -416,18 +418,19 @@ class WorkerState:
     def _ensure_computing(self) -> None:
         """Start ready tasks on free threads.
 
-        Short tasks (expected under ``prefetch_seconds``) may be handed to the executor
-        up to ``nthreads`` beyond the thread count: a thread that finishes one starts
-        the next at once instead of waiting for the event loop to send it.
+        Short tasks (expected under ``prefetch_seconds``) may be handed to the threads
+        ahead of time, up to ``prefetch_per_thread`` per thread: a thread that finishes
+        one starts the next at once instead of waiting for the event loop, and the loop
+        then handles completions (and sends their messages) in batches rather than one
+        round of wake-ups per task.
         """
         ready = self.ready
         executing = self.executing_keys
         nthreads = self.nthreads
+        most = nthreads * max(self.prefetch_per_thread, 1)
         while ready:
             n = len(executing)
-            if n >= nthreads and (
-                n >= 2 * nthreads or ready.peek().duration >= self.prefetch_seconds
-            ):
+            if n >= nthreads and (n >= most or ready.peek().duration >= self.prefetch_seconds):
                 break
             ts = ready.pop()
             self._set_state(ts, "executing")
@@ -486,4 +489,4 @@ class WorkerState:
             assert heap, "empty fetch queue kept"
             for ts in heap:
                 assert ts.state == "fetch", ts
-        assert len(self.executing_keys) <= 2 * self.nthreads
+        assert len(self.executing_keys) <= self.nthreads * max(self.prefetch_per_thread, 1)
