@@ -9,8 +9,14 @@ from __future__ import annotations
 from typing import Any
 
 from conveyor.core import events as ev
-from conveyor.core.instructions import ComputeTask, FreeFunctions, Instruction, KeyErred
-from conveyor.core.scheduler import SchedulerState
+from conveyor.core.instructions import (
+    ComputeTask,
+    FreeFunctions,
+    FreeKeys,
+    Instruction,
+    KeyErred,
+)
+from conveyor.core.scheduler import SchedulerState, merge_free_keys
 from conveyor.core.transitions import PLACEMENT_SAMPLE
 from conveyor.core.types import Key
 
@@ -206,3 +212,43 @@ def test_the_bulk_path_and_the_general_path_end_in_the_same_state() -> None:
     states, sent = run(True)
     assert {st for _, st, _ in states} == {"waiting"} and {n for _, _, n in states} == {1}
     assert sent and all(key.startswith("m-") for key, _, _ in sent)
+
+
+def test_free_keys_merge_per_worker_without_reordering_what_a_worker_receives() -> None:
+    def compute(worker: str, key: str) -> ComputeTask:
+        return ComputeTask(worker, key, b"", (0,), {}, {}, 0.5)
+
+    out = merge_free_keys(
+        [
+            FreeKeys(W1, ["a"]),
+            FreeKeys(W2, ["x"]),
+            FreeKeys(W1, ["b"]),
+            KeyErred(C, "e", None, None, "E: e", ""),  # to a client: merges go past it
+            compute(W1, "c"),
+            FreeKeys(W1, ["c"]),
+            FreeKeys(W2, ["y"]),
+        ]
+    )
+    assert [
+        (type(i).__name__, getattr(i, "worker", None), getattr(i, "keys", None)) for i in out
+    ] == [
+        ("FreeKeys", W1, ["a", "b"]),
+        ("FreeKeys", W2, ["x", "y"]),
+        ("KeyErred", None, None),
+        ("ComputeTask", W1, None),
+        ("FreeKeys", W1, ["c"]),
+    ]
+
+
+def test_releasing_many_keys_frees_them_in_one_message_per_worker() -> None:
+    s = make(nthreads=1)
+    s.handle(ev.AddWorker(0.0, W2, W2, 1, 2**30, "host"))
+    keys = [f"a-{i}" for i in range(40)]
+    pending = computes(send(s, batch(keys, one_group=True)))
+    while pending:
+        c = pending.pop(0)
+        pending += computes(s.handle(ev.TaskFinished(1.0, c.worker, c.key, 8, "int", 0.0, 0.0)))
+    out = s.handle(ev.ClientReleasesKeys(2.0, C, keys))
+    frees = [i for i in out if isinstance(i, FreeKeys)]
+    assert sorted(f.worker for f in frees) == [W1, W2]
+    assert sorted(k for f in frees for k in f.keys) == sorted(keys)

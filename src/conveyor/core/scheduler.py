@@ -17,6 +17,7 @@ from conveyor.core.instructions import (
     Instruction,
     KeysCancelled,
     RefreshWhoHas,
+    ToWorker,
 )
 from conveyor.core.invariants import validate_scheduler
 from conveyor.core.records import (
@@ -73,6 +74,8 @@ class SchedulerState(SchedulerTransitions):
         self._stimulus = f"{type(event).__name__}-{self.event_counter}"
         self._handlers[type(event)](event)
         out, self._out = self._out, []
+        if len(out) > 1:
+            out = merge_free_keys(out)
         if self.validate_state:
             self.validate()
         return out
@@ -652,3 +655,23 @@ def _missing_dependency(ts: TaskState, key: Key) -> str:
         f"MissingDependency: task {ts.key!r} depends on {key!r}, "
         "which the scheduler does not know (was its future released?)"
     )
+
+
+def merge_free_keys(out: list[Instruction]) -> list[Instruction]:
+    """Merge each worker's ``FreeKeys`` with its previous one, unless another instruction
+    for that worker came between them: releasing 10,000 keys is then one message per
+    worker, not 10,000. The order of what each worker receives is unchanged."""
+    merged: list[Instruction] = []
+    open_free: dict[str, FreeKeys] = {}
+    for instr in out:
+        if isinstance(instr, FreeKeys):
+            last = open_free.get(instr.worker)
+            if last is not None:
+                last.keys.extend(instr.keys)
+                continue
+            instr = FreeKeys(instr.worker, list(instr.keys))
+            open_free[instr.worker] = instr
+        elif isinstance(instr, ToWorker):
+            open_free.pop(instr.worker, None)
+        merged.append(instr)
+    return merged
