@@ -90,6 +90,19 @@ def test_map_keys_pure_impure_named_and_given() -> None:
     run(body)
 
 
+def test_map_and_submit_give_a_call_the_same_content_key() -> None:
+    async def body(s, workers, c):  # type: ignore[no-untyped-def]
+        rows = [1, 2.5, "s", b"b", None, True, (1, 2), [3, 4]]  # plain ones hash fast
+        mapped = c.map(add, rows, [0] * len(rows), offset=1)
+        assert [f.key for f in mapped] == [c.submit(add, r, 0, offset=1).key for r in rows]
+        assert len({f.key for f in mapped}) == len(rows)  # 1 and True differ, too
+        assert c.map(add, [1], [0], offset=2)[0].key != mapped[0].key
+        assert c.map(operator.add, [1], [0])[0].key != c.map(add, [1], [0])[0].key
+        assert await c.submit(inc, 41) == 42
+
+    run(body)
+
+
 def test_map_failures_stay_with_their_rows() -> None:
     async def body(s, workers, c):  # type: ignore[no-untyped-def]
         fs = c.map(operator.truediv, [1, 2, 3], [1, 0, 3])

@@ -20,6 +20,7 @@ from conveyor.client.future import CancelledError, Future, FutureState, all_sett
 from conveyor.client.graph import (
     add_options,
     call_message,
+    call_token,
     function_entry,
     graph_messages,
     map_batches,
@@ -399,14 +400,10 @@ class Client:
             if len(key) != len(rows):
                 raise ValueError(f"{len(key)} keys given for {len(rows)} tasks")
             keys = names = key
-        elif pure:
-            prefix = key or None
-            keys = names = [
-                f"{prefix}-{tokenize(func, kwargs, *row)}"
-                if prefix
-                else submit_key(func, row, kwargs, True)
-                for row in rows
-            ]
+        elif pure:  # content hashes: the function and keyword arguments tokenized once
+            prefix = key or funcname(func)
+            base = tokenize(func, kwargs)
+            keys = names = [f"{prefix}-{call_token(base, row)}" for row in rows]
         else:  # unique: one random token for the call, then the row number
             keys = f"{key or funcname(func)}-{uuid.uuid4().hex}"
             names = [f"{keys}-{i}" for i in range(len(rows))]

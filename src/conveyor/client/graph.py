@@ -43,8 +43,22 @@ _PLAIN = frozenset({int, float, str, bytes, bool, complex, type(None)})
 def submit_key(func: Callable[..., Any], args: Any, kwargs: Any, pure: bool) -> str:
     """A key for one call: deterministic (content hash) when ``pure``, else unique."""
     name = funcname(func)
-    token = tokenize(func, args, kwargs) if pure else uuid.uuid4().hex
-    return f"{name}-{token}"
+    if not pure:
+        return f"{name}-{uuid.uuid4().hex}"
+    return f"{name}-{call_token(tokenize(func, kwargs), tuple(args))}"
+
+
+def call_token(base: str, args: tuple[Any, ...]) -> str:
+    """The content hash of calling what ``base`` tokenizes (function and keyword
+    arguments) on ``args``.
+
+    Arguments of plain types hash by their ``repr``, which is exact for them: about
+    1 us instead of dask's ``tokenize`` (tens of us). ``map`` tokenizes the function
+    once for all its rows; ``submit`` and ``map`` give a call the same key.
+    """
+    if all(type(a) in _PLAIN for a in args):
+        return hashlib.blake2b(f"{base}{args!r}".encode(), digest_size=16).hexdigest()
+    return tokenize(base, args)
 
 
 def function_entry(func: Callable[..., Any]) -> tuple[str, bytes]:
