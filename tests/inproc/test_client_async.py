@@ -99,6 +99,8 @@ def test_map_and_submit_give_a_call_the_same_content_key() -> None:
         assert c.map(add, [1], [0], offset=2)[0].key != mapped[0].key
         assert c.map(operator.add, [1], [0])[0].key != c.map(add, [1], [0])[0].key
         assert await c.submit(inc, 41) == 42
+        assert await c.gather(mapped[:2]) == [2, 3.5]
+        assert {s.tasks[f.key].group.name for f in mapped} == {"add"}  # claimed, checked
 
     run(body)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from dask.utils import key_split
 
 from conveyor.core import instructions as si
 from conveyor.core import worker_events as we
@@ -144,3 +145,27 @@ def test_task_keys_must_be_hashable() -> None:
     msg = _wire({"op": "update-graph", "tasks": [{"key": {"a": 1}, "spec": b"s"}]})
     with pytest.raises(TypeError):
         CLIENT_STREAM_OPS["update-graph"]("c", msg, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("keys", "one_group"),
+    [
+        (["inc-3f2a9c", "inc-0b1e", "inc-9"], True),
+        (["my-func-3f2a9c", "my-func-77"], True),
+        (["inc-3f2a9c", "inc-abcdef"], False),  # an all-letter token would join the name
+        (["inc-3f-2a"], False),  # two words
+        (["inc-3f2a", "dec-3f2a"], False),
+        (["inc-3f2a", ("inc", 1)], False),
+        (["inc-"], False),
+    ],
+)
+def test_a_claimed_group_is_checked_key_by_key(keys: list[object], one_group: bool) -> None:
+    prefix = "my-func" if str(keys[0]).startswith("my-func") else "inc"
+    batch = {"keys": keys, "group": prefix, "function": "f", "chunk": "c"}
+    ev = CLIENT_STREAM_OPS["update-graph"](
+        "c", _wire({"op": "update-graph", "batches": [batch]}), 0.0
+    )
+    (got,) = ev.batches  # type: ignore[attr-defined]
+    assert got.one_group is one_group
+    if one_group:  # the check agrees with dask: every key splits to the same group
+        assert len({key_split(k) for k in keys}) == 1

@@ -395,13 +395,14 @@ class Client:
         if not iterables:
             raise TypeError("map needs at least one iterable")
         rows = list(zip(*iterables, strict=False))
+        group: str | None = None  # keys are all f"{group}-{content token}"
         keys: list[Any] | str
         if isinstance(key, list):
             if len(key) != len(rows):
                 raise ValueError(f"{len(key)} keys given for {len(rows)} tasks")
             keys = names = key
         elif pure:  # content hashes: the function and keyword arguments tokenized once
-            prefix = key or funcname(func)
+            prefix = group = key or funcname(func)
             base = tokenize(func, kwargs)
             keys = names = [f"{prefix}-{call_token(base, row)}" for row in rows]
         else:  # unique: one random token for the call, then the row number
@@ -413,7 +414,7 @@ class Client:
         with gc_paused():  # many futures at once: see conveyor.server.gcpause
             futures = self._futures(names)
             # One message per chunk: the scheduler starts on the first while the rest are made.
-            for batch, cid, chunk in map_batches(fid, rows, kwargs, keys, options):
+            for batch, cid, chunk in map_batches(fid, rows, kwargs, keys, options, group):
                 self._send(
                     {
                         "op": "update-graph",

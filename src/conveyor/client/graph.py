@@ -102,12 +102,15 @@ def map_batches(
     kwargs: Mapping[str, Any],
     keys: list[Any] | str,
     options: Msg,
+    group: str | None = None,
 ) -> Iterator[tuple[Msg, str, bytes]]:
     """The batches of a ``map`` of function ``fid``: each with its argument chunk's id
     and bytes.
 
     ``keys`` is either the list of keys or a prefix: task ``i`` is then ``f"{prefix}-{i}"``
-    and no key travels. ``options`` (workers, retries, ...) go into every batch.
+    and no key travels. A list of keys all ``f"{group}-{token}"`` may say so with
+    ``group`` (the scheduler checks). ``options`` (workers, retries, ...) go into every
+    batch.
     """
     parsed_kwargs = {k: parse_input(v) for k, v in kwargs.items()}
     shared = _dependencies(parsed_kwargs.values())
@@ -128,6 +131,8 @@ def map_batches(
             batch.update(prefix=keys, start=start, count=len(part))
         else:
             batch["keys"] = keys[start : start + len(part)]
+            if group is not None:
+                batch["group"] = group
         if shared:
             batch["deps"] = list(shared)
         if row_deps is not None:
