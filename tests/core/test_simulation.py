@@ -51,6 +51,9 @@ def release_all_and_check_empty(sim: SimCluster, client: str, keys: list[Key]) -
         assert sim.workers[address].tasks == {}, address
     for ws in sim.scheduler.workers.values():
         assert (ws.has_what, ws.nbytes, ws.processing) == (set(), 0, {})
+    # shared blobs (functions, argument chunks) go with the last task using them
+    assert not sim.scheduler.functions
+    assert all(not held for held in sim.worker_blobs.values())
 
 
 # ------------------------------------------------------------------ the harness
@@ -398,8 +401,6 @@ def test_wanted_batches_of_one_group_take_the_bulk_path(seed: int) -> None:
     check_results(sim, tasks, keys)
     sim.release("c2", list(again))
     release_all_and_check_empty(sim, "c1", keys)
-    assert not sim.scheduler.functions
-    assert all(not held for held in sim.worker_blobs.values())
 
 
 @pytest.mark.parametrize("seed", range(8))
@@ -429,5 +430,3 @@ def test_batched_graphs_survive_deaths_and_leave_nothing(seed: int) -> None:
     sim.check_quiet()
     check_results(sim, tasks, keys[::2])
     release_all_and_check_empty(sim, "c1", keys[::2])
-    assert not sim.scheduler.functions
-    assert all(not held for held in sim.worker_blobs.values())

@@ -71,6 +71,15 @@ RELEASABLE = ACTIVE | {"memory"}
 PLACEMENT_SAMPLE = 20
 
 
+def prefix_and_group(key: Key) -> tuple[str, str]:
+    """The names of the key prefix and the task group of ``key``: a tuple key's group is
+    its first element, any other key's group is its prefix."""
+    prefix = str(_split(key))
+    if isinstance(key, tuple) and key and isinstance(key[0], str):
+        return prefix, key[0]
+    return prefix, prefix
+
+
 class InvalidTransition(RuntimeError):
     """A transition that no table entry or route through ``released`` allows."""
 
@@ -163,10 +172,7 @@ class SchedulerTransitions:
 
     def _group_of(self, key: Key) -> TaskGroup:
         """The task group ``key`` belongs to, made (with its prefix) on first use."""
-        if isinstance(key, tuple) and key and isinstance(key[0], str):
-            pname, gname = str(_split(key)), key[0]
-        else:
-            pname = gname = str(_split(key))
+        pname, gname = prefix_and_group(key)
         group = self.task_groups.get(gname)
         if group is None:
             prefix = self.task_prefixes.get(pname)

@@ -41,12 +41,11 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from dask.utils import key_split
-
 from conveyor.core import events as ev
 from conveyor.core import instructions as si
 from conveyor.core import worker_events as we
 from conveyor.core.scheduler import SchedulerState
+from conveyor.core.transitions import prefix_and_group
 from conveyor.core.types import Key
 from conveyor.core.worker import WorkerState
 
@@ -92,13 +91,6 @@ def dependencies_of(run_spec: tuple[Any, ...]) -> tuple[Key, ...]:
     if op == "value":
         return ()
     raise ValueError(f"unknown simulated op {op!r}")
-
-
-def _group_name(key: Key) -> str:
-    """The task group the scheduler puts ``key`` in."""
-    if isinstance(key, tuple) and key and isinstance(key[0], str):
-        return key[0]
-    return str(key_split(key))
 
 
 def expected_values(tasks: Mapping[Key, tuple[Any, ...]]) -> dict[Key, int]:
@@ -330,7 +322,7 @@ class SimCluster:
             rows: list[tuple[Key, ...]] | None = [
                 tuple(d for d in row if d not in shared) for row in deps
             ]
-            groups = {_group_name(k) for k in run}
+            groups = {prefix_and_group(k)[1] for k in run}
             out.append(
                 ev.TaskBatch(
                     list(run),
