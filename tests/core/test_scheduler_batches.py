@@ -26,8 +26,8 @@ C = "client-1"
 BLOBS = {"f": b"function", "c1": b"rows 1", "c2": b"rows 2"}
 
 
-def make(nthreads: int = 4) -> SchedulerState:
-    s = SchedulerState(validate=True)
+def make(nthreads: int = 4, replayable: bool = False) -> SchedulerState:
+    s = SchedulerState(validate=True, replayable=replayable)
     s.handle(ev.AddWorker(0.0, W1, W1, nthreads, 2**30, "host"))
     return s
 
@@ -198,7 +198,8 @@ def test_the_bulk_path_and_the_general_path_end_in_the_same_state() -> None:
     """One batch of tasks waiting on a shared root, once by each path."""
 
     def run(one_group: bool) -> tuple[list[Any], list[Any]]:
-        s = make(nthreads=2)
+        # tasks hashed by key: both runs then iterate the root's dependents in one order
+        s = make(nthreads=2, replayable=True)
         send(s, tasks=[ev.TaskSpec("root", b"r")], functions=BLOBS)
         keys = [f"m-{i}" for i in range(30)]
         out = send(s, batch(keys, dependencies=("root",), one_group=one_group))

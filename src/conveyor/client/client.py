@@ -18,9 +18,9 @@ from conveyor import config
 from conveyor.client import current
 from conveyor.client.future import CancelledError, Future, FutureState, all_settled
 from conveyor.client.graph import (
+    MapKeys,
     add_options,
     call_message,
-    call_token,
     function_entry,
     graph_messages,
     map_batches,
@@ -254,6 +254,25 @@ class Client:
         with contextlib.suppress(RuntimeError):  # the loop is closed
             self.loop.call_soon_threadsafe(self._drain_outbox)
 
+    def _wait_sent(self, timeout: float = 10.0) -> None:
+        """Wait (from a thread other than the loop's) until the loop has handed every
+        message queued so far to the comm; at most ``timeout`` seconds."""
+        if self.asynchronous or self._in_loop_thread() or self.loop is None:
+            return
+        done = threading.Event()
+
+        def drain() -> None:
+            try:
+                self._drain_outbox()
+            finally:
+                done.set()
+
+        try:
+            self.loop.call_soon_threadsafe(drain)
+        except RuntimeError:  # the loop is closed
+            return
+        done.wait(timeout)
+
     def _drain_outbox(self) -> None:
         """Send what other threads queued, in order; adjacent releases go as one message.
 
@@ -286,12 +305,15 @@ class Client:
         out: list[Future] = []
         with self._lock:
             refcount, states = self._refcount, self.futures
+            make = Future.__new__
             for key in keys:
                 refcount[key] = refcount.get(key, 0) + 1
                 st = states.get(key)
                 if st is None:
                     st = states[key] = FutureState(key)
-                out.append(Future._bind(key, self, st))
+                fut = make(Future)  # Future._bind, inlined: this loop runs once per task
+                fut.key, fut._client, fut._state = key, self, st
+                out.append(fut)
         return out
 
     def _inc_ref(self, key: Any) -> FutureState:
@@ -394,27 +416,25 @@ class Client:
             raise TypeError("First input to map must be a callable function")
         if not iterables:
             raise TypeError("map needs at least one iterable")
-        rows = list(zip(*iterables, strict=False))
-        group: str | None = None  # keys are all f"{group}-{content token}"
-        keys: list[Any] | str
+        rows: Iterable[tuple[Any, ...]] = zip(*iterables, strict=False)
         if isinstance(key, list):
+            rows = list(rows)
             if len(key) != len(rows):
                 raise ValueError(f"{len(key)} keys given for {len(rows)} tasks")
-            keys = names = key
+            keys = MapKeys("", given=key)
         elif pure:  # content hashes: the function and keyword arguments tokenized once
-            prefix = group = key or funcname(func)
-            base = tokenize(func, kwargs)
-            keys = names = [f"{prefix}-{call_token(base, row)}" for row in rows]
+            keys = MapKeys(key or funcname(func), token=tokenize(func, kwargs))
         else:  # unique: one random token for the call, then the row number
-            keys = f"{key or funcname(func)}-{uuid.uuid4().hex}"
-            names = [f"{keys}-{i}" for i in range(len(rows))]
+            keys = MapKeys(f"{key or funcname(func)}-{uuid.uuid4().hex}")
         options: Msg = {}
         add_options(options, _as_list(workers), allow_other_workers, retries or 0)
         fid, blob = function_entry(func)
+        futures: list[Future] = []
         with gc_paused():  # many futures at once: see conveyor.server.gcpause
-            futures = self._futures(names)
-            # One message per chunk: the scheduler starts on the first while the rest are made.
-            for batch, cid, chunk in map_batches(fid, rows, kwargs, keys, options, group):
+            # Rows are read, named and sent a chunk at a time: the scheduler works on the
+            # first chunks while this thread makes the rest.
+            for batch, cid, chunk, names in map_batches(fid, rows, kwargs, keys, options):
+                futures += self._futures(names)
                 self._send(
                     {
                         "op": "update-graph",
@@ -423,6 +443,9 @@ class Client:
                         "functions": {fid: blob, cid: chunk},
                     }
                 )
+            # Hand the last chunks to the socket before the collector runs again: its
+            # first collection walks every new future, and holds the GIL meanwhile.
+            self._wait_sent()
         return futures
 
     def get(self, dsk: Any, keys: Any, *, priority: int = 0, **kwargs: Any) -> Any:
@@ -522,7 +545,7 @@ class Client:
         for key, st in todo.items():
             holders = list(who_has.get(key) or ())
             if holders:
-                st.workers = holders
+                st.workers = tuple(holders)
             elif st.status == "finished":
                 st.lose()
         for st in todo.values():
@@ -662,7 +685,7 @@ class Client:
             if fut._state.done():
                 run()
             else:
-                fut._state.callbacks.append(run)
+                fut._state.add_callback(run)
 
         if self.asynchronous or self._in_loop_thread():
             register()

@@ -29,40 +29,41 @@ class CancelledError(asyncio.CancelledError):
     """The future was cancelled, or its result can no longer be had."""
 
 
+class _Failure:
+    """Why a key failed: the pickled exception and traceback, and their text."""
+
+    __slots__ = ("exception", "text", "traceback", "traceback_text")
+
+    def __init__(self, exception: Any, traceback: Any, text: str, traceback_text: str) -> None:
+        self.exception = exception
+        self.traceback = traceback
+        self.text = text
+        self.traceback_text = traceback_text
+
+
+_NO_FAILURE = _Failure(None, None, "", "")
+
+
 class FutureState:
     """The client's view of one key, shared by every Future for it.
 
-    Mutated only on the client's event loop.
+    Mutated only on the client's event loop. A ``map`` makes one per task, so fields
+    start as shared constants and are set when something happens.
     """
 
-    __slots__ = (
-        "_event",
-        "callbacks",
-        "exception",
-        "exception_text",
-        "inline",
-        "key",
-        "status",
-        "traceback",
-        "traceback_text",
-        "type",
-        "workers",
-    )
+    __slots__ = ("_callbacks", "_event", "failure", "inline", "key", "status", "type", "workers")
 
     def __init__(self, key: Any) -> None:
         self.key = key
         #: pending, finished, error, lost or cancelled
         self.status = "pending"
         self.type: str | None = None
-        self.workers: list[str] = []
-        self.exception: bytes | None = None
-        self.traceback: bytes | None = None
-        self.exception_text = ""
-        self.traceback_text = ""
-        self._event: asyncio.Event | None = None
-        self.callbacks: list[Callable[[], None]] = []
+        self.workers: tuple[str, ...] = ()
         #: the serialized result, when the worker sent it along (small results)
         self.inline: Any = None
+        self.failure = _NO_FAILURE
+        self._event: asyncio.Event | None = None
+        self._callbacks: list[Callable[[], None]] | None = None
 
     @property
     def event(self) -> asyncio.Event:
@@ -79,57 +80,73 @@ class FutureState:
         if self.status == "pending":
             await self.event.wait()
 
+    @property
+    def callbacks(self) -> list[Callable[[], None]]:
+        """The callbacks waiting for this key to settle (a copy)."""
+        return list(self._callbacks or ())
+
+    def add_callback(self, cb: Callable[[], None]) -> None:
+        """Call ``cb()`` (on the loop) the next time this key settles."""
+        if self._callbacks is None:
+            self._callbacks = []
+        self._callbacks.append(cb)
+
+    def remove_callback(self, cb: Callable[[], None]) -> None:
+        """Forget ``cb`` if it is still waiting."""
+        if self._callbacks is not None:
+            with contextlib.suppress(ValueError):
+                self._callbacks.remove(cb)
+
     def _settle(self, status: str) -> None:
         self.status = status
         if self._event is not None:
             self._event.set()
-        callbacks, self.callbacks = self.callbacks, []
-        for cb in callbacks:
+        callbacks, self._callbacks = self._callbacks, None
+        for cb in callbacks or ():
             cb()
 
-    def finish(self, type: str | None, workers: list[str], inline: Any = None) -> None:
+    def finish(self, type: str | None, workers: Iterable[str], inline: Any = None) -> None:
         self.type = type
-        self.workers = list(workers)
+        self.workers = tuple(workers)
         self.inline = inline
         self._settle("finished")
 
     def set_error(self, exception: Any, traceback: Any, text: str, tb_text: str) -> None:
-        self.exception, self.traceback = exception, traceback
-        self.exception_text, self.traceback_text = text, tb_text
+        self.failure = _Failure(exception, traceback, text, tb_text)
         self._settle("error")
 
     def lose(self) -> None:
         """The result was lost and is being recomputed."""
         self.status = "pending"
-        self.workers = []
+        self.workers = ()
         self.inline = None
         if self._event is not None:
             self._event.clear()
 
     def cancel(self, reason: str = "") -> None:
-        self.exception_text = reason
+        self.failure = _Failure(None, None, reason, "")
         self._settle("cancelled")
 
     def make_exception(self) -> BaseException:
         """The exception the task raised, with its remote traceback attached."""
+        failure = self.failure
         if self.status == "cancelled":
-            return CancelledError(self.exception_text or f"{self.key!r} was cancelled")
+            return CancelledError(failure.text or f"{self.key!r} was cancelled")
         exc: BaseException
-        if self.exception is None:
-            text = self.exception_text
-            name, _, message = text.partition(": ")
-            exc = KilledWorker(message) if name == "KilledWorker" else RuntimeError(text)
+        if failure.exception is None:
+            name, _, message = failure.text.partition(": ")
+            exc = KilledWorker(message) if name == "KilledWorker" else RuntimeError(failure.text)
             return exc
         try:
-            loaded = unpickle_bytes(self.exception)
+            loaded = unpickle_bytes(failure.exception)
             exc = loaded if isinstance(loaded, BaseException) else RuntimeError(repr(loaded))
         except Exception as e:
-            exc = RuntimeError(f"{self.exception_text} (could not unpickle it here: {e})")
-        tb = unpack_traceback(self.traceback)
+            exc = RuntimeError(f"{failure.text} (could not unpickle it here: {e})")
+        tb = unpack_traceback(failure.traceback)
         return exc.with_traceback(tb) if tb is not None else exc
 
     def make_traceback(self) -> TracebackType | None:
-        return unpack_traceback(self.traceback)
+        return unpack_traceback(self.failure.traceback)
 
 
 async def all_settled(states: Iterable[FutureState]) -> None:
@@ -147,14 +164,13 @@ async def all_settled(states: Iterable[FutureState]) -> None:
             finished.set()
 
     for st in pending:
-        st.callbacks.append(settled)
+        st.add_callback(settled)
     try:
         await finished.wait()
     finally:
         if remaining:  # given up on (timeout, cancel): leave no callbacks behind
             for st in pending:
-                with contextlib.suppress(ValueError):
-                    st.callbacks.remove(settled)
+                st.remove_callback(settled)
 
 
 class Future(TaskRef):

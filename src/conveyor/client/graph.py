@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from itertools import islice
 from typing import Any
 
 from dask._task_spec import GraphNode, convert_legacy_graph, cull, parse_input
@@ -96,26 +97,57 @@ def call_message(
     return msg
 
 
+class MapKeys:
+    """How the tasks of one ``map`` are named, chunk by chunk.
+
+    * ``given``: the caller's list of keys, in row order;
+    * ``token`` (pure): ``f"{prefix}-{call_token(token, row)}"``, so every key is in the
+      group ``prefix`` and batches say so (the scheduler checks);
+    * otherwise (unique): ``f"{prefix}-{i}"`` for row ``i``, with ``prefix`` made unique
+      per call; batches carry only the prefix and a count.
+    """
+
+    __slots__ = ("given", "prefix", "token")
+
+    def __init__(
+        self, prefix: str, token: str | None = None, given: list[Any] | None = None
+    ) -> None:
+        self.prefix = prefix
+        self.token = token
+        self.given = given
+
+    def name(self, batch: Msg, start: int, rows: list[tuple[Any, ...]]) -> list[Any]:
+        """The keys of ``rows`` (from row ``start`` on); says in ``batch`` how they travel."""
+        if self.given is not None:
+            keys = self.given[start : start + len(rows)]
+        elif self.token is not None:
+            prefix, token = self.prefix, self.token
+            keys = [f"{prefix}-{call_token(token, row)}" for row in rows]
+            batch["group"] = prefix
+        else:
+            batch.update(prefix=self.prefix, start=start, count=len(rows))
+            return [f"{self.prefix}-{i}" for i in range(start, start + len(rows))]
+        batch["keys"] = keys
+        return keys
+
+
 def map_batches(
     fid: str,
-    rows: list[tuple[Any, ...]],
+    rows: Iterable[tuple[Any, ...]],
     kwargs: Mapping[str, Any],
-    keys: list[Any] | str,
+    keys: MapKeys,
     options: Msg,
-    group: str | None = None,
-) -> Iterator[tuple[Msg, str, bytes]]:
-    """The batches of a ``map`` of function ``fid``: each with its argument chunk's id
-    and bytes.
+) -> Iterator[tuple[Msg, str, bytes, list[Any]]]:
+    """The batches of a ``map`` of function ``fid``, made as ``rows`` are read: each with
+    its argument chunk's id and bytes, and the keys of its tasks.
 
-    ``keys`` is either the list of keys or a prefix: task ``i`` is then ``f"{prefix}-{i}"``
-    and no key travels. A list of keys all ``f"{group}-{token}"`` may say so with
-    ``group`` (the scheduler checks). ``options`` (workers, retries, ...) go into every
-    batch.
+    ``options`` (workers, retries, ...) go into every batch.
     """
     parsed_kwargs = {k: parse_input(v) for k, v in kwargs.items()}
     shared = _dependencies(parsed_kwargs.values())
-    for start in range(0, len(rows), MAP_CHUNK):
-        part = rows[start : start + MAP_CHUNK]
+    rows = iter(rows)
+    start = 0
+    while part := list(islice(rows, MAP_CHUNK)):
         row_deps: list[list[Any]] | None = None
         args: list[tuple[Any, ...]] = part
         if not all(type(a) in _PLAIN for row in part for a in row):
@@ -127,17 +159,13 @@ def map_batches(
         chunk = CallChunk(fid, args, parsed_kwargs if parsed else kwargs, parsed)
         cid, blob = blob_entry(dumps_spec(chunk))
         batch: Msg = {"function": fid, "chunk": cid, "order": start, **options}
-        if isinstance(keys, str):
-            batch.update(prefix=keys, start=start, count=len(part))
-        else:
-            batch["keys"] = keys[start : start + len(part)]
-            if group is not None:
-                batch["group"] = group
+        names = keys.name(batch, start, part)
         if shared:
             batch["deps"] = list(shared)
         if row_deps is not None:
             batch["row_deps"] = row_deps
-        yield batch, cid, blob
+        yield batch, cid, blob, names
+        start += len(part)
 
 
 def _dependencies(args: Iterable[Any]) -> set[Any]:

@@ -57,7 +57,7 @@ async def _wait(futures: list[Future], return_when: str) -> DoneAndNotDoneFuture
                 trigger.set()
 
         for st in pending:
-            st.callbacks.append(lambda st=st: settled(st))  # type: ignore[misc]
+            st.add_callback(lambda st=st: settled(st))  # type: ignore[misc]
         if len(pending) < len(states):
             settled_before = [st for st in states.values() if st.done()]
             if return_when == FIRST_COMPLETED or any(

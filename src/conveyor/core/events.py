@@ -100,6 +100,10 @@ class UpdateGraph(SchedulerEvent):
     #: tasks submitted in bulk, after ``tasks``
     batches: list[TaskBatch] = field(default_factory=list)
 
+    def size(self) -> int:
+        """How many tasks the update names."""
+        return len(self.tasks) + sum(len(b.keys) for b in self.batches)
+
 
 @dataclass(slots=True)
 class TaskFinished(SchedulerEvent):

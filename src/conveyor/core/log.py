@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterator
+from itertools import repeat
 
 from conveyor.core.types import Key
 
@@ -34,6 +35,15 @@ class TransitionLog:
         self._finishes.append(finish)
         self._stimuli.append(stimulus)
         self._times.append(now)
+
+    def extend(self, keys: list[Key], start: str, finish: str, stimulus: str, now: float) -> None:
+        """Record the same transition of many keys at once."""
+        n = len(keys)
+        self._keys.extend(keys)
+        self._starts.extend(repeat(start, n))
+        self._finishes.extend(repeat(finish, n))
+        self._stimuli.extend(repeat(stimulus, n))
+        self._times.extend(repeat(now, n))
 
     def __len__(self) -> int:
         return len(self._keys)

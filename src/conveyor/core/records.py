@@ -162,7 +162,16 @@ class TaskState:
         """The task's key prefix (shared by its group)."""
         return self.group.prefix
 
-    def __init__(self, key: Key, run_spec: Any, group: TaskGroup) -> None:
+    def __init__(
+        self,
+        key: Key,
+        run_spec: Any,
+        group: TaskGroup,
+        priority: Priority = (),
+        dependencies: tuple[TaskState, ...] = (),
+        who_wants: tuple[ClientInfo, ...] = (),
+        function: str | None = None,
+    ) -> None:
         self.key = key
         #: Opaque to the scheduler: serialized task bytes, or an index into the shared
         #: blob ``function`` (a chunk of graph nodes or call arguments); None for
@@ -170,9 +179,9 @@ class TaskState:
         self.run_spec = run_spec
         self.group = group
         self.state = "released"
-        self.priority: Priority = ()
+        self.priority = priority
         #: Fixed at submission (emptied when forgotten).
-        self.dependencies: tuple[TaskState, ...] = ()
+        self.dependencies = dependencies
         #: The sets below start as the shared ``EMPTY``; see ``add_to``/``discard_from``.
         self.dependents: set[TaskState] = EMPTY
         #: Number of dependencies not yet in memory (only while waiting).
@@ -180,7 +189,7 @@ class TaskState:
         #: Dependents in an active state that still need this task's result.
         self.waiters: set[TaskState] = EMPTY
         #: Clients holding futures for this key (rarely more than one).
-        self.who_wants: tuple[ClientInfo, ...] = ()
+        self.who_wants = who_wants
         self.who_has: set[WorkerInfo] = EMPTY
         self.processing_on: WorkerInfo | None = None
         self.nbytes = -1
@@ -188,7 +197,7 @@ class TaskState:
         #: id of the latest ComputeTask sent for this task (see ComputeTask.run_id)
         self.run_id = 0
         #: id of the shared function this task calls (see SchedulerState.functions)
-        self.function: str | None = None
+        self.function = function
         self._rare: _RareFields | None = None
 
     def __repr__(self) -> str:
@@ -204,9 +213,21 @@ class TaskState:
     def __lt__(self, other: TaskState) -> bool:
         return self.priority < other.priority
 
+    # Hashing is by identity (CPython's own, in C): a scheduler puts each task into a
+    # few sets, and a Python-level __hash__ cost a third of adding a task. Sets of tasks
+    # then iterate in an order that depends on memory addresses; nothing may rely on it.
+
+
+class ReplayableTaskState(TaskState):
+    """A task hashed by key, so sets of tasks iterate in the same order on every run.
+
+    Used by schedulers made with ``replayable=True`` (the seeded simulation), where a
+    failing seed must replay exactly. Equality stays identity.
+    """
+
+    __slots__ = ()
+
     def __hash__(self) -> int:
-        # By key, not by id(): sets of tasks then iterate in the same order on every
-        # run, so a seeded simulation replays exactly. Equality stays identity.
         return hash(self.key)
 
 

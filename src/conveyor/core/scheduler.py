@@ -346,15 +346,12 @@ class SchedulerState(SchedulerTransitions):
         if len(keys) != len(b.keys) or not tasks.keys().isdisjoint(keys):
             return False
         generation, order, cid, alone = self.generation, b.order, b.chunk, cs.alone
-        new: list[TaskState] = []
-        for i, key in enumerate(b.keys):
-            ts = TaskState(key, i, group)
-            ts.priority = (user_priority, generation, order + i)
-            ts.function = cid
-            ts.dependencies = shared
-            ts.who_wants = alone
-            tasks[key] = ts
-            new.append(ts)
+        make = self.task_type
+        new = [
+            make(key, i, group, (user_priority, generation, order + i), shared, alone, cid)
+            for i, key in enumerate(b.keys)
+        ]
+        tasks.update(zip(b.keys, new, strict=True))
         if b.retries:
             for ts in new:
                 ts.retries = b.retries

@@ -48,6 +48,7 @@ from conveyor.core.log import TransitionLog
 from conveyor.core.records import (
     EMPTY,
     ClientInfo,
+    ReplayableTaskState,
     SharedBlob,
     TaskGroup,
     TaskPrefix,
@@ -99,8 +100,11 @@ class SchedulerTransitions:
         bandwidth: float = 100e6,
         pipeline_seconds: float = 0.005,
         max_pipeline: int = 32,
+        replayable: bool = False,
     ) -> None:
         self.allowed_failures = allowed_failures
+        #: the record type of new tasks: hashed by key when runs must replay exactly
+        self.task_type: type[TaskState] = ReplayableTaskState if replayable else TaskState
         self.validate_state = validate
         self.unknown_task_duration = unknown_task_duration
         self.default_task_durations = dict(default_task_durations or {})
@@ -188,7 +192,7 @@ class SchedulerTransitions:
         if group is None:
             group = self._group_of(key)
         group.ntasks += 1
-        ts = TaskState(key, run_spec, group)
+        ts = self.task_type(key, run_spec, group)
         self.tasks[key] = ts
         return ts
 
@@ -473,11 +477,12 @@ class SchedulerTransitions:
                 dep.waiters.update(tasks)
             if dep.state == "released":
                 recs[dep] = "waiting"
-        log, stimulus, now = self.transition_log, self._stimulus, self._now
         for ts in tasks:
             ts.state = "waiting"
             ts.nwaiting = nwaiting
-            log.append(ts.key, "released", "waiting", stimulus, now)
+        self.transition_log.extend(
+            [ts.key for ts in tasks], "released", "waiting", self._stimulus, self._now
+        )
         self.transition_counter += len(tasks)
         return True
 

@@ -27,7 +27,7 @@ from conveyor.protocol.messages import (
     WORKER_STREAM_OPS,
     scheduler_instruction_to_msg,
 )
-from conveyor.server.gcpause import gc_paused
+from conveyor.server.gcpause import BurstFreezer, gc_paused
 from conveyor.server.node import Handler, Msg, Peer, ProtocolViolation, serve_peer
 
 logger = logging.getLogger("conveyor.scheduler")
@@ -116,6 +116,8 @@ class Scheduler:
             worker_saturation=float(config.get("scheduler.worker-saturation")),
             bandwidth=float(config.parse_size(config.get("scheduler.bandwidth")) or 100e6),
         )
+        #: freezes the records large graph updates leave (in server processes only)
+        self._gc = BurstFreezer()
         #: client id -> connection
         self.client_comms: dict[str, Peer] = {}
         #: worker address -> connection
@@ -271,6 +273,7 @@ class Scheduler:
             await asyncio.sleep(interval)
             now = time.time()
             self.apply(se.Tick(now))
+            self._gc.tick(time.monotonic(), self.state.is_idle())
             if self.idle_timeout is not None and self._check_idle(now):
                 logger.info("Scheduler idle for %.1f s: closing", self.idle_timeout)
                 self.loop.create_task(self.close())  # type: ignore[union-attr]
@@ -308,6 +311,9 @@ class Scheduler:
             if isinstance(event, se.UpdateGraph):
                 with gc_paused():  # a graph is a burst of objects that all live on
                     self.apply(event)
+                    # before the collector is back: its next young collection would walk
+                    # every new record
+                    self._gc.after_burst(event.size(), time.monotonic())
             else:
                 self.apply(event)
 

@@ -188,7 +188,9 @@ class SimCluster:
         self.step_count = 0
         self.max_tick = max_tick
         self.validate_state = validate
-        self.scheduler = SchedulerState(validate=validate, **(scheduler_kwargs or {}))
+        self.scheduler = SchedulerState(
+            validate=validate, replayable=True, **(scheduler_kwargs or {})
+        )
         self.worker_kwargs = dict(worker_kwargs or {})
         self.nbytes = nbytes or (lambda key, value: 100)
         self.workers: dict[str, WorkerState] = {}
