@@ -21,6 +21,8 @@ from conveyor.core.instructions import (
     LostData,
     RefreshWhoHas,
 )
+from conveyor.core.log import TransitionLog
+from conveyor.core.records import ReplayableTaskState, TaskState
 from conveyor.core.scheduler import SchedulerState
 from conveyor.core.types import Key
 
@@ -766,3 +768,32 @@ def test_stale_result_of_a_freed_run_is_not_taken_for_the_new_run() -> None:
     assert states(s) == {"a": "memory", "b": "processing"}
     out = s.handle(ev.TaskFinished(5.0, W2, "b", 8, "int", 4.5, 4.9, run_id=new.run_id))
     assert out == [KeyInMemory(C, "b", "int", [W2]), FreeKeys(W2, ["a"])]
+
+
+# ------------------------------------------------------------ records and log
+
+
+def test_tasks_hash_by_identity_unless_runs_must_replay() -> None:
+    fast, replayable = make(), make(replayable=True)
+    for s in (fast, replayable):
+        s.handle(ev.AddClient(0.0, C))
+        submit(s, [spec("a")], ["a"])
+    a = fast.tasks["a"]
+    assert type(a) is TaskState and hash(a) == object.__hash__(a)
+    b = replayable.tasks["a"]
+    assert type(b) is ReplayableTaskState and hash(b) == hash("a")
+    assert b != replayable._new_task("other", None) and b == b  # equality stays identity
+
+
+def test_the_log_records_a_bulk_transition_per_key_and_stays_bounded() -> None:
+    log = TransitionLog(maxlen=4)
+    log.append("a", "released", "waiting", "s1", 1.0)
+    log.extend(["b", "c", "d"], "released", "waiting", "s2", 2.0)
+    assert len(log) == 4 and next(iter(log)) == ("a", "released", "waiting", "s1", 1.0)
+    log.extend(["e", "f"], "waiting", "processing", "s3", 3.0)
+    assert list(log) == [
+        ("c", "released", "waiting", "s2", 2.0),
+        ("d", "released", "waiting", "s2", 2.0),
+        ("e", "waiting", "processing", "s3", 3.0),
+        ("f", "waiting", "processing", "s3", 3.0),
+    ]

@@ -90,6 +90,29 @@ def test_map_keys_pure_impure_named_and_given() -> None:
     run(body)
 
 
+def test_map_reads_its_iterables_a_chunk_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(graph_module, "MAP_CHUNK", 4)
+
+    async def body(s, workers, c):  # type: ignore[no-untyped-def]
+        read: list[int] = []
+
+        def rows(n: int):  # type: ignore[no-untyped-def]
+            for i in range(n):
+                read.append(i)
+                yield i
+
+        pure = c.map(inc, rows(10))  # three chunks, keys by content
+        assert len(read) == 10 and len({f.key for f in pure}) == 10
+        assert [f.key for f in pure] == [c.submit(inc, i).key for i in range(10)]
+        unique = c.map(add, rows(9), range(100), pure=False)  # zip stops at the shortest
+        assert [f.key.rsplit("-", 1)[1] for f in unique] == [str(i) for i in range(9)]
+        assert await c.gather(pure + unique) == [*range(1, 11), *range(0, 18, 2)]
+        assert {s.tasks[f.key].group.name for f in pure + unique} == {"inc", "add"}
+        assert c.map(inc, iter(())) == []
+
+    run(body)
+
+
 def test_map_and_submit_give_a_call_the_same_content_key() -> None:
     async def body(s, workers, c):  # type: ignore[no-untyped-def]
         rows = [1, 2.5, "s", b"b", None, True, (1, 2), [3, 4]]  # plain ones hash fast

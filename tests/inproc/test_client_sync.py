@@ -12,6 +12,7 @@ import pytest
 
 from conveyor import Client, LocalCluster, as_completed, wait
 from conveyor.client.current import default_client
+from conveyor.client.graph import MAP_CHUNK
 
 
 def inc(x: int) -> int:
@@ -40,6 +41,13 @@ def test_sync_submit_map_gather(client: Client) -> None:
     fs = client.map(inc, range(100))
     assert client.gather(fs) == list(range(1, 101))
     assert default_client() is client
+
+
+def test_map_hands_every_chunk_to_the_comm_before_returning(client: Client) -> None:
+    n = 2 * MAP_CHUNK + 3
+    futures = client.map(inc, range(n), pure=False)
+    assert not client._outbox  # the map waited for the loop to send its last chunk
+    assert client.gather(futures) == list(range(1, n + 1))
 
 
 def test_result_timeout(client: Client) -> None:
