@@ -90,9 +90,14 @@ def test_map_keys_pure_impure_named_and_given() -> None:
     run(body)
 
 
-def test_map_reads_its_iterables_a_chunk_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def chunks_of_4(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``map`` sends its rows four at a time."""
     monkeypatch.setattr(graph_module, "MAP_CHUNK", 4)
 
+
+@pytest.mark.usefixtures("chunks_of_4")
+def test_map_reads_its_iterables_a_chunk_at_a_time() -> None:
     async def body(s, workers, c):  # type: ignore[no-untyped-def]
         read: list[int] = []
 
@@ -109,6 +114,23 @@ def test_map_reads_its_iterables_a_chunk_at_a_time(monkeypatch: pytest.MonkeyPat
         assert await c.gather(pure + unique) == [*range(1, 11), *range(0, 18, 2)]
         assert {s.tasks[f.key].group.name for f in pure + unique} == {"inc", "add"}
         assert c.map(inc, iter(())) == []
+
+    run(body)
+
+
+@pytest.mark.usefixtures("chunks_of_4")
+def test_a_map_whose_iterable_fails_part_way_releases_what_it_sent() -> None:
+    async def body(s, workers, c):  # type: ignore[no-untyped-def]
+        def rows():  # type: ignore[no-untyped-def]
+            yield from range(6)  # one chunk goes out before the failure
+            raise ValueError("bad row")
+
+        with pytest.raises(ValueError, match="bad row") as failure:
+            c.map(inc, rows(), pure=False)
+        assert failure.traceback  # kept: it holds the map's frame, and its locals
+        assert not c.futures
+        await until(lambda: not s.tasks, what="the scheduler forgets the sent chunk")
+        assert await c.submit(inc, 1) == 2
 
     run(body)
 

@@ -433,16 +433,23 @@ class Client:
         with gc_paused():  # many futures at once: see conveyor.server.gcpause
             # Rows are read, named and sent a chunk at a time: the scheduler works on the
             # first chunks while this thread makes the rest.
-            for batch, cid, chunk, names in map_batches(fid, rows, kwargs, keys, options):
-                futures += self._futures(names)
-                self._send(
-                    {
-                        "op": "update-graph",
-                        "batches": [batch],
-                        "priority": priority,
-                        "functions": {fid: blob, cid: chunk},
-                    }
-                )
+            try:
+                for batch, cid, chunk, names in map_batches(fid, rows, kwargs, keys, options):
+                    futures += self._futures(names)
+                    self._send(
+                        {
+                            "op": "update-graph",
+                            "batches": [batch],
+                            "priority": priority,
+                            "functions": {fid: blob, cid: chunk},
+                        }
+                    )
+            except BaseException:
+                # an iterable or an argument failed part way: release what was sent now,
+                # not whenever the traceback (which holds this frame) is dropped
+                for fut in futures:
+                    fut.release()
+                raise
             # Hand the last chunks to the socket before the collector runs again: its
             # first collection walks every new future, and holds the GIL meanwhile.
             self._wait_sent()
