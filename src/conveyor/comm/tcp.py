@@ -33,6 +33,7 @@ from conveyor.comm.core import (
     Handler,
     Listener,
 )
+from conveyor.comm.prefault import receive_buffer
 from conveyor.protocol import FrameDecoder, ProtocolError, decode, encode
 from conveyor.protocol.framing import format_bytes, frame_lengths, pack_header
 
@@ -60,7 +61,9 @@ class _Limits:
     max_message_size: int | None = None
 
     def decoder(self) -> FrameDecoder:
-        return FrameDecoder(self.max_frame_size, self.max_frames, self.max_message_size)
+        return FrameDecoder(
+            self.max_frame_size, self.max_frames, self.max_message_size, receive_buffer
+        )
 
 
 def _tcp_address(sockaddr: Any) -> str:

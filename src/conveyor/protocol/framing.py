@@ -15,20 +15,22 @@ against its limits *before* allocating anything for it, so a hostile or confused
 ``BufferedProtocol`` the decoder also offers :meth:`FrameDecoder.get_buffer` /
 :meth:`FrameDecoder.buffer_updated`: while inside a large frame the socket receives
 straight into that frame's buffer (no copy at all); the header and small frames go
-through a reusable scratch buffer and are copied out.
+through a reusable scratch buffer and are copied out. A transport may pass its own
+``allocate`` for those buffers (the TCP comm pages large ones in on a helper thread).
 """
 
 from __future__ import annotations
 
 import mmap
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from conveyor.protocol.errors import ProtocolError
 
 __all__ = [
     "DIRECT_RECEIVE_THRESHOLD",
     "FrameDecoder",
+    "allocate_frame",
     "encode_frames",
     "format_bytes",
     "frame_lengths",
@@ -57,8 +59,8 @@ def format_bytes(n: int) -> str:
     return f"{n} B"
 
 
-def _allocate(nbytes: int) -> memoryview:
-    """Return a writable buffer of ``nbytes``.
+def allocate_frame(nbytes: int) -> memoryview:
+    """Return a writable buffer of ``nbytes`` (the decoder's default allocator).
 
     Large buffers are anonymous memory maps populated up front: that spares the pass
     over the whole buffer that zero-filling a ``bytearray`` costs in Python (as much
@@ -109,6 +111,7 @@ class FrameDecoder:
     """
 
     __slots__ = (
+        "_allocate",
         "_direct",
         "_failed",
         "_filled",
@@ -130,12 +133,15 @@ class FrameDecoder:
         max_frame_size: int,
         max_frames: int = 10_000,
         max_message_size: int | None = None,
+        allocate: Callable[[int], memoryview] = allocate_frame,
     ) -> None:
         if max_frame_size < 0 or max_frames < 1:
             raise ValueError("max_frame_size must be >= 0 and max_frames >= 1")
         self.max_frame_size = max_frame_size
         self.max_frames = max_frames
         self.max_message_size = max_message_size
+        #: makes the buffer a frame is received into (see allocate_frame)
+        self._allocate = allocate
         self._scratch = memoryview(bytearray(_SCRATCH_SIZE))
         self._direct = False
         self._failed: ProtocolError | None = None
@@ -188,7 +194,7 @@ class FrameDecoder:
             length = self._lengths[self._index]
             if length - self._filled >= DIRECT_RECEIVE_THRESHOLD:
                 if self._frame_view is None:
-                    self._frame_view = _allocate(length)
+                    self._frame_view = self._allocate(length)
                 self._direct = True
                 return self._frame_view[self._filled :]
         self._direct = False
@@ -299,7 +305,7 @@ class FrameDecoder:
                 self._filled = length
                 self._complete_frame(out)
                 return pos + length
-            self._frame_view = _allocate(length)
+            self._frame_view = self._allocate(length)
         take = min(length - self._filled, end - pos)
         self._frame_view[self._filled : self._filled + take] = view[pos : pos + take]
         self._filled += take
