@@ -311,7 +311,7 @@ class Client:
                 st = states.get(key)
                 if st is None:
                     st = states[key] = FutureState(key)
-                fut = make(Future)  # Future._bind, inlined: this loop runs once per task
+                fut = make(Future)  # bypasses __init__: the reference is counted above
                 fut.key, fut._client, fut._state = key, self, st
                 out.append(fut)
         return out

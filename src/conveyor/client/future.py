@@ -190,15 +190,6 @@ class Future(TaskRef):
         self._client = client
         self._state = client._inc_ref(key)
 
-    @classmethod
-    def _bind(cls, key: Any, client: Client, state: FutureState) -> Future:
-        """A future whose reference ``client`` has already counted."""
-        fut = cls.__new__(cls)
-        fut.key = key
-        fut._client = client
-        fut._state = state
-        return fut
-
     def __del__(self) -> None:
         if getattr(self, "_state", None) is None:
             return
