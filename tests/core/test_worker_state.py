@@ -377,3 +377,38 @@ def test_answers_echo_the_run_id_of_the_latest_compute_request() -> None:
     ws.handle(we.ComputeTaskEvent(6.0, "z", b"s", (0, 1, 2), run_id=13))
     out = ws.handle(we.ExecuteFailure(7.0, "z", b"e", b"tb", "E", "", 6.0, 7.0))
     assert out == [we.TaskErredMsg("z", b"e", b"tb", "E", "", 6.0, 7.0, run_id=13)]
+
+
+def test_results_in_memory_keep_no_sets_or_run_spec_of_their_own() -> None:
+    # A worker may hold a million results: each record must not carry empty sets (216
+    # bytes each, and walked by every full garbage collection) or the spent run spec.
+    ws = make(nthreads=2)
+    compute(ws, "a")
+    compute(ws, "x", who_has={"a": [ME]}, priority=(0, 1, 1))
+    success(ws, "a")
+    assert states(ws) == {"a": "memory", "x": "executing"}
+    success(ws, "x")
+    x, a = ws.tasks["x"], ws.tasks["a"]
+    assert x.run_spec is None and a.run_spec is None
+    assert x.dependencies == {a} and a.dependents == {x}
+    own_sets = [
+        name
+        for ts in (x, a)
+        for name in ("dependencies", "dependents", "waiting_for_data", "who_has")
+        if type(getattr(ts, name)) is set and not getattr(ts, name)
+    ]
+    assert own_sets == []
+    # releasing the dependent leaves the dependency with no set of its own either
+    free(ws, "x")
+    assert type(a.dependents) is frozenset and not a.dependents
+
+
+def test_records_hash_by_identity_unless_replayable() -> None:
+    fast, replayable = make(), make(replayable=True)
+    for ws in (fast, replayable):
+        compute(ws, "a")
+    a = fast.tasks["a"]
+    assert type(a).__hash__ is object.__hash__
+    b = replayable.tasks["a"]
+    assert hash(b) == hash("a") and b == b
+    assert b != replayable.task_type("a")  # equality stays identity

@@ -20,13 +20,35 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from conveyor.core import worker_events as we
 from conveyor.core.heapset import HeapSet
 from conveyor.core.types import Key, Priority
 
 _ACTIVE = frozenset({"waiting", "ready", "executing"})
+
+T = TypeVar("T")
+
+#: The shared empty set of a task that has none of some kind: most tasks have no
+#: dependencies, dependents or known holders. Four empty sets a task would cost 864 bytes
+#: each, a million tasks held in memory over 800 MB, and every full garbage collection
+#: would walk them all. A set is made when the first element arrives.
+_NONE: frozenset[Any] = frozenset()
+
+
+def _grown(items: set[T] | frozenset[T]) -> set[T]:
+    """``items`` itself if it is a set of its own, else a new empty one to fill."""
+    return items if type(items) is set else set()
+
+
+def _without(items: set[T] | frozenset[T], item: T) -> set[T] | frozenset[T]:
+    """``items`` without ``item``: the same set, or the shared empty one once it empties."""
+    if type(items) is set:
+        items.discard(item)
+        if items:
+            return items
+    return _NONE
 
 
 class WTask:
@@ -61,10 +83,10 @@ class WTask:
         #: a client waits for the result: the shell sends small ones with the completion
         self.inline = False
         self.duration = 0.0
-        self.dependencies: set[WTask] = set()
-        self.dependents: set[WTask] = set()
-        self.waiting_for_data: set[WTask] = set()
-        self.who_has: set[str] = set()
+        self.dependencies: set[WTask] | frozenset[WTask] = _NONE
+        self.dependents: set[WTask] | frozenset[WTask] = _NONE
+        self.waiting_for_data: set[WTask] | frozenset[WTask] = _NONE
+        self.who_has: set[str] | frozenset[str] = _NONE
         self.nbytes = -1
         self.type: str | None = None
         #: peer a transfer is running from (flight, or cancelled while in flight)
@@ -80,9 +102,21 @@ class WTask:
     def __lt__(self, other: WTask) -> bool:
         return self.priority < other.priority
 
+    # Hashed by identity, in C, like the scheduler's TaskState: a Python-level __hash__
+    # is called on every set and queue operation. Sets of tasks then iterate in an order
+    # that depends on memory addresses; nothing may rely on it.
+
+
+class ReplayableWTask(WTask):
+    """A WTask hashed by key, so sets of tasks iterate in the same order on every run.
+
+    Used by ``WorkerState(replayable=True)`` (the seeded simulation), where a failing
+    seed must replay exactly. Equality stays identity.
+    """
+
+    __slots__ = ()
+
     def __hash__(self) -> int:
-        # By key, not by id(), so that set iteration order and hence every decision
-        # is the same on every run (deterministic replay). Equality stays identity.
         return hash(self.key)
 
 
@@ -100,8 +134,11 @@ class WorkerState:
         prefetch_per_thread: int = 8,
         validate: bool = False,
         log_length: int = 10_000,
+        replayable: bool = False,
     ) -> None:
         self.address = address
+        #: the record type: ``ReplayableWTask`` when runs must replay exactly
+        self.task_type: type[WTask] = ReplayableWTask if replayable else WTask
         self.nthreads = nthreads
         self.transfer_message_bytes_limit = transfer_message_bytes_limit
         self.outgoing_connections = outgoing_connections
@@ -153,11 +190,11 @@ class WorkerState:
     def _task(self, key: Key) -> WTask:
         ts = self.tasks.get(key)
         if ts is None:
-            ts = self.tasks[key] = WTask(key)
+            ts = self.tasks[key] = self.task_type(key)
         return ts
 
     def _to_fetch_or_missing(self, ts: WTask) -> None:
-        ts.who_has.discard(self.address)
+        ts.who_has = _without(ts.who_has, self.address)
         if ts.who_has:
             self._set_state(ts, "fetch")
             for worker in ts.who_has:
@@ -182,7 +219,7 @@ class WorkerState:
         ts.nbytes = nbytes
         for dts in ts.dependents:
             if ts in dts.waiting_for_data:
-                dts.waiting_for_data.discard(ts)
+                dts.waiting_for_data = _without(dts.waiting_for_data, ts)
                 if not dts.waiting_for_data and dts.state == "waiting":
                     self._set_state(dts, "ready")
                     self.ready.add(dts)
@@ -204,10 +241,10 @@ class WorkerState:
         self._set_state(ts, "released")
         ts.run_spec = None
         ts.computed = ts.freed = False
-        ts.waiting_for_data.clear()
-        deps, ts.dependencies = ts.dependencies, set()
+        ts.waiting_for_data = _NONE
+        deps, ts.dependencies = ts.dependencies, _NONE
         for dep in deps:
-            dep.dependents.discard(ts)
+            dep.dependents = _without(dep.dependents, ts)
             self._maybe_drop(dep)
         if not ts.dependents:
             del self.tasks[ts.key]
@@ -269,11 +306,14 @@ class WorkerState:
     def _add_dependencies(self, ts: WTask, e: we.ComputeTaskEvent) -> None:
         for dkey, addresses in e.who_has.items():
             dts = self._task(dkey)
-            ts.dependencies.add(dts)
-            dts.dependents.add(ts)
+            deps = ts.dependencies = _grown(ts.dependencies)
+            deps.add(dts)
+            dependents = dts.dependents = _grown(dts.dependents)
+            dependents.add(ts)
             if dts.state == "memory":
                 continue
-            ts.waiting_for_data.add(dts)
+            waiting = ts.waiting_for_data = _grown(ts.waiting_for_data)
+            waiting.add(dts)
             dts.nbytes = e.nbytes.get(dkey, dts.nbytes)
             if dts.state == "released":
                 dts.who_has = set(addresses)
@@ -340,6 +380,7 @@ class WorkerState:
             return
         if ts.state == "executing":
             ts.type = e.type
+            ts.run_spec = None  # the result is here: a new request would bring its own
             self._put_in_memory(ts, e.nbytes)
             self._out.append(
                 we.TaskFinishedMsg(ts.key, e.nbytes, e.type, e.start, e.stop, ts.run_id)
@@ -356,6 +397,7 @@ class WorkerState:
             return
         if ts.state == "executing":
             self._set_state(ts, "error")
+            ts.run_spec = None
             self._out.append(
                 we.TaskErredMsg(
                     ts.key,
@@ -395,7 +437,7 @@ class WorkerState:
                 else:
                     added[key] = ts.nbytes
             else:
-                ts.who_has.discard(e.worker)
+                ts.who_has = _without(ts.who_has, e.worker)
                 if ts.computed and ts.run_spec is not None:
                     # asked to compute the key while it travelled: compute it after all
                     self._to_compute(ts)
@@ -407,7 +449,7 @@ class WorkerState:
         if e.failed:
             heap = self.data_needed.pop(e.worker, None)
             for ts in list(heap or ()):
-                ts.who_has.discard(e.worker)
+                ts.who_has = _without(ts.who_has, e.worker)
                 if not ts.who_has:
                     self._leave_fetch(ts)
                     self._out.append(we.MissingDataMsg(ts.key, e.worker))

@@ -223,7 +223,11 @@ class SimCluster:
         if address in self.workers or address in self.dead:
             raise ValueError(f"address {address!r} already used")
         self.workers[address] = WorkerState(
-            address, nthreads, validate=self.validate_state, **self.worker_kwargs
+            address,
+            nthreads,
+            validate=self.validate_state,
+            replayable=True,
+            **self.worker_kwargs,
         )
         self.data[address] = {}
         event = ev.AddWorker(self.now, address, name or address, nthreads, 2**30, "sim-host")
