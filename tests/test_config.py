@@ -36,6 +36,7 @@ def test_defaults_are_registered_with_dask() -> None:
     }
     assert d["worker"] == {
         "heartbeat-interval": "500ms",
+        "warm-imports": ["numpy"],
         "connections": {"outgoing": 50, "incoming": 10},
         "memory": {"target": 0.6, "spill": 0.7, "pause": 0.8, "terminate": 0.95},
         "transfer": {"message-bytes-limit": "50MB"},

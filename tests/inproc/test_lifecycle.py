@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import sys
+from pathlib import Path
+
+import dask
+import pytest
 
 from conveyor import Client, Scheduler, Worker
 from conveyor.testing.cluster import until
@@ -65,3 +71,28 @@ def test_worker_name_must_be_unique() -> None:
             assert len(s.workers) == 1
 
     asyncio.run(main())
+
+
+def test_worker_imports_warm_modules_before_it_registers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # one module that imports, one that is not installed, one whose import fails
+    (tmp_path / "conveyor_warm_probe.py").write_text("LOADED = True\n")
+    (tmp_path / "conveyor_warm_broken.py").write_text("raise RuntimeError('broken on purpose')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in ("conveyor_warm_probe", "conveyor_warm_broken"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    names = ["conveyor_warm_absent", "conveyor_warm_broken", "conveyor_warm_probe"]
+
+    async def main() -> None:
+        async with Scheduler(host="127.0.0.1", port=0) as s:
+            with dask.config.set({"conveyor.worker.warm-imports": names}):
+                async with Worker(s.address, nthreads=1) as w:
+                    assert "conveyor_warm_probe" in sys.modules
+                    assert w.address in s.workers and w.status == "running"
+
+    with caplog.at_level(logging.WARNING, logger="conveyor.worker"):
+        asyncio.run(main())
+    assert "conveyor_warm_absent" not in sys.modules
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == ["Importing 'conveyor_warm_broken' at start failed"]

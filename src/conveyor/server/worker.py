@@ -25,7 +25,7 @@ from conveyor.core.worker import WorkerState
 from conveyor.protocol import loads, pickle_bytes
 from conveyor.protocol.messages import worker_event_from_msg, worker_instruction_to_msg
 from conveyor.server.data import INLINE_RESULT_BYTES, pack_data, unpack_data
-from conveyor.server.execute import FunctionStore, Outcome
+from conveyor.server.execute import FunctionStore, Outcome, warm_imports
 from conveyor.server.node import Handler, Msg, Peer, PeerPool, serve_peer
 from conveyor.server.runner import TaskRunner
 from conveyor.server.scheduler import listen_address
@@ -142,6 +142,10 @@ class Worker:
             self._scheduler_address = await self.loop.run_in_executor(
                 None, read_scheduler_file, self.scheduler_file, timeout
             )
+        # ready before the first task: a transfer of an array must not import numpy
+        await self.loop.run_in_executor(
+            None, warm_imports, list(config.get("worker.warm-imports") or [])
+        )
         self._listener = listen(
             self._listen_at,
             self._handle_comm,
