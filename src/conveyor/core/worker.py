@@ -31,9 +31,9 @@ _ACTIVE = frozenset({"waiting", "ready", "executing"})
 T = TypeVar("T")
 
 #: The shared empty set of a task that has none of some kind: most tasks have no
-#: dependencies, dependents or known holders. Four empty sets a task would cost 864 bytes
-#: each, a million tasks held in memory over 800 MB, and every full garbage collection
-#: would walk them all. A set is made when the first element arrives.
+#: dependencies, dependents or known holders. Four empty sets per task cost 864 bytes
+#: (over 800 MB for a million results held in memory), and every full garbage collection
+#: would walk them all. A set is made when its first element arrives.
 _NONE: frozenset[Any] = frozenset()
 
 
