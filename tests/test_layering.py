@@ -8,7 +8,17 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "conveyor"
-LAYERS = ["core", "protocol", "comm", "server", "deploy", "client", "diagnostics", "cli"]
+LAYERS = [
+    "core",
+    "protocol",
+    "comm",
+    "rpc",
+    "server",
+    "deploy",
+    "client",
+    "diagnostics",
+    "cli",
+]
 RANK = {name: i for i, name in enumerate(LAYERS)}
 #: modules beside the layers, importable from comm upwards
 NEUTRAL = {"config"}
@@ -81,3 +91,11 @@ def test_scheduler_modules_never_deserialize() -> None:
             assert "loads" not in name and "unpickle" not in name, f"{path.name}: {name}"
         for module, line, _ in _imports(path):
             assert "pickle" not in module and "serialize" not in module, f"{path.name}:{line}"
+
+
+def test_client_imports_nothing_from_the_servers() -> None:
+    """The client shares the ``rpc`` layer with the servers, not their modules: a client
+    process needs no scheduler or worker code (LocalCluster, in ``deploy``, does)."""
+    for path in sorted((SRC / "client").rglob("*.py")):
+        for module, line, _ in _imports(path):
+            assert not module.startswith("conveyor.server"), f"{path.name}:{line} {module}"

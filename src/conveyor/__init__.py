@@ -10,7 +10,7 @@ from conveyor.client.waiting import (
     wait,
 )
 from conveyor.deploy.local import LocalCluster
-from conveyor.server.node import RemoteError
+from conveyor.rpc import RemoteError
 from conveyor.server.scheduler import Scheduler
 from conveyor.server.worker import Worker
 

@@ -13,7 +13,7 @@ import pytest
 from conveyor import Scheduler
 from conveyor.comm import connect
 from conveyor.protocol import encode, encode_frames
-from conveyor.server.node import Peer, serve_peer
+from conveyor.rpc.peer import Peer, serve_peer
 from conveyor.testing.cluster import in_process_cluster
 
 

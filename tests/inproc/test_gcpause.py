@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from conveyor.server import gcpause
-from conveyor.server.gcpause import BurstFreezer, gc_paused, tune_server_gc
+from conveyor.rpc import gcpause
+from conveyor.rpc.gcpause import BurstFreezer, gc_paused, tune_server_gc
 
 
 @pytest.fixture

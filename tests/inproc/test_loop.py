@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 import uvloop
 
-from conveyor.server.loop import LoopRunner, new_event_loop
+from conveyor.rpc.loop import LoopRunner, new_event_loop
 
 
 def loop_threads() -> list[threading.Thread]:

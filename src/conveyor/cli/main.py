@@ -20,8 +20,8 @@ import click
 
 from conveyor import config
 from conveyor.cli.demo import run_demo
-from conveyor.server.gcpause import tune_server_gc
-from conveyor.server.loop import new_event_loop
+from conveyor.rpc.gcpause import tune_server_gc
+from conveyor.rpc.loop import new_event_loop
 from conveyor.server.scheduler import Scheduler
 from conveyor.server.worker import Worker
 

@@ -24,17 +24,17 @@ from conveyor.client.graph import (
     function_entry,
     graph_messages,
     map_batches,
+    normalize_key,
     submit_key,
 )
 from conveyor.client.structure import collect_futures, substitute
 from conveyor.comm import connect
 from conveyor.deploy.local import LocalCluster
 from conveyor.protocol import dumps, unpickle_bytes
-from conveyor.server.data import unpack_data
-from conveyor.server.gcpause import gc_paused
-from conveyor.server.loop import LoopRunner
-from conveyor.server.node import Msg, Peer, PeerPool, serve_peer
-from conveyor.server.worker import read_scheduler_file
+from conveyor.rpc import Msg, Peer, PeerPool, read_scheduler_file, serve_peer
+from conveyor.rpc.data import unpack_data
+from conveyor.rpc.gcpause import gc_paused
+from conveyor.rpc.loop import LoopRunner
 
 logger = logging.getLogger("conveyor.client")
 
@@ -142,6 +142,7 @@ class Client:
             await self._close_cluster()
             raise OSError(f"Could not connect to the scheduler at {address}: {e}") from e
         self.scheduler = Peer(comm, self.loop)
+        self.scheduler.on_unsendable = self._on_unsendable
         self._serve_task = self.loop.create_task(self._serve(self.scheduler))
         self.pool = PeerPool("client", {}, self._timeout)
         await self.scheduler.request({"op": "register-client", "client": self.id})
@@ -358,6 +359,24 @@ class Client:
         if st is not None:
             st.lose()
 
+    def _on_unsendable(self, msg: Msg, error: Exception) -> None:
+        """A message could not be encoded and was not sent: the keys it would have
+        submitted fail with the reason, and the connection lives on."""
+        keys: list[Any] = list(msg.get("keys") or ())
+        keys += [t["key"] for t in msg.get("tasks") or ()]
+        for batch in msg.get("batches") or ():
+            if "keys" in batch:
+                keys += batch["keys"]
+            elif "prefix" in batch:
+                start = batch["start"]
+                keys += [f"{batch['prefix']}-{i}" for i in range(start, start + batch["count"])]
+        if not keys:
+            logger.error("Dropped a message to the scheduler: %s", error)
+        for key in keys:
+            st = self.futures.get(key)
+            if st is not None and not st.done():
+                st.set_error(None, None, f"{type(error).__name__}: {error}", "")
+
     def _on_cancelled_keys(self, peer: Peer, msg: Msg) -> None:
         for key in msg["keys"]:
             st = self.futures.get(key)
@@ -430,7 +449,7 @@ class Client:
         add_options(options, _as_list(workers), allow_other_workers, retries or 0)
         fid, blob = function_entry(func)
         futures: list[Future] = []
-        with gc_paused():  # many futures at once: see conveyor.server.gcpause
+        with gc_paused():  # many futures at once: see conveyor.rpc.gcpause
             # Rows are read, named and sent a chunk at a time: the scheduler works on the
             # first chunks while this thread makes the rest.
             try:
@@ -462,6 +481,7 @@ class Client:
         """
         flat = _flatten_keys(keys)
         msgs, blobs = graph_messages(dsk, flat)
+        flat = [normalize_key(k) for k in flat]
         futures = {k: Future(k, self) for k in flat}
         self._send(
             {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import logging
 from collections.abc import Callable, Generator, Iterable
@@ -12,8 +13,7 @@ from typing import TYPE_CHECKING, Any
 from dask._task_spec import TaskRef
 
 from conveyor.client.current import default_client
-from conveyor.protocol import unpickle_bytes
-from conveyor.server.execute import unpack_traceback
+from conveyor.protocol import unpack_traceback, unpickle_bytes
 
 if TYPE_CHECKING:
     from conveyor.client.client import Client
@@ -135,7 +135,13 @@ class FutureState:
         exc: BaseException
         if failure.exception is None:
             name, _, message = failure.text.partition(": ")
-            exc = KilledWorker(message) if name == "KilledWorker" else RuntimeError(failure.text)
+            builtin = getattr(builtins, name, None)
+            if name == "KilledWorker":
+                exc = KilledWorker(message)
+            elif isinstance(builtin, type) and issubclass(builtin, Exception):
+                exc = builtin(message)  # TypeError: a message that could not be encoded
+            else:
+                exc = RuntimeError(failure.text)
             return exc
         try:
             loaded = unpickle_bytes(failure.exception)

@@ -19,6 +19,7 @@ Three kinds of run spec travel:
 from __future__ import annotations
 
 import hashlib
+import numbers
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from itertools import islice
@@ -39,6 +40,39 @@ GRAPH_CHUNK = 1000
 MAP_CHUNK = 5000
 #: argument types that cannot hold a future: rows of these skip dask's input parsing
 _PLAIN = frozenset({int, float, str, bytes, bool, complex, type(None)})
+
+
+#: key types that travel as they are
+_KEY_TYPES = (str, int, float, bytes)
+
+
+def normalize_key(key: Any) -> Any:
+    """``key`` as the wire carries it: numpy scalars (which dask accepts in keys, e.g.
+    from ``da.diagonal``) become ``int``/``float``, inside tuples too. A key of any other
+    type raises ``TypeError``: keys are str, bytes, int, float, or tuples of them.
+    """
+    kind = type(key)
+    if kind in _KEY_TYPES:
+        return key
+    if kind is tuple:
+        for part in key:
+            if type(part) not in _KEY_TYPES:
+                return tuple(normalize_key(k) for k in key)
+        return key
+    if isinstance(key, bool):
+        return int(key)
+    if isinstance(key, numbers.Integral):
+        return int(key)
+    if isinstance(key, numbers.Real):
+        return float(key)
+    if isinstance(key, str):  # a subclass (a StrEnum): its plain text
+        return str.__str__(key)
+    if isinstance(key, bytes):
+        return bytes(key)
+    raise TypeError(
+        f"{key!r} (a {kind.__name__}) cannot be a task key: keys are str, bytes, int, "
+        "float or tuples of them"
+    )
 
 
 def submit_key(func: Callable[..., Any], args: Any, kwargs: Any, pure: bool) -> str:
@@ -218,9 +252,9 @@ def graph_messages(dsk: Any, keys: list[Any]) -> tuple[list[Msg], dict[str, byte
         for index, key in enumerate(chunk):
             msgs.append(
                 {
-                    "key": key,
+                    "key": normalize_key(key),
                     "spec": index,
-                    "deps": list(graph[key].dependencies),
+                    "deps": [normalize_key(d) for d in graph[key].dependencies],
                     "order": priorities[key],
                     "fn": bid,
                 }

@@ -1,7 +1,7 @@
 """LocalCluster: a scheduler and workers on this machine, for one program to use.
 
 The scheduler always runs in this process, on the shared background loop
-(:class:`~conveyor.server.loop.LoopRunner`) for synchronous use or on the caller's running
+(:class:`~conveyor.rpc.loop.LoopRunner`) for synchronous use or on the caller's running
 loop with ``asynchronous=True``. Workers are either :class:`~conveyor.server.worker.Worker`
 objects on the same loop (``processes=False``) or one ``conveyor worker`` subprocess each
 (``processes=True``), each in its own process group so that closing the cluster can end a
@@ -32,7 +32,7 @@ import dask.config
 from dask.utils import format_bytes
 
 from conveyor import config
-from conveyor.server.loop import LoopRunner
+from conveyor.rpc.loop import LoopRunner
 from conveyor.server.scheduler import Scheduler
 from conveyor.server.worker import Worker
 

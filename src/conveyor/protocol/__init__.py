@@ -14,6 +14,7 @@ from conveyor.protocol.serialize import (
     pickle_bytes,
     unpickle_bytes,
 )
+from conveyor.protocol.tracebacks import pack_exception, unpack_traceback
 
 __all__ = [
     "CallChunk",
@@ -28,6 +29,8 @@ __all__ = [
     "encode_frames",
     "loads",
     "loads_function",
+    "pack_exception",
     "pickle_bytes",
+    "unpack_traceback",
     "unpickle_bytes",
 ]

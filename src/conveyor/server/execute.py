@@ -10,15 +10,13 @@ import time
 import traceback as tb_module
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 from dask._task_spec import GraphNode, Task
 from dask.sizeof import sizeof
 from dask.utils import typename
-from tblib import Traceback
 
-from conveyor.protocol import CallChunk, pickle_bytes, unpickle_bytes
+from conveyor.protocol import CallChunk, pack_exception, unpickle_bytes
 
 logger = logging.getLogger("conveyor.worker")
 
@@ -37,31 +35,6 @@ class Outcome:
     traceback: bytes | None = None
     exception_text: str = ""
     traceback_text: str = ""
-
-
-def pack_exception(exc: BaseException, tb: TracebackType | None) -> tuple[bytes, bytes | None]:
-    """Pickle an exception (or a stand-in with its text) and its traceback frames."""
-    try:
-        exc_bytes = pickle_bytes(exc)
-        unpickle_bytes(exc_bytes)
-    except Exception:
-        exc_bytes = pickle_bytes(RuntimeError(f"{type(exc).__name__}: {exc}"))
-    try:
-        tb_bytes: bytes | None = pickle_bytes(Traceback(tb).as_dict()) if tb else None
-    except Exception:
-        tb_bytes = None
-    return exc_bytes, tb_bytes
-
-
-def unpack_traceback(tb_bytes: bytes | None) -> TracebackType | None:
-    """Rebuild a traceback pickled by :func:`pack_exception` (None if unavailable)."""
-    if not tb_bytes:
-        return None
-    try:
-        tb: TracebackType | None = Traceback.from_dict(unpickle_bytes(tb_bytes)).as_traceback()
-        return tb
-    except Exception:
-        return None
 
 
 def warm_imports(names: Iterable[str]) -> list[str]:
@@ -140,8 +113,11 @@ def build_task(
                 raise TypeError(f"shared object {chunk.function} is not a function")
             return chunk.task(key, spec, func)
         node = chunk[spec]
-        if not isinstance(node, GraphNode) or node.key != key:
-            raise TypeError(f"shared graph chunk {fid} has no task {key!r} at {spec}")
+        # A node may carry another key than the one the graph files it under (dask's
+        # from_delayed maps each partition's key to an alias named for its target): the
+        # value it computes is stored under ``key`` all the same, as dask itself does.
+        if not isinstance(node, GraphNode):
+            raise TypeError(f"shared graph chunk {fid} has no task at {spec} for {key!r}")
         return node
     func = functions.get(fid)
     if not callable(func):

@@ -8,12 +8,11 @@ unpickles anything a peer sends.
 from __future__ import annotations
 
 import asyncio
-import json
+import inspect
 import logging
-import os
 import time
 import uuid
-from collections.abc import Generator
+from collections.abc import Callable, Generator, Iterable, Mapping
 from typing import Any
 
 from conveyor import config
@@ -27,8 +26,17 @@ from conveyor.protocol.messages import (
     WORKER_STREAM_OPS,
     scheduler_instruction_to_msg,
 )
-from conveyor.server.gcpause import BurstFreezer, gc_paused
-from conveyor.server.node import Handler, Msg, Peer, ProtocolViolation, serve_peer
+from conveyor.rpc import (
+    Handler,
+    Msg,
+    Peer,
+    ProtocolViolation,
+    serve_peer,
+    write_scheduler_file,
+)
+from conveyor.rpc.gcpause import BurstFreezer, gc_paused
+from conveyor.server.extensions import DEFAULT_EXTENSIONS
+from conveyor.server.plugin import SchedulerPlugin, plugin_name
 
 logger = logging.getLogger("conveyor.scheduler")
 
@@ -37,8 +45,6 @@ logger = logging.getLogger("conveyor.scheduler")
 _ACCEPTED_LATER = frozenset(
     {
         "services",
-        "extensions",
-        "plugins",
         "preload",
         "preload_argv",
         "http_prefix",
@@ -81,6 +87,8 @@ class Scheduler:
         worker_ttl: float | str | None = None,
         idle_timeout: float | str | None = None,
         dashboard_address: str | None = None,
+        plugins: Iterable[SchedulerPlugin] = (),
+        extensions: Mapping[str, Callable[[Scheduler], Any]] | None = None,
         **kwargs: Any,
     ) -> None:
         unknown = set(kwargs) - _ACCEPTED_LATER
@@ -130,7 +138,8 @@ class Scheduler:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = asyncio.Event()
         self._idle_since: float | None = None
-        self._handlers: dict[str, Handler] = {
+        #: request and stream handlers by op; extensions add their own
+        self.handlers: dict[str, Handler] = {
             "register-worker": self._register_worker,
             "register-client": self._register_client,
             "who-has": lambda p, m: self.state.who_has(m.get("keys")),
@@ -141,9 +150,20 @@ class Scheduler:
             "story": lambda p, m: [list(e) for e in self.state.story(*m["keys"])],
         }
         for op, make in WORKER_STREAM_OPS.items():
-            self._handlers[op] = self._stream_handler("worker", make)
+            self.handlers[op] = self._stream_handler("worker", make)
         for op, make in CLIENT_STREAM_OPS.items():
-            self._handlers[op] = self._stream_handler("client", make)
+            self.handlers[op] = self._stream_handler("client", make)
+        #: plugins by name, told of workers and clients coming and going
+        self.plugins: dict[str, SchedulerPlugin] = {}
+        for plugin in plugins:
+            if not isinstance(plugin, SchedulerPlugin):
+                raise TypeError(f"{plugin!r} is not a conveyor SchedulerPlugin")
+            self.plugins[plugin_name(plugin)] = plugin
+        #: extension objects by name (each made with ``ext(self)``)
+        self.extensions: dict[str, Any] = {}
+        chosen = DEFAULT_EXTENSIONS if extensions is None else extensions
+        for ext_name, make_ext in chosen.items():
+            self.extensions[ext_name] = make_ext(self)
 
     # ------------------------------------------------------------- state views
 
@@ -220,9 +240,14 @@ class Scheduler:
         await self._listener.start()
         self.address = self._listener.contact_address
         if self.scheduler_file:
-            self._write_scheduler_file(self.scheduler_file)
+            write_scheduler_file(
+                self.scheduler_file,
+                {"type": "Scheduler", "id": self.id, "address": self.address, "services": {}},
+            )
         self._spawn(self._tick_loop())
         self.status = "running"
+        for plugin in list(self.plugins.values()):
+            await self._start_plugin(plugin)
         logger.info("Scheduler started at %s", self.address)
         return self
 
@@ -235,13 +260,6 @@ class Scheduler:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    def _write_scheduler_file(self, path: str) -> None:
-        info = {"type": "Scheduler", "id": self.id, "address": self.address, "services": {}}
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(info, f, indent=2)
-        os.replace(tmp, path)
-
     async def close(self) -> None:
         """Stop listening and drop every connection; workers then shut down."""
         if self.status in ("closing", "closed"):
@@ -250,6 +268,8 @@ class Scheduler:
         self.status = "closing"
         if self._listener is not None:
             self._listener.stop()
+        for plugin in list(self.plugins.values()):
+            await self._close_plugin(plugin)
         for task in list(self._tasks):
             task.cancel()
         peers = list(self.stream_comms.values()) + list(self.client_comms.values())
@@ -257,6 +277,51 @@ class Scheduler:
         self.status = "closed"
         self._closed.set()
         logger.info("Scheduler at %s closed", self.address)
+
+    # ----------------------------------------------------------------- plugins
+
+    async def add_plugin(self, plugin: SchedulerPlugin, name: str | None = None) -> None:
+        """Add ``plugin`` (replacing one of the same name); started at once if the
+        scheduler is running."""
+        if not isinstance(plugin, SchedulerPlugin):
+            raise TypeError(f"{plugin!r} is not a conveyor SchedulerPlugin")
+        name = name or plugin_name(plugin)
+        old = self.plugins.pop(name, None)
+        if old is not None and self.status == "running":
+            await self._close_plugin(old)
+        self.plugins[name] = plugin
+        if self.status == "running":
+            await self._start_plugin(plugin)
+
+    async def remove_plugin(self, name: str) -> None:
+        """Remove the plugin called ``name`` (KeyError if there is none) and close it."""
+        plugin = self.plugins.pop(name)
+        if self.status == "running":
+            await self._close_plugin(plugin)
+
+    async def _start_plugin(self, plugin: SchedulerPlugin) -> None:
+        try:
+            result = plugin.start(self)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            logger.exception("Starting scheduler plugin %r failed", plugin_name(plugin))
+
+    async def _close_plugin(self, plugin: SchedulerPlugin) -> None:
+        try:
+            result = plugin.close()
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            logger.exception("Closing scheduler plugin %r failed", plugin_name(plugin))
+
+    def _notify(self, hook: str, ident: str) -> None:
+        """Call ``hook(self, ident)`` on every plugin; a failing one is logged."""
+        for name, plugin in list(self.plugins.items()):
+            try:
+                getattr(plugin, hook)(self, ident)
+            except Exception:
+                logger.exception("Scheduler plugin %r failed in %s", name, hook)
 
     async def finished(self) -> None:
         """Wait until the scheduler has closed."""
@@ -322,7 +387,7 @@ class Scheduler:
     async def _handle_comm(self, comm: Any) -> None:
         peer = Peer(comm, asyncio.get_running_loop())
         try:
-            await serve_peer(peer, self._handlers)
+            await serve_peer(peer, self.handlers)
         finally:
             self._peer_gone(peer)
 
@@ -333,10 +398,12 @@ class Scheduler:
             del self.stream_comms[peer.ident]
             logger.info("Remove worker %s", peer.ident)
             self.apply(se.RemoveWorker(time.time(), peer.ident, "connection closed"))
+            self._notify("remove_worker", peer.ident)
         elif peer.role == "client" and self.client_comms.get(peer.ident) is peer:
             del self.client_comms[peer.ident]
             logger.info("Remove client %s", peer.ident)
             self.apply(se.RemoveClient(time.time(), peer.ident))
+            self._notify("remove_client", peer.ident)
 
     def _register_worker(self, peer: Peer, msg: Msg) -> dict[str, Any]:
         address = str(msg["address"])
@@ -362,6 +429,7 @@ class Scheduler:
             )
         )
         logger.info("Register worker %s (name %r, %s threads)", address, name, msg["nthreads"])
+        self._notify("add_worker", address)
         return {"status": "OK", "address": self.address, "id": self.id}
 
     def _register_client(self, peer: Peer, msg: Msg) -> dict[str, Any]:
@@ -370,4 +438,5 @@ class Scheduler:
         self.client_comms[client_id] = peer
         self.apply(se.AddClient(time.time(), client_id))
         logger.info("Receive client connection: %s", client_id)
+        self._notify("add_client", client_id)
         return {"status": "OK", "address": self.address, "id": self.id}

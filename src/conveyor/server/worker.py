@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 import uuid
@@ -24,26 +23,13 @@ from conveyor.core.types import Key
 from conveyor.core.worker import WorkerState
 from conveyor.protocol import loads, pickle_bytes
 from conveyor.protocol.messages import worker_event_from_msg, worker_instruction_to_msg
-from conveyor.server.data import INLINE_RESULT_BYTES, pack_data, unpack_data
+from conveyor.rpc import Handler, Msg, Peer, PeerPool, read_scheduler_file, serve_peer
+from conveyor.rpc.data import INLINE_RESULT_BYTES, pack_data, unpack_data
 from conveyor.server.execute import FunctionStore, Outcome, warm_imports
-from conveyor.server.node import Handler, Msg, Peer, PeerPool, serve_peer
 from conveyor.server.runner import TaskRunner
 from conveyor.server.scheduler import listen_address
 
 logger = logging.getLogger("conveyor.worker")
-
-
-def read_scheduler_file(path: str, timeout: float) -> str:
-    """The scheduler address in a scheduler file, waiting up to ``timeout`` for it."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with open(path) as f:
-                return str(json.load(f)["address"])
-        except (OSError, ValueError, KeyError):
-            if time.monotonic() > deadline:
-                raise OSError(f"no scheduler address in {path!r} after {timeout} s") from None
-        time.sleep(0.05)
 
 
 class Worker:

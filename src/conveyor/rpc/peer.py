@@ -50,6 +50,8 @@ class Peer:
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._ids = itertools.count(1)
         self.closed = False
+        #: told of a stream message that could not be encoded (it was not sent)
+        self.on_unsendable: Callable[[Msg, Exception], None] | None = None
         self.messages_sent = 0
         self.batches_sent = 0
 
@@ -83,6 +85,10 @@ class Peer:
         except (CommClosedError, OSError) as e:
             logger.debug("Sending to %r failed: %s", self, e)
             self.abort()
+        except (TypeError, ValueError):
+            # Nothing was written: a message could not be encoded (or is over the frame
+            # size limit). Send the batch one message at a time and fail only those.
+            await self._write_singly(batch)
         except Exception:
             logger.exception("Could not send a batch of %d messages to %r", len(batch), self)
             self.abort()
@@ -90,6 +96,34 @@ class Peer:
             self._writing = False
             if self._buffer and not self.closed:
                 self._flush()
+
+    async def _write_singly(self, batch: list[Msg]) -> None:
+        for msg in batch:
+            try:
+                await self.comm.write([msg])
+            except (TypeError, ValueError) as e:
+                self._unsendable(msg, e)
+            except (CommClosedError, OSError) as e:
+                logger.debug("Sending to %r failed: %s", self, e)
+                self.abort()
+                return
+
+    def _unsendable(self, msg: Msg, error: Exception) -> None:
+        """``msg`` cannot travel: fail the request it makes, answer the request it
+        answers with the error, or tell ``on_unsendable``; the connection stays open."""
+        op = msg.get("op")
+        text = f"cannot send {op!r} to {self.address}: {error}"
+        rid = msg.get("reply")
+        if op == "reply":
+            self.send({"op": "reply", "id": msg.get("id"), "error": f"TypeError: {text}"})
+        elif rid is not None and rid in self._pending:
+            fut = self._pending[rid]
+            if not fut.done():
+                fut.set_exception(TypeError(text))
+        elif self.on_unsendable is not None:
+            self.on_unsendable(msg, TypeError(text))
+        else:
+            logger.error("Dropped a message to %r: %s", self, text)
 
     async def request(self, msg: Msg) -> Any:
         """Send a request and wait for its reply; raise RemoteError if it failed there."""
