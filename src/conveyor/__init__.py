@@ -1,6 +1,7 @@
 """conveyor: a dynamic distributed task scheduler with the dask.distributed API."""
 
 from conveyor.client.client import Client, default_client
+from conveyor.client.collections import futures_of
 from conveyor.client.future import CancelledError, Future, KilledWorker
 from conveyor.client.waiting import (
     ALL_COMPLETED,
@@ -31,5 +32,6 @@ __all__ = [
     "__version__",
     "as_completed",
     "default_client",
+    "futures_of",
     "wait",
 ]

@@ -16,6 +16,7 @@ from dask.utils import funcname, typename
 
 from conveyor import config
 from conveyor.client import current
+from conveyor.client.collections import CollectionsMixin
 from conveyor.client.future import CancelledError, Future, FutureState, all_settled
 from conveyor.client.graph import (
     MapKeys,
@@ -41,7 +42,7 @@ logger = logging.getLogger("conveyor.client")
 _GATHER_ATTEMPTS = 5
 
 
-class Client:
+class Client(CollectionsMixin):
     """Connect to a cluster (or start a LocalCluster) and run work on it.
 
     ``Client()`` starts a LocalCluster with the keyword arguments given;
@@ -200,6 +201,11 @@ class Client:
         runner, self._runner = self._runner, None
         if runner is not None:
             runner.release()
+
+    def as_current(self) -> contextlib.AbstractContextManager[Client]:
+        """A context manager within which this client is the default, and dask's
+        scheduler: ``with client.as_current(): x.compute()``."""
+        return current.as_current(self)
 
     def __enter__(self) -> Client:
         return self
@@ -474,29 +480,71 @@ class Client:
             self._wait_sent()
         return futures
 
-    def get(self, dsk: Any, keys: Any, *, priority: int = 0, **kwargs: Any) -> Any:
+    def get(
+        self,
+        dsk: Any,
+        keys: Any,
+        *,
+        sync: bool = True,
+        workers: str | Iterable[str] | None = None,
+        allow_other_workers: bool = False,
+        resources: dict[str, float] | None = None,
+        retries: int | None = None,
+        priority: int = 0,
+        actors: Any = None,
+    ) -> Any:
         """Compute ``keys`` of a task graph (dict, HighLevelGraph or dask expression).
 
-        This is what ``dask.compute(..., scheduler=client)`` calls.
+        This is what ``dask.compute(..., scheduler=client)`` calls. ``keys`` may be one
+        key or nested lists of keys; the results come back in the same structure. With
+        ``sync=False``, returns Futures in that structure instead of waiting.
         """
-        flat = _flatten_keys(keys)
-        msgs, blobs = graph_messages(dsk, flat)
-        flat = [normalize_key(k) for k in flat]
+        options = {
+            "workers": workers,
+            "allow_other_workers": allow_other_workers,
+            "resources": resources,
+            "retries": retries,
+            "priority": priority,
+            "actors": actors,
+        }
+        futures = self._graph_to_futures(dsk, _flatten_keys(keys), options)
+        packed = _pack_keys(keys, futures)
+        if not sync:
+            return packed
+        try:
+            return self.gather(packed)
+        finally:
+            del futures, packed
+
+    def _graph_to_futures(
+        self, dsk: Any, keys: list[Any], options: dict[str, Any]
+    ) -> dict[Any, Future]:
+        """Send the part of graph ``dsk`` that ``keys`` need; a Future per key.
+
+        Keys the graph refers to but does not hold are futures this client has
+        already (a persisted collection, ``delayed(f)(future)``): they become plain
+        dependencies.
+        """
+        if options.get("resources") or options.get("actors"):
+            raise NotImplementedError("resources and actors are not supported by get yet")
+        flat = [normalize_key(k) for k in keys]
+        msgs, blobs = graph_messages(dsk, keys, known=self.futures)
+        workers = _as_list(options.get("workers"))
+        retries = options.get("retries") or 0
+        if workers or retries:
+            for msg in msgs:
+                add_options(msg, workers, bool(options.get("allow_other_workers")), retries)
         futures = {k: Future(k, self) for k in flat}
         self._send(
             {
                 "op": "update-graph",
                 "tasks": msgs,
                 "keys": flat,
-                "priority": priority,
+                "priority": options.get("priority") or 0,
                 "functions": blobs,
             }
         )
-        packed = _pack_keys(keys, futures)
-        try:
-            return self.gather(packed)
-        finally:
-            del futures, packed
+        return futures
 
     # ---------------------------------------------------------------- gather
 

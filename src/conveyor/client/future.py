@@ -196,14 +196,35 @@ class Future(TaskRef):
         self._client = client
         self._state = client._inc_ref(key)
 
+    def __getattr__(self, name: str) -> Any:
+        # Reached only for a slot never set: a future unpickled in this process (inside
+        # a graph sent to a worker, or a result holding futures) binds to the default
+        # client on first use, not when it is unpickled: a worker unpickling a graph
+        # that mentions futures must not open a client for them.
+        if name in ("_client", "_state"):
+            self._bind(default_client())
+            return object.__getattribute__(self, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def _bind(self, client: Client) -> None:
+        self._client = client
+        self._state = client._inc_ref(self.key)
+
+    def _is_bound(self) -> bool:
+        try:
+            _STATE_SLOT.__get__(self, Future)
+        except AttributeError:
+            return False
+        return True
+
     def __del__(self) -> None:
-        if getattr(self, "_state", None) is None:
+        if not self._is_bound():
             return
         with contextlib.suppress(Exception):  # interpreter shutdown, client gone
             self._client._dec_ref(self.key)
 
     def __reduce__(self) -> Any:
-        return Future, (self.key,)
+        return _unpickle_future, (self.key,)
 
     def __repr__(self) -> str:
         extra = f", type: {self._state.type}" if self._state.type else ""
@@ -262,9 +283,20 @@ class Future(TaskRef):
 
     def release(self) -> None:
         """Drop this handle now instead of waiting for garbage collection."""
-        if getattr(self, "_state", None) is not None:
+        if self._is_bound():
             self._client._dec_ref(self.key)
             del self._state
 
     def __await__(self) -> Generator[Any, None, Any]:
         return self._client._gather_one(self).__await__()
+
+
+#: the slot descriptor of ``Future._state``: reading through it never binds
+_STATE_SLOT: Any = Future.__dict__["_state"]
+
+
+def _unpickle_future(key: Any) -> Future:
+    """A future unpickled here: bound to a client on first use (see ``__getattr__``)."""
+    fut = Future.__new__(Future)
+    fut.key = key
+    return fut

@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import numbers
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping
 from itertools import islice
 from typing import Any
 
@@ -231,16 +231,22 @@ def as_graph(obj: Any) -> dict[Any, GraphNode]:
     return graph
 
 
-def graph_messages(dsk: Any, keys: list[Any]) -> tuple[list[Msg], dict[str, bytes]]:
+def graph_messages(
+    dsk: Any, keys: list[Any], known: Container[Any] = ()
+) -> tuple[list[Msg], dict[str, bytes]]:
     """Cull ``dsk`` to what ``keys`` need, order it, and encode it.
+
+    ``known``: keys the scheduler has already (the client's futures). A graph may name
+    them without holding them (dask drops an entry that only refers to a future of the
+    same key), and ``keys`` may include them.
 
     Returns the task messages and the shared blobs (by id) that their specs index into.
     """
     graph = as_graph(dsk)
-    missing = [k for k in keys if k not in graph]
+    missing = [k for k in keys if k not in graph and normalize_key(k) not in known]
     if missing:
         raise KeyError(f"keys not in the graph: {missing[:5]}")
-    graph = cull(graph, keys)
+    graph = cull(graph, [k for k in keys if k in graph])
     priorities = order(graph) if len(graph) > 1 else dict.fromkeys(graph, 0)
     ordered = sorted(graph, key=priorities.__getitem__)
     msgs: list[Msg] = []

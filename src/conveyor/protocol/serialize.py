@@ -108,19 +108,25 @@ def pickle_bytes(obj: object) -> bytes:
 def dumps_spec(obj: object) -> bytes:
     """Pickle a task's arguments or graph node, fast when it can be done safely.
 
-    Plain pickle (C speed) unless it fails or refers to ``__main__``, whose functions
-    and classes a worker could not import: those go through cloudpickle, by value.
+    Plain pickle (C speed) unless it fails or refers to ``__main__`` or to a module
+    registered with ``cloudpickle.register_pickle_by_value``, whose functions and classes
+    a worker may not be able to import: those go through cloudpickle, by value.
     """
     try:
         data = pickle.dumps(obj, protocol=5)
     except Exception:
         data = b"__main__"
-    if b"__main__" in data:
+    if b"__main__" in data or _names_by_value_module(data):
         try:
             data = cloudpickle.dumps(obj, protocol=5)
         except Exception as e:
             raise _serialize_error(obj, e) from e
     return data
+
+
+def _names_by_value_module(data: bytes) -> bool:
+    """Whether pickled ``data`` may refer to a module that cloudpickle pickles by value."""
+    return any(name.encode() in data for name in cloudpickle.list_registry_pickle_by_value())
 
 
 def unpickle_bytes(data: bytes | bytearray | memoryview) -> object:

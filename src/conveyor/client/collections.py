@@ -1,0 +1,171 @@
+"""Dask collections on a conveyor client: ``compute``, ``persist``, ``futures_of``.
+
+A collection becomes one dask expression (``collections_to_expr``), optimized on the
+client; its graph is culled, ordered and sent like any other (``graph.graph_messages``).
+``compute`` adds dask's finalize step, so each collection is one future holding its
+whole result; ``persist`` keeps every output key and rebuilds the collection around the
+futures (``__dask_postpersist__``), so later computations on it start from data that is
+already on the cluster.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from dask._expr import FinalizeCompute
+from dask._task_spec import TaskRef
+from dask.base import collections_to_expr, is_dask_collection
+from dask.delayed import delayed
+
+from conveyor.client.future import Future
+
+if TYPE_CHECKING:
+    from conveyor.client.shape import ClientShape
+
+
+class CollectionsMixin:
+    """The Client's methods for dask collections."""
+
+    def compute(
+        self: ClientShape,
+        collections: Any,
+        sync: bool = False,
+        optimize_graph: bool = True,
+        workers: str | Iterable[str] | None = None,
+        allow_other_workers: bool = False,
+        resources: dict[str, float] | None = None,
+        retries: int | None = None,
+        priority: int = 0,
+        fifo_timeout: Any = "60s",
+        actors: Any = None,
+        traverse: bool = True,
+    ) -> Any:
+        """Start computing dask collections on the cluster.
+
+        Returns a Future per collection (the same structure as given: one collection,
+        or a list/tuple of them; arguments that are not collections come back as they
+        are). With ``sync=True``, waits and returns the results instead. Lists, tuples,
+        dicts and sets holding collections are computed as one delayed value when
+        ``traverse`` is true. The keywords set the options of every task, as for
+        :meth:`submit`.
+        """
+        singleton = not isinstance(collections, (list, tuple, set, frozenset))
+        items = [collections] if singleton else list(collections)
+        if traverse:
+            items = [
+                delayed(a) if isinstance(a, (list, set, tuple, dict, Iterator)) else a
+                for a in items
+            ]
+        found = [a for a in items if is_dask_collection(a)]
+        futures: dict[Any, Future] = {}
+        names: list[Any] = []
+        if found:
+            expr = FinalizeCompute(collections_to_expr(found, optimize_graph)).optimize()  # type: ignore[no-untyped-call]
+            names = list(flatten(expr.__dask_keys__()))  # type: ignore[no-untyped-call]
+            futures = self._graph_to_futures(
+                expr,
+                names,
+                _options(workers, allow_other_workers, resources, retries, priority, actors),
+            )
+        out: list[Any] = []
+        position = 0
+        for a in items:
+            if is_dask_collection(a):
+                out.append(futures[names[position]])
+                position += 1
+            else:
+                out.append(a)
+        result = self.gather(out) if sync else out
+        return result[0] if singleton else result
+
+    def persist(
+        self: ClientShape,
+        collections: Any,
+        optimize_graph: bool = True,
+        workers: str | Iterable[str] | None = None,
+        allow_other_workers: bool = False,
+        resources: dict[str, float] | None = None,
+        retries: int | None = None,
+        priority: int = 0,
+        fifo_timeout: Any = "60s",
+        actors: Any = None,
+    ) -> Any:
+        """Start computing dask collections and return them backed by futures.
+
+        The result is the same kind of collection (one, or a list of them), whose graph
+        holds the futures of its computation: computing it later, or anything built on
+        it, starts from the data on the cluster. ``dask.persist(x)`` and ``x.persist()``
+        call this when this client is dask's scheduler.
+        """
+        singleton = not isinstance(collections, (list, tuple, set, frozenset))
+        items = [collections] if singleton else list(collections)
+        bad = [type(a).__name__ for a in items if not is_dask_collection(a)]
+        if bad:
+            raise TypeError(f"persist takes dask collections, not {', '.join(bad)}")
+        expr = collections_to_expr(items, optimize_graph).optimize()
+        keys = expr.__dask_keys__()  # type: ignore[no-untyped-call]
+        futures = self._graph_to_futures(
+            expr,
+            list(flatten(keys)),
+            _options(workers, allow_other_workers, resources, retries, priority, actors),
+        )
+        rebuilt = []
+        for collection, ks in zip(items, keys, strict=True):
+            func, args = collection.__dask_postpersist__()
+            rebuilt.append(func({k: futures[k] for k in flatten(ks)}, *args))
+        return rebuilt[0] if singleton else rebuilt
+
+    def futures_of(self: ClientShape, collections: Any) -> list[Future]:
+        """The futures inside ``collections`` (see :func:`futures_of`)."""
+        return futures_of(collections)
+
+
+def flatten(keys: Any) -> Iterator[Any]:
+    """The keys in nested lists of keys, in order."""
+    if isinstance(keys, list):
+        for k in keys:
+            yield from flatten(k)
+    else:
+        yield keys
+
+
+def _options(
+    workers: str | Iterable[str] | None,
+    allow_other_workers: bool,
+    resources: dict[str, float] | None,
+    retries: int | None,
+    priority: int,
+    actors: Any,
+) -> dict[str, Any]:
+    """The task options of a ``compute``/``persist`` call, as keywords of ``get``."""
+    return {
+        "workers": workers,
+        "allow_other_workers": allow_other_workers,
+        "resources": resources,
+        "retries": retries,
+        "priority": priority,
+        "actors": actors,
+    }
+
+
+def futures_of(obj: Any) -> list[Future]:
+    """Every Future inside ``obj``: nested lists, tuples, sets and dict values, and the
+    graphs of dask collections (persisted ones hold their futures there), once each."""
+    stack = [obj]
+    seen: set[Any] = set()
+    out: list[Future] = []
+    while stack:
+        x = stack.pop()
+        kind = type(x)
+        if kind in (list, tuple, set, frozenset):
+            stack.extend(x)
+        elif kind is dict:
+            stack.extend(x.values())
+        elif isinstance(x, TaskRef):
+            if isinstance(x, Future) and x.key not in seen:
+                seen.add(x.key)
+                out.append(x)
+        elif is_dask_collection(x):
+            stack.extend(x.__dask_graph__().values())
+    return out[::-1]

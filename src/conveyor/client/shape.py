@@ -1,0 +1,46 @@
+"""What the Client's mixins may use of the Client: a structural type for ``self``.
+
+The Client is assembled from mixins, one module per part of its API (collections,
+control, events, ...). A mixin method annotates ``self`` with :class:`ClientShape`, which
+lists the members of the core client it calls; mypy then checks those calls, and the
+Client (which has them all) satisfies it. Add a member here when a mixin needs one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from conveyor.client.future import Future, FutureState
+    from conveyor.rpc import Msg, Peer, PeerPool
+
+
+class ClientShape(Protocol):
+    """The core client's members that its mixins use."""
+
+    id: str
+    asynchronous: bool
+    status: str
+    loop: asyncio.AbstractEventLoop | None
+    scheduler: Peer | None
+    pool: PeerPool | None
+    futures: dict[Any, FutureState]
+    _handlers: dict[str, Callable[[Peer, Msg], Any]]
+
+    def sync(
+        self, fn: Callable[..., Any], *args: Any, timeout: Any = None, **kwargs: Any
+    ) -> Any: ...
+
+    def gather(self, futures: Any, errors: str = "raise", direct: bool | None = None) -> Any: ...
+
+    def submit(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Future: ...
+
+    def _graph_to_futures(
+        self, dsk: Any, keys: list[Any], options: dict[str, Any]
+    ) -> dict[Any, Future]: ...
+
+    async def _request(self, msg: Msg) -> Any: ...
+
+    def _send(self, msg: Msg) -> None: ...
