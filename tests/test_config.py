@@ -33,10 +33,12 @@ def test_defaults_are_registered_with_dask() -> None:
         "default-task-durations": {},
         "worker-saturation": 1.1,
         "bandwidth": 100_000_000,
+        "allow-remote-code": False,
     }
     assert d["worker"] == {
         "heartbeat-interval": "500ms",
         "warm-imports": ["numpy"],
+        "resources": {},
         "connections": {"outgoing": 50, "incoming": 10},
         "memory": {"target": 0.6, "spill": 0.7, "pause": 0.8, "terminate": 0.95},
         "transfer": {"message-bytes-limit": "50MB"},

@@ -1,8 +1,11 @@
 """conveyor: a dynamic distributed task scheduler with the dask.distributed API."""
 
+from conveyor.client.actor import Actor, ActorFuture
 from conveyor.client.client import Client, default_client
-from conveyor.client.collections import futures_of
+from conveyor.client.collections import fire_and_forget, futures_of
+from conveyor.client.coordination import Event, Lock, Queue, Semaphore, Variable
 from conveyor.client.future import CancelledError, Future, KilledWorker
+from conveyor.client.secession import rejoin, secede
 from conveyor.client.waiting import (
     ALL_COMPLETED,
     FIRST_COMPLETED,
@@ -10,10 +13,12 @@ from conveyor.client.waiting import (
     as_completed,
     wait,
 )
+from conveyor.client.worker_client import get_client, worker_client
 from conveyor.deploy.local import LocalCluster
 from conveyor.rpc import RemoteError
+from conveyor.server.plugin import SchedulerPlugin, WorkerPlugin
 from conveyor.server.scheduler import Scheduler
-from conveyor.server.worker import Worker
+from conveyor.server.worker import Worker, get_worker
 
 __version__ = "0.1.0"
 
@@ -21,17 +26,32 @@ __all__ = [
     "ALL_COMPLETED",
     "FIRST_COMPLETED",
     "FIRST_EXCEPTION",
+    "Actor",
+    "ActorFuture",
     "CancelledError",
     "Client",
+    "Event",
     "Future",
     "KilledWorker",
     "LocalCluster",
+    "Lock",
+    "Queue",
     "RemoteError",
     "Scheduler",
+    "SchedulerPlugin",
+    "Semaphore",
+    "Variable",
     "Worker",
+    "WorkerPlugin",
     "__version__",
     "as_completed",
     "default_client",
+    "fire_and_forget",
     "futures_of",
+    "get_client",
+    "get_worker",
+    "rejoin",
+    "secede",
     "wait",
+    "worker_client",
 ]

@@ -412,3 +412,68 @@ def test_records_hash_by_identity_unless_replayable() -> None:
     b = replayable.tasks["a"]
     assert hash(b) == hash("a") and b == b
     assert b != replayable.task_type("a")  # equality stays identity
+
+
+# ------------------------------------------------------------------ secession
+
+
+def test_a_seceded_task_frees_its_slot_and_the_scheduler_is_told() -> None:
+    ws = make(nthreads=1)
+    assert compute(ws, "a", priority=(0, 1, 0)) == [we.Execute("a")]
+    assert compute(ws, "b", priority=(0, 1, 1)) == []  # the one thread is taken
+    out = ws.handle(we.SecedeEvent(1.0, "a"))
+    assert out == [we.LongRunningMsg("a", 0), we.Execute("b")]
+    assert states(ws) == {"a": "long-running", "b": "executing"}
+    assert ws.long_running == {"a"} and ws.executing_keys == {"b"}
+
+
+def test_rejoin_waits_for_a_slot_and_takes_it_before_ready_tasks() -> None:
+    ws = make(nthreads=1)
+    compute(ws, "a", priority=(0, 1, 0))
+    compute(ws, "b", priority=(0, 1, 1))
+    ws.handle(we.SecedeEvent(1.0, "a"))
+    compute(ws, "c", priority=(0, 1, 2))  # ready behind b
+    assert ws.handle(we.RejoinEvent(2.0, "a")) == []  # b holds the slot
+    out = success(ws, "b")
+    assert we.Rejoined("a") in out
+    assert we.Execute("c") not in out  # the rejoining task came first
+    assert states(ws)["a"] == "executing" and states(ws)["c"] == "ready"
+    out = success(ws, "a")
+    assert we.Execute("c") in out and states(ws)["a"] == "memory"
+
+
+def test_rejoin_with_a_free_slot_is_granted_at_once() -> None:
+    ws = make(nthreads=2)
+    compute(ws, "a")
+    ws.handle(we.SecedeEvent(1.0, "a"))
+    assert ws.handle(we.RejoinEvent(2.0, "a")) == [we.Rejoined("a")]
+    assert states(ws) == {"a": "executing"}
+
+
+def test_a_long_running_task_finishes_like_an_executing_one() -> None:
+    ws = make(nthreads=1)
+    compute(ws, "a")
+    ws.handle(we.SecedeEvent(1.0, "a"))
+    out = success(ws, "a")
+    assert [type(i) for i in out] == [we.TaskFinishedMsg]
+    assert states(ws) == {"a": "memory"} and not ws.long_running
+
+
+def test_a_long_running_task_freed_is_cancelled_and_resumable() -> None:
+    ws = make(nthreads=1)
+    compute(ws, "a")
+    ws.handle(we.SecedeEvent(1.0, "a"))
+    free(ws, "a")
+    assert states(ws) == {"a": "cancelled"} and ws.executing_keys == {"a"}
+    assert ws.handle(we.RejoinEvent(2.0, "a")) == [we.Rejoined("a")]
+    compute(ws, "a")  # asked for again while it still runs: it resumes
+    assert states(ws) == {"a": "executing"}
+    assert [type(i) for i in success(ws, "a")] == [we.TaskFinishedMsg]
+
+
+def test_secede_of_a_task_no_longer_executing_is_ignored() -> None:
+    ws = make(nthreads=1)
+    compute(ws, "a")
+    free(ws, "a")
+    assert ws.handle(we.SecedeEvent(1.0, "a")) == []
+    assert states(ws) == {"a": "cancelled"}

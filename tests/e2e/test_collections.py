@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import cloudpickle
 import dask
@@ -17,6 +20,7 @@ from dask.base import tokenize
 
 from conveyor import Client, Future, LocalCluster, futures_of
 from conveyor.client import current
+from conveyor.client.stores import _store_functions, check_stores
 
 pd = pytest.importorskip("pandas")
 dd = pytest.importorskip("dask.dataframe")
@@ -157,9 +161,11 @@ def test_a_message_that_cannot_be_encoded_fails_only_its_call(client: Client) ->
         def __hash__(self) -> int:
             return 1
 
-    bad = client.submit(inc, 1, key=Odd())
-    with pytest.raises(TypeError, match="cannot send 'update-graph'"):
-        bad.result(timeout=10)
+    with pytest.raises(TypeError, match="cannot be a task key"):
+        client.submit(inc, 1, key=Odd())
+    # a request the codec refuses fails alone; the connection carries on
+    with pytest.raises(TypeError, match="cannot send 'who-has'"):
+        client.sync(client._request, {"op": "who-has", "keys": [Odd()]})
     assert client.submit(inc, 2).result(timeout=10) == 3
     assert client.status == "running"
 
@@ -175,3 +181,64 @@ def test_dataframe_shuffle_groupby_and_merge_across_processes(client: Client) ->
     assert len(merged) == 2000 and (merged.c == merged.a).all()
     ordered = df.sort_values("b", ascending=False).b.compute()
     assert ordered.tolist() == sorted(pdf.b, reverse=True)
+
+
+class FileTarget:
+    """A store target every worker process can write: a .npy file, opened per write.
+    Each write logs when it starts and ends, to show that writers never overlap."""
+
+    def __init__(self, path: str, log: str) -> None:
+        self.path = path
+        self.log = log
+        self.shape = (40, 40)
+        self.dtype = np.dtype("f8")
+
+    def __setitem__(self, region: Any, value: Any) -> None:
+        with open(self.log, "a") as log:
+            log.write(f"start {time.monotonic()}\n")
+        array = np.load(self.path, mmap_mode="r+")
+        array[region] = value
+        array.flush()
+        time.sleep(0.01)  # widens the critical section, so that unlocked writers overlap
+        with open(self.log, "a") as log:
+            log.write(f"end {time.monotonic()}\n")
+
+
+def test_store_takes_a_lock_that_works_across_processes(client: Client, tmp_path: Path) -> None:
+    path, log = tmp_path / "target.npy", tmp_path / "writes.log"
+    np.save(path, np.zeros((40, 40)))
+    x = da.arange(1600, chunks=100).reshape((40, 40)).astype("f8")
+    da.store(x, FileTarget(str(path), str(log)), lock=True)
+    np.testing.assert_array_equal(np.load(path), np.arange(1600).reshape((40, 40)))
+    events = [line.split()[0] for line in log.read_text().splitlines()]
+    assert len(events) >= 32  # at least 16 writes
+    assert events == ["start", "end"] * (len(events) // 2)  # never two writers at once
+
+
+def test_store_locks_are_swapped_for_cluster_locks_without_touching_dasks_graph() -> None:
+    x = da.ones((4, 4), chunks=2)
+    stored = da.store(x, FileTarget("unused", "unused"), lock=True, compute=False)
+    graph = dict(stored.__dask_graph__())
+    fixed = check_stores(graph, lambda name: ("cluster-lock", name))
+    locks = [lock for node in fixed.values() for lock in _store_locks(node)]
+    assert len(locks) == 4 and {lock[0] for lock in locks} == {"cluster-lock"}
+    assert len({lock[1] for lock in locks}) == 1  # one lock for the whole store
+    assert all(
+        type(lock).__name__ == "SerializableLock"
+        for n in graph.values()
+        for lock in _store_locks(n)
+    )
+
+
+def _store_locks(node: Any) -> list[Any]:
+    if getattr(node, "func", None) in _store_functions():
+        return [node.kwargs["lock"]]
+    inner = node.args[0] if getattr(node, "args", None) and isinstance(node.args[0], dict) else {}
+    return [lock for n in inner.values() for lock in _store_locks(n)]
+
+
+def test_store_into_a_client_side_array_is_refused(client: Client, tmp_path: Path) -> None:
+    memmap = np.memmap(tmp_path / "m.dat", mode="w+", shape=(4, 4), dtype="f8")
+    for target in (np.zeros((4, 4)), memmap):
+        with pytest.raises(ValueError, match=r"numpy.ndarray held by this process"):
+            da.store(da.ones((4, 4), chunks=2), target)

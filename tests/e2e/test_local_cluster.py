@@ -137,7 +137,7 @@ def test_bad_arguments_fail_before_starting_anything() -> None:
     with pytest.raises(ValueError, match="Invalid memory_limit"):
         LocalCluster(n_workers=1, memory_limit="lots")
     with pytest.raises(TypeError, match="cannot be passed to worker processes"):
-        LocalCluster(n_workers=1, processes=True, resources={"GPU": 1})
+        LocalCluster(n_workers=1, processes=True, heartbeat_interval="1s")
 
 
 @pytest.mark.usefixtures("no_leaks")

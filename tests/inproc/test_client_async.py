@@ -6,9 +6,10 @@ import asyncio
 import operator
 import traceback
 
+import dask.array as da
 import pytest
 
-from conveyor import CancelledError, Future, as_completed, wait
+from conveyor import CancelledError, Future, as_completed, futures_of, wait
 from conveyor.client import graph as graph_module
 from conveyor.client.graph import graph_messages
 from conveyor.testing.cluster import in_process_cluster, until
@@ -396,5 +397,20 @@ def test_graph_nodes_travel_in_shared_chunks(monkeypatch: pytest.MonkeyPatch) ->
         assert await c.get(dsk, "total") == sum(range(1, 26))
         await until(lambda: not s.tasks and not s.state.functions, what="graph forgotten")
         await until(lambda: all(len(w.functions) == 0 for w in workers), what="chunks dropped")
+
+    run(body)
+
+
+def test_compute_and_persist_from_an_asynchronous_client() -> None:
+    async def body(s, workers, c):  # type: ignore[no-untyped-def]
+        x = da.arange(20, chunks=5)
+        fut = c.compute(x.sum())
+        assert await fut == 190
+        assert await c.compute([x.max(), x.min()], sync=True) == [19, 0]
+        y = c.persist(x + 1)
+        assert len(futures_of(y)) == 4
+        assert await c.compute(y.sum(), sync=True) == 210
+        with pytest.raises(NotImplementedError, match="actor=True"):
+            c.compute(x.sum(), actors=True)
 
     run(body)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import socket
 import time
+import warnings
 from collections.abc import Iterator
 
 import dask
@@ -122,3 +123,16 @@ def test_dropping_futures_right_after_submitting_their_dependents(client: Client
     while len(level) > 1:  # each level drops the previous one as soon as it is built
         level = [client.submit(sum, level[i : i + 2]) for i in range(0, len(level), 2)]
     assert level[0].result(timeout=30) == sum(range(1, 65))
+
+
+def test_large_arguments_warn_with_the_fix(client: Client) -> None:
+    big = b"x" * 2_000_000
+    with pytest.warns(UserWarning, match=r"scatter them once"):
+        fut = client.submit(len, big)
+    assert fut.result() == 2_000_000
+    with pytest.warns(UserWarning, match=r"a map pickle to"):
+        assert client.gather(client.map(len, [big, big])) == [2_000_000, 2_000_000]
+    scattered = client.scatter(big)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert client.submit(len, scattered).result() == 2_000_000

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from conveyor.protocol import CallChunk, dumps_function, dumps_spec
-from conveyor.server.execute import FunctionStore, Outcome
+from conveyor.protocol import CallChunk, FunctionStore, dumps_function, dumps_spec
+from conveyor.server.execute import Outcome
 from conveyor.server.runner import TaskRunner
 
 

@@ -46,6 +46,18 @@ def test_compute_task_round_trip_with_function_and_run_id() -> None:
     assert event.who_has == {"d": ("tcp://v",)} and event.nbytes == {"d": 8}
 
 
+def test_acquire_replicas_and_cancelled_keys_round_trip() -> None:
+    instr = si.AcquireReplicas("tcp://w", {("x", 1): ["tcp://a", "tcp://b"]}, {("x", 1): 80})
+    event = worker_event_from_msg(_wire(scheduler_instruction_to_msg(instr)), now=1.0)
+    assert event == we.AcquireReplicasEvent(1.0, {("x", 1): ["tcp://a", "tcp://b"]}, {("x", 1): 80})
+    cancelled = _wire(
+        scheduler_instruction_to_msg(si.KeysCancelled("c", ["k"], "scheduler-restart"))
+    )
+    assert cancelled == {"op": "cancelled-keys", "keys": ("k",), "reason": "scheduler-restart"}
+    plain = _wire(scheduler_instruction_to_msg(si.KeysCancelled("c", ["k"])))
+    assert "reason" not in plain
+
+
 def test_task_results_carry_the_run_id_back() -> None:
     done = _wire(worker_instruction_to_msg(we.TaskFinishedMsg("k", 10, "int", 1.0, 2.0, 9)))
     ev = WORKER_STREAM_OPS["task-finished"]("tcp://w", done, 3.0)

@@ -7,8 +7,15 @@ import operator
 import pytest
 from dask._task_spec import TaskRef
 
-from conveyor.protocol import CallChunk, dumps_function, dumps_spec, pickle_bytes, unpickle_bytes
-from conveyor.server.execute import FunctionStore, run_task
+from conveyor.protocol import (
+    CallChunk,
+    FunctionStore,
+    dumps_function,
+    dumps_spec,
+    pickle_bytes,
+    unpickle_bytes,
+)
+from conveyor.server.execute import run_task
 
 
 def store(chunk: CallChunk, func: object = operator.add) -> FunctionStore:

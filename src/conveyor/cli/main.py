@@ -22,6 +22,7 @@ from conveyor import config
 from conveyor.cli.demo import run_demo
 from conveyor.rpc.gcpause import tune_server_gc
 from conveyor.rpc.loop import new_event_loop
+from conveyor.server.resources import parse_resources
 from conveyor.server.scheduler import Scheduler
 from conveyor.server.worker import Worker
 
@@ -71,6 +72,12 @@ def main() -> None:
 @click.option(
     "--idle-timeout", default=None, help="Close after this long without work, e.g. '1 hour'."
 )
+@click.option(
+    "--allow-remote-code/--no-allow-remote-code",
+    default=None,
+    help="Run code that clients send to the scheduler (run_on_scheduler, scheduler "
+    "plugins). Default: the scheduler.allow-remote-code configuration (false).",
+)
 def scheduler(
     host: str | None,
     port: int,
@@ -80,6 +87,7 @@ def scheduler(
     dashboard_address: str,
     dashboard: bool,
     idle_timeout: str | None,
+    allow_remote_code: bool | None,
 ) -> None:
     """Start a scheduler and serve until SIGINT or SIGTERM."""
     _configure_logging()
@@ -97,6 +105,7 @@ def scheduler(
                 protocol=protocol or "tcp",
                 scheduler_file=scheduler_file,
                 idle_timeout=idle,
+                allow_remote_code=allow_remote_code,
                 dashboard=dashboard,
                 dashboard_address=dashboard_address if dashboard else None,
             )
@@ -126,6 +135,12 @@ def scheduler(
     help="Per worker: 'auto', bytes ('4GB'), a fraction of memory (0.5), or 0 for none.",
 )
 @click.option("--local-directory", default=None, help="Directory for spilled data.")
+@click.option(
+    "--resources",
+    default=None,
+    help="Amounts of resources each worker offers to tasks that need them, e.g. "
+    "'GPU=2,MEM=10e9' (default: the worker.resources configuration).",
+)
 @click.option("--dashboard/--no-dashboard", default=False, help="Accepted; no worker dashboard.")
 def worker(
     address: str | None,
@@ -138,6 +153,7 @@ def worker(
     name: str | None,
     memory_limit: str,
     local_directory: str | None,
+    resources: str | None,
     dashboard: bool,
 ) -> None:
     """Start NWORKERS workers connected to the scheduler at ADDRESS."""
@@ -153,6 +169,10 @@ def worker(
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--memory-limit") from None
     names = [name] if nworkers == 1 else [name and f"{name}-{i}" for i in range(nworkers)]
+    try:
+        offered = None if resources is None else parse_resources(resources)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--resources") from None
 
     def make_servers() -> list[Worker]:
         return [
@@ -166,6 +186,7 @@ def worker(
                 interface=interface,
                 protocol=protocol,
                 local_directory=local_directory,
+                resources=offered,
             )
             for worker_name in names
         ]

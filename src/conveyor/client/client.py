@@ -16,23 +16,35 @@ from dask.utils import funcname, typename
 
 from conveyor import config
 from conveyor.client import current
+from conveyor.client.actor import Actor
 from conveyor.client.collections import CollectionsMixin
+from conveyor.client.control import ControlMixin
+from conveyor.client.coordination import Lock
+from conveyor.client.datasets import DatasetsMixin
+from conveyor.client.debugging import DebuggingMixin
+from conveyor.client.events import EventsMixin
+from conveyor.client.explain import ExplainMixin
 from conveyor.client.future import CancelledError, Future, FutureState, all_settled
 from conveyor.client.graph import (
     MapKeys,
-    add_options,
     call_message,
+    call_options,
+    check_fifo_timeout,
     function_entry,
     graph_messages,
     map_batches,
     normalize_key,
     submit_key,
+    task_options,
 )
+from conveyor.client.maintenance import MaintenanceMixin
+from conveyor.client.secession import seceding_if_in_task
 from conveyor.client.structure import collect_futures, substitute
 from conveyor.comm import connect
 from conveyor.deploy.local import LocalCluster
 from conveyor.protocol import dumps, unpickle_bytes
 from conveyor.rpc import Msg, Peer, PeerPool, read_scheduler_file, serve_peer
+from conveyor.rpc.actor_instance import make_actor
 from conveyor.rpc.data import unpack_data
 from conveyor.rpc.gcpause import gc_paused
 from conveyor.rpc.loop import LoopRunner
@@ -42,7 +54,15 @@ logger = logging.getLogger("conveyor.client")
 _GATHER_ATTEMPTS = 5
 
 
-class Client(CollectionsMixin):
+class Client(
+    CollectionsMixin,
+    ControlMixin,
+    DatasetsMixin,
+    DebuggingMixin,
+    EventsMixin,
+    ExplainMixin,
+    MaintenanceMixin,
+):
     """Connect to a cluster (or start a LocalCluster) and run work on it.
 
     ``Client()`` starts a LocalCluster with the keyword arguments given;
@@ -84,6 +104,8 @@ class Client(CollectionsMixin):
             raise TypeError(f"unexpected keyword arguments {sorted(cluster_kwargs)}")
         self._address = address if isinstance(address, str) else None
         self.futures: dict[Any, FutureState] = {}
+        #: keys of actor futures, with their classes: their results are Actor handles
+        self._actors: dict[Any, type] = {}
         self._refcount: dict[Any, int] = {}
         #: messages and releases from other threads, sent in order by the loop
         self._outbox: list[Msg | _Release] = []
@@ -100,6 +122,7 @@ class Client(CollectionsMixin):
             "lost-data": self._on_lost_data,
             "cancelled-keys": self._on_cancelled_keys,
         }
+        self._init_events()
         if set_as_default:
             current.set_default(self)
         self._started: Any = None
@@ -331,6 +354,24 @@ class Client(CollectionsMixin):
                 st = self.futures[key] = FutureState(key)
             return st
 
+    def _adopt(self, key: Any) -> FutureState:
+        """Count a future for ``key`` that this client did not submit (one unpickled
+        here); if the key is new to this client, tell the scheduler it wants it, so
+        that the future learns when it is done."""
+        with self._lock:
+            new = key not in self._refcount
+        st = self._inc_ref(key)
+        if new:
+            self._send({"op": "client-desires-keys", "keys": [key]})
+        return st
+
+    def _adopt_future(self, key: Any) -> Future:
+        """A Future for ``key``, which this client may not have submitted (see
+        ``_adopt``)."""
+        fut = Future.__new__(Future)
+        fut.key, fut._client, fut._state = key, self, self._adopt(key)
+        return fut
+
     def _dec_ref(self, key: Any) -> None:
         with self._lock:
             n = self._refcount.get(key, 0) - 1
@@ -339,6 +380,8 @@ class Client(CollectionsMixin):
                 return
             self._refcount.pop(key, None)
             self.futures.pop(key, None)
+            if self._actors:
+                self._actors.pop(key, None)
             if self.status != "running" or self.scheduler is None or self.loop is None:
                 return
         self._enqueue(_Release(key))
@@ -384,10 +427,16 @@ class Client(CollectionsMixin):
                 st.set_error(None, None, f"{type(error).__name__}: {error}", "")
 
     def _on_cancelled_keys(self, peer: Peer, msg: Msg) -> None:
+        reason = msg.get("reason")
         for key in msg["keys"]:
             st = self.futures.get(key)
             if st is not None:
-                st.cancel()
+                st.cancel(f"{key!r} was cancelled ({reason})" if reason else "")
+                # the scheduler forgot the key for this client: a new future for it
+                # starts afresh, as after Client.cancel
+                with self._lock:
+                    if self.futures.get(key) is st:
+                        del self.futures[key]
 
     # ---------------------------------------------------------------- submit
 
@@ -397,28 +446,62 @@ class Client(CollectionsMixin):
         *args: Any,
         key: Any = None,
         workers: str | Iterable[str] | None = None,
-        allow_other_workers: bool = False,
+        resources: dict[str, float] | None = None,
         retries: int | None = None,
-        priority: int = 0,
+        priority: float = 0,
+        fifo_timeout: Any = "100 ms",
+        allow_other_workers: bool = False,
         pure: bool = True,
+        actor: bool = False,
+        actors: bool = False,
         **kwargs: Any,
     ) -> Future:
-        """Run ``func(*args, **kwargs)`` on the cluster; return a Future for the result."""
+        """Run ``func(*args, **kwargs)`` on the cluster; return a Future for the result.
+
+        With ``actor=True`` (or ``actors=True``), ``func`` is a class: its instance stays
+        on the worker that made it, and the future's result is an :class:`Actor`
+        handle whose method calls and attribute reads run there.
+
+        Task options (none of them reaches ``func``): ``workers`` (names or addresses the
+        task may run on), ``allow_other_workers`` (it may run elsewhere if none of them
+        can), ``resources`` (amounts it needs free on its worker, ``{"GPU": 1}``),
+        ``retries`` (reruns after an error), ``priority`` (higher runs first). Options
+        set with ``dask.annotate`` where ``submit`` is called apply under these.
+        ``fifo_timeout`` is accepted for compatibility and has no effect: earlier
+        submissions come first among equal priorities.
+        """
         if not callable(func):
             raise TypeError("First input to submit must be a callable function")
+        check_fifo_timeout(fifo_timeout)
+        actor_class: type | None = None
+        if actor or actors:
+            if not isinstance(func, type):
+                raise TypeError(f"actor=True needs a class, not {type(func).__name__}")
+            actor_class, args, func = func, (func, *args), make_actor
+            pure = False  # every submission makes an instance of its own
         if key is None:
-            key = submit_key(func, args, kwargs, pure)
-        fut = Future(key, self)
-        fid, blob = function_entry(func)
-        msg = call_message(
-            key, fid, args, kwargs, 0, _as_list(workers), allow_other_workers, retries or 0
+            key = submit_key(actor_class or func, args, kwargs, pure)
+        else:
+            key = normalize_key(key)
+        options = call_options(
+            key,
+            workers=workers,
+            allow_other_workers=allow_other_workers,
+            retries=retries,
+            resources=resources,
+            priority=priority,
         )
+        fut = Future(key, self)
+        if actor_class is not None:
+            self._actors[key] = actor_class
+        fid, blob = function_entry(func)
+        msg = call_message(key, fid, args, kwargs, 0, options)
         self._send(
             {
                 "op": "update-graph",
                 "tasks": [msg],
                 "keys": [key],
-                "priority": priority,
+                "priority": options.get("priority", 0),
                 "functions": {fid: blob},
             }
         )
@@ -430,17 +513,32 @@ class Client(CollectionsMixin):
         *iterables: Iterable[Any],
         key: str | list[Any] | None = None,
         workers: str | Iterable[str] | None = None,
-        allow_other_workers: bool = False,
         retries: int | None = None,
-        priority: int = 0,
+        resources: dict[str, float] | None = None,
+        priority: float = 0,
+        allow_other_workers: bool = False,
+        fifo_timeout: Any = "100 ms",
         pure: bool = True,
         **kwargs: Any,
     ) -> list[Future]:
-        """Apply ``func`` to each element (or zipped elements) of the iterables."""
+        """Apply ``func`` to each element (or zipped elements) of the iterables.
+
+        The task options (``workers``, ``allow_other_workers``, ``resources``,
+        ``retries``, ``priority``, ``fifo_timeout``) apply to every task, as for
+        :meth:`submit`; they never reach ``func``.
+        """
         if not callable(func):
             raise TypeError("First input to map must be a callable function")
         if not iterables:
             raise TypeError("map needs at least one iterable")
+        check_fifo_timeout(fifo_timeout)
+        options = call_options(
+            workers=workers,
+            allow_other_workers=allow_other_workers,
+            retries=retries,
+            resources=resources,
+            priority=priority,
+        )
         rows: Iterable[tuple[Any, ...]] = zip(*iterables, strict=False)
         if isinstance(key, list):
             rows = list(rows)
@@ -451,8 +549,6 @@ class Client(CollectionsMixin):
             keys = MapKeys(key or funcname(func), token=tokenize(func, kwargs))
         else:  # unique: one random token for the call, then the row number
             keys = MapKeys(f"{key or funcname(func)}-{uuid.uuid4().hex}")
-        options: Msg = {}
-        add_options(options, _as_list(workers), allow_other_workers, retries or 0)
         fid, blob = function_entry(func)
         futures: list[Future] = []
         with gc_paused():  # many futures at once: see conveyor.rpc.gcpause
@@ -465,7 +561,7 @@ class Client(CollectionsMixin):
                         {
                             "op": "update-graph",
                             "batches": [batch],
-                            "priority": priority,
+                            "priority": options.get("priority", 0),
                             "functions": {fid: blob, cid: chunk},
                         }
                     )
@@ -490,7 +586,8 @@ class Client(CollectionsMixin):
         allow_other_workers: bool = False,
         resources: dict[str, float] | None = None,
         retries: int | None = None,
-        priority: int = 0,
+        priority: float = 0,
+        fifo_timeout: Any = "60s",
         actors: Any = None,
     ) -> Any:
         """Compute ``keys`` of a task graph (dict, HighLevelGraph or dask expression).
@@ -498,7 +595,12 @@ class Client(CollectionsMixin):
         This is what ``dask.compute(..., scheduler=client)`` calls. ``keys`` may be one
         key or nested lists of keys; the results come back in the same structure. With
         ``sync=False``, returns Futures in that structure instead of waiting.
+
+        The task options (``workers``, ``allow_other_workers``, ``resources``,
+        ``retries``, ``priority``) apply to every task, under each task's own
+        ``dask.annotate`` annotations; ``fifo_timeout`` has no effect (see :meth:`submit`).
         """
+        check_fifo_timeout(fifo_timeout)
         options = {
             "workers": workers,
             "allow_other_workers": allow_other_workers,
@@ -525,15 +627,22 @@ class Client(CollectionsMixin):
         already (a persisted collection, ``delayed(f)(future)``): they become plain
         dependencies.
         """
-        if options.get("resources") or options.get("actors"):
-            raise NotImplementedError("resources and actors are not supported by get yet")
+        if options.get("actors"):
+            raise NotImplementedError(
+                "actors= in get/compute/persist is not supported: make an actor with "
+                "client.submit(cls, actor=True)"
+            )
+        call = task_options(
+            workers=options.get("workers"),
+            allow_other_workers=options.get("allow_other_workers"),
+            retries=options.get("retries"),
+            resources=options.get("resources"),
+            priority=options.get("priority"),
+        )
         flat = [normalize_key(k) for k in keys]
-        msgs, blobs = graph_messages(dsk, keys, known=self.futures)
-        workers = _as_list(options.get("workers"))
-        retries = options.get("retries") or 0
-        if workers or retries:
-            for msg in msgs:
-                add_options(msg, workers, bool(options.get("allow_other_workers")), retries)
+        msgs, blobs = graph_messages(
+            dsk, keys, known=self.futures, options=call, make_lock=_cluster_lock
+        )
         futures = {k: Future(k, self) for k in flat}
         self._send(
             {
@@ -552,7 +661,8 @@ class Client(CollectionsMixin):
         """Wait for futures (anywhere inside lists, tuples, dicts, sets) and fetch results."""
         if errors not in ("raise", "skip"):
             raise ValueError(f"errors must be 'raise' or 'skip', not {errors!r}")
-        return self.sync(self._gather, futures, errors)
+        with seceding_if_in_task():  # waiting inside a task must not hold its thread
+            return self.sync(self._gather, futures, errors)
 
     async def _gather_one(self, fut: Future) -> Any:
         st = fut._state
@@ -577,8 +687,13 @@ class Client(CollectionsMixin):
         """Fetch finished keys straight from the workers holding them."""
         out: dict[Any, Any] = {}
         todo = {}
+        actors = self._actors
         for key, st in states.items():
-            if st.inline is not None:
+            if actors and key in actors and st.workers:
+                # an actor stays on its worker: its result here is a handle on it
+                holder = Future(key, self)  # the actor lives while its handle does
+                out[key] = Actor(actors[key], st.workers[0], key, self, holder)
+            elif st.inline is not None:
                 out[key] = unpickle_bytes(st.inline)
             else:
                 todo[key] = st
@@ -773,6 +888,12 @@ class _Release(NamedTuple):
     """In the outbox: the last future for ``key`` went away."""
 
     key: Any
+
+
+def _cluster_lock(name: str) -> Lock:
+    """The lock a ``da.store`` takes on the cluster: bound, wherever it is unpickled, to
+    the client there (the worker's, inside a task)."""
+    return Lock(name=name)
 
 
 def _call_safely(fn: Callable[[Future], Any], fut: Future) -> None:

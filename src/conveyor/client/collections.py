@@ -19,6 +19,7 @@ from dask.base import collections_to_expr, is_dask_collection
 from dask.delayed import delayed
 
 from conveyor.client.future import Future
+from conveyor.client.options import check_fifo_timeout
 
 if TYPE_CHECKING:
     from conveyor.client.shape import ClientShape
@@ -50,6 +51,7 @@ class CollectionsMixin:
         ``traverse`` is true. The keywords set the options of every task, as for
         :meth:`submit`.
         """
+        check_fifo_timeout(fifo_timeout)
         singleton = not isinstance(collections, (list, tuple, set, frozenset))
         items = [collections] if singleton else list(collections)
         if traverse:
@@ -76,7 +78,11 @@ class CollectionsMixin:
                 position += 1
             else:
                 out.append(a)
-        result = self.gather(out) if sync else out
+        if not sync:
+            return out[0] if singleton else out
+        if self.asynchronous:
+            return _gathered(self.gather(out), singleton)
+        result = self.gather(out)
         return result[0] if singleton else result
 
     def persist(
@@ -98,6 +104,7 @@ class CollectionsMixin:
         it, starts from the data on the cluster. ``dask.persist(x)`` and ``x.persist()``
         call this when this client is dask's scheduler.
         """
+        check_fifo_timeout(fifo_timeout)
         singleton = not isinstance(collections, (list, tuple, set, frozenset))
         items = [collections] if singleton else list(collections)
         bad = [type(a).__name__ for a in items if not is_dask_collection(a)]
@@ -119,6 +126,12 @@ class CollectionsMixin:
     def futures_of(self: ClientShape, collections: Any) -> list[Future]:
         """The futures inside ``collections`` (see :func:`futures_of`)."""
         return futures_of(collections)
+
+
+async def _gathered(results: Any, singleton: bool) -> Any:
+    """``compute(sync=True)`` from an asynchronous client: await the gather."""
+    values = await results
+    return values[0] if singleton else values
 
 
 def flatten(keys: Any) -> Iterator[Any]:
@@ -169,3 +182,14 @@ def futures_of(obj: Any) -> list[Future]:
         elif is_dask_collection(x):
             stack.extend(x.__dask_graph__().values())
     return out[::-1]
+
+
+def fire_and_forget(obj: Any) -> None:
+    """Run the futures in ``obj`` to completion even once nothing holds them: the
+    scheduler keeps each one wanted until it finishes or fails, then lets it go."""
+    by_client: dict[int, tuple[Any, list[Any]]] = {}
+    for fut in futures_of(obj):
+        entry = by_client.setdefault(id(fut.client), (fut.client, []))
+        entry[1].append(fut.key)
+    for client, keys in by_client.values():
+        client._send({"op": "fire-and-forget", "keys": keys})

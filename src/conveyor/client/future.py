@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from dask._task_spec import TaskRef
 
 from conveyor.client.current import default_client
+from conveyor.client.secession import seceding_if_in_task
 from conveyor.protocol import unpack_traceback, unpickle_bytes
 
 if TYPE_CHECKING:
@@ -202,13 +203,11 @@ class Future(TaskRef):
         # client on first use, not when it is unpickled: a worker unpickling a graph
         # that mentions futures must not open a client for them.
         if name in ("_client", "_state"):
-            self._bind(default_client())
+            client = default_client()
+            self._client = client
+            self._state = client._adopt(self.key)
             return object.__getattribute__(self, name)
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-
-    def _bind(self, client: Client) -> None:
-        self._client = client
-        self._state = client._inc_ref(self.key)
 
     def _is_bound(self) -> bool:
         try:
@@ -253,7 +252,8 @@ class Future(TaskRef):
 
     def result(self, timeout: float | str | None = None) -> Any:
         """Wait for and return the result; raise the task's exception if it failed."""
-        return self._client.sync(self._client._gather_one, self, timeout=timeout)
+        with seceding_if_in_task():  # waiting inside a task must not hold its thread
+            return self._client.sync(self._client._gather_one, self, timeout=timeout)
 
     def exception(self, timeout: float | str | None = None) -> BaseException | None:
         """The exception the task raised, or None if it succeeded."""

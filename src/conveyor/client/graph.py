@@ -18,19 +18,47 @@ Three kinds of run spec travel:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import numbers
 import uuid
+import warnings
 from collections.abc import Callable, Container, Iterable, Iterator, Mapping
 from itertools import islice
 from typing import Any
 
+import dask.config
+from dask._expr import Expr
 from dask._task_spec import GraphNode, convert_legacy_graph, cull, parse_input
 from dask.base import tokenize
+from dask.highlevelgraph import HighLevelGraph
 from dask.order import order
-from dask.utils import funcname
+from dask.utils import format_bytes, funcname
 
+from conveyor.client.options import (
+    OPTION_NAMES,
+    GraphOptions,
+    call_options,
+    check_fifo_timeout,
+    task_options,
+)
+from conveyor.client.stores import check_stores
 from conveyor.protocol import CallChunk, dumps_function, dumps_spec
+
+__all__ = [
+    "GraphOptions",
+    "MapKeys",
+    "annotated_graph",
+    "as_graph",
+    "call_message",
+    "call_options",
+    "check_fifo_timeout",
+    "graph_messages",
+    "map_batches",
+    "normalize_key",
+    "submit_key",
+    "task_options",
+]
 
 Msg = dict[str, Any]
 
@@ -75,6 +103,25 @@ def normalize_key(key: Any) -> Any:
     )
 
 
+#: bytes of pickled arguments per task above which the client warns (sent every time)
+LARGE_ARGUMENTS = 1_000_000
+#: bytes of a pickled graph above which the client warns
+LARGE_GRAPH = 10_000_000
+
+
+def warn_large(nbytes: int, what: str) -> None:
+    """Warn that ``what`` pickles to ``nbytes``: large constants travel with every task
+    (and every call) that holds them, where a scattered value travels once."""
+    warnings.warn(
+        f"Sending a large object: {what} pickle to {format_bytes(nbytes)}. Values this "
+        "large are sent again with every call that passes them; scatter them once "
+        "(future = client.scatter(value)) and pass the future instead, or load the data "
+        "inside the tasks.",
+        UserWarning,
+        stacklevel=4,
+    )
+
+
 def submit_key(func: Callable[..., Any], args: Any, kwargs: Any, pure: bool) -> str:
     """A key for one call: deterministic (content hash) when ``pure``, else unique."""
     name = funcname(func)
@@ -112,22 +159,26 @@ def call_message(
     args: Iterable[Any],
     kwargs: Mapping[str, Any],
     order_: int = 0,
-    workers: list[str] | None = None,
-    allow_other_workers: bool = False,
-    retries: int = 0,
+    options: Msg | None = None,
 ) -> Msg:
-    """A task calling function ``fid``; futures in the arguments become dependencies."""
+    """A task calling function ``fid``; futures in the arguments become dependencies.
+
+    ``options``: the task's options in wire form (see :func:`task_options`)."""
     parsed_args = tuple(parse_input(a) for a in args)
     parsed_kwargs = {k: parse_input(v) for k, v in kwargs.items()}
     deps = _dependencies((*parsed_args, *parsed_kwargs.values()))
+    spec = dumps_spec((parsed_args, parsed_kwargs))
+    if len(spec) > LARGE_ARGUMENTS:
+        warn_large(len(spec), f"the arguments of task {key!r}")
     msg: Msg = {
         "key": key,
-        "spec": dumps_spec((parsed_args, parsed_kwargs)),
+        "spec": spec,
         "deps": list(deps),
         "order": order_,
         "fn": fid,
     }
-    add_options(msg, workers, allow_other_workers, retries)
+    if options:
+        msg.update(options)
     return msg
 
 
@@ -175,8 +226,10 @@ def map_batches(
     """The batches of a ``map`` of function ``fid``, made as ``rows`` are read: each with
     its argument chunk's id and bytes, and the keys of its tasks.
 
-    ``options`` (workers, retries, ...) go into every batch.
+    ``options`` (wire form: workers, retries, resources; see :func:`task_options`) go
+    into every batch; a priority travels with the message instead.
     """
+    options = {k: v for k, v in options.items() if k != "priority"}
     parsed_kwargs = {k: parse_input(v) for k, v in kwargs.items()}
     shared = _dependencies(parsed_kwargs.values())
     rows = iter(rows)
@@ -192,6 +245,8 @@ def map_batches(
         parsed = bool(shared) or row_deps is not None
         chunk = CallChunk(fid, args, parsed_kwargs if parsed else kwargs, parsed)
         cid, blob = blob_entry(dumps_spec(chunk))
+        if len(blob) > LARGE_ARGUMENTS * len(part):
+            warn_large(len(blob), f"the arguments of {len(part)} tasks of a map")
         batch: Msg = {"function": fid, "chunk": cid, "order": start, **options}
         names = keys.name(batch, start, part)
         if shared:
@@ -211,16 +266,6 @@ def _dependencies(args: Iterable[Any]) -> set[Any]:
     return deps
 
 
-def add_options(
-    msg: Msg, workers: list[str] | None, allow_other_workers: bool, retries: int
-) -> None:
-    if workers:
-        msg["workers"] = list(workers)
-        msg["allow_other_workers"] = allow_other_workers
-    if retries:
-        msg["retries"] = retries
-
-
 def as_graph(obj: Any) -> dict[Any, GraphNode]:
     """A dict of task-spec nodes from a dict graph, HighLevelGraph or dask expression."""
     if hasattr(obj, "__dask_graph__") and not isinstance(obj, Mapping):
@@ -231,8 +276,63 @@ def as_graph(obj: Any) -> dict[Any, GraphNode]:
     return graph
 
 
+def annotated_graph(obj: Any) -> tuple[dict[Any, GraphNode], dict[str, dict[Any, Any]]]:
+    """The graph of ``obj`` (as :func:`as_graph`) and its per-task option annotations,
+    ``{option: {key: value}}``.
+
+    dask 2026 hands ``get`` a dask expression; its ``__dask_annotations__`` are those of
+    the layers of its optimized graph. Low-level fusion (on by default for arrays) merges
+    tasks into layers that carry no annotations, so when the expression's layers carry
+    task options and the user left ``optimization.fuse.active`` unset, the graph is
+    made without it (blockwise fusion, which keeps annotations, still runs). A
+    HighLevelGraph's annotations are read from its layers; a plain dict has none.
+    """
+    annotations: dict[str, dict[Any, Any]] = {}
+    if isinstance(obj, HighLevelGraph):
+        for layer in obj.layers.values():
+            for name, value in (layer.annotations or {}).items():
+                if name in OPTION_NAMES:
+                    by_key = annotations.setdefault(name, {})
+                    for k in layer:
+                        by_key[k] = value(k) if callable(value) else value
+    elif isinstance(obj, Expr):
+        expr = obj
+        unfused = dask.config.get("optimization.fuse.active", None) is None
+        keep: Any = contextlib.nullcontext()
+        if unfused and _layers_carry_options(expr):
+            keep = dask.config.set({"optimization.fuse.active": False})
+        with keep:
+            obj = expr.__dask_graph__()  # type: ignore[no-untyped-call]
+            found = expr.__dask_annotations__()  # type: ignore[no-untyped-call]
+        annotations = {n: m for n, m in found.items() if n in OPTION_NAMES and m}
+    return as_graph(obj), annotations
+
+
+def _layers_carry_options(expr: Expr) -> bool:
+    """Whether a layer of a graph inside ``expr`` (before optimization) is annotated
+    with a task option."""
+    todo: list[Any] = [expr]
+    seen: set[int] = set()
+    while todo:
+        item = todo.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, HighLevelGraph):
+            for layer in item.layers.values():
+                if layer.annotations and not OPTION_NAMES.isdisjoint(layer.annotations):
+                    return True
+        elif isinstance(item, Expr):
+            todo.extend(op for op in item.operands if isinstance(op, (Expr, HighLevelGraph)))
+    return False
+
+
 def graph_messages(
-    dsk: Any, keys: list[Any], known: Container[Any] = ()
+    dsk: Any,
+    keys: list[Any],
+    known: Container[Any] = (),
+    options: Msg | None = None,
+    make_lock: Callable[[str], Any] | None = None,
 ) -> tuple[list[Msg], dict[str, bytes]]:
     """Cull ``dsk`` to what ``keys`` need, order it, and encode it.
 
@@ -240,9 +340,18 @@ def graph_messages(
     them without holding them (dask drops an entry that only refers to a future of the
     same key), and ``keys`` may include them.
 
+    ``options``: the call's task options in wire form (:func:`task_options` of its
+    keywords). Each task carries its own: its annotations (``dask.annotate`` around the
+    code that built it) over ``options`` over the annotations in force here.
+
+    ``make_lock(name)``: the cluster-wide lock replacing the process-local lock of a
+    ``da.store`` (see :mod:`conveyor.client.stores`).
+
     Returns the task messages and the shared blobs (by id) that their specs index into.
     """
-    graph = as_graph(dsk)
+    graph, annotations = annotated_graph(dsk)
+    graph = check_stores(graph, make_lock)
+    task_opts = GraphOptions(options or {}, annotations)
     missing = [k for k in keys if k not in graph and normalize_key(k) not in known]
     if missing:
         raise KeyError(f"keys not in the graph: {missing[:5]}")
@@ -256,13 +365,18 @@ def graph_messages(
         bid, blob = blob_entry(dumps_spec([graph[k] for k in chunk]))
         blobs[bid] = blob
         for index, key in enumerate(chunk):
-            msgs.append(
-                {
-                    "key": normalize_key(key),
-                    "spec": index,
-                    "deps": [normalize_key(d) for d in graph[key].dependencies],
-                    "order": priorities[key],
-                    "fn": bid,
-                }
-            )
+            msg = {
+                "key": normalize_key(key),
+                "spec": index,
+                "deps": [normalize_key(d) for d in graph[key].dependencies],
+                "order": priorities[key],
+                "fn": bid,
+            }
+            opts = task_opts.of(key)
+            if opts:
+                msg.update(opts)
+            msgs.append(msg)
+    total = sum(len(b) for b in blobs.values())
+    if total > LARGE_GRAPH:
+        warn_large(total, f"a graph of {len(msgs)} tasks")
     return msgs, blobs

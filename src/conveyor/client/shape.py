@@ -9,6 +9,7 @@ Client (which has them all) satisfies it. Add a member here when a mixin needs o
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -27,6 +28,10 @@ class ClientShape(Protocol):
     scheduler: Peer | None
     pool: PeerPool | None
     futures: dict[Any, FutureState]
+    #: the cluster object given to (or started by) the client, if any
+    cluster: Any
+    scheduler_file: str | None
+    _lock: threading.Lock
     _handlers: dict[str, Callable[[Peer, Msg], Any]]
 
     def sync(
@@ -43,4 +48,10 @@ class ClientShape(Protocol):
 
     async def _request(self, msg: Msg) -> Any: ...
 
+    async def _gather(self, futures: Any, errors: str = "raise") -> Any: ...
+
+    def _adopt_future(self, key: Any) -> Future: ...
+
     def _send(self, msg: Msg) -> None: ...
+
+    def close(self, timeout: float | str | None = None) -> Any: ...

@@ -10,6 +10,7 @@ from typing import Any, NamedTuple
 
 from conveyor import config
 from conveyor.client.future import Future, FutureState, all_settled
+from conveyor.client.secession import seceding_if_in_task
 
 ALL_COMPLETED = "ALL_COMPLETED"
 FIRST_COMPLETED = "FIRST_COMPLETED"
@@ -38,7 +39,8 @@ def wait(
     if not futures:
         return DoneAndNotDoneFutures(set(), set())
     client = futures[0].client
-    return client.sync(_wait, futures, return_when, timeout=config.parse_duration(timeout))
+    with seceding_if_in_task():  # waiting inside a task must not hold its thread
+        return client.sync(_wait, futures, return_when, timeout=config.parse_duration(timeout))
 
 
 async def _wait(futures: list[Future], return_when: str) -> DoneAndNotDoneFutures:

@@ -24,6 +24,8 @@ class AddWorker(SchedulerEvent):
     host: str
     #: keys the worker already holds, with their sizes
     data: dict[Key, int] = field(default_factory=dict)
+    #: resource name -> amount the worker offers (``Worker(resources=...)``)
+    resources: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -61,6 +63,10 @@ class TaskSpec:
     retries: int = 0
     #: id of a function sent once per graph in ``UpdateGraph.functions``
     function: str | None = None
+    #: resource name -> amount the task needs free on its worker (None: no restriction)
+    resources: dict[str, float] | None = None
+    #: the task's own user priority (higher runs first); None: the update's
+    priority: float | None = None
 
 
 @dataclass(slots=True)
@@ -87,6 +93,8 @@ class TaskBatch:
     one_group: bool = False
     #: the client wants every task of the batch
     wanted: bool = True
+    #: resource name -> amount each task needs free on its worker (None: no restriction)
+    resources: dict[str, float] | None = None
 
 
 @dataclass(slots=True)
@@ -94,7 +102,8 @@ class UpdateGraph(SchedulerEvent):
     client_id: str
     tasks: list[TaskSpec]
     wanted: list[Key]
-    user_priority: int = 0
+    #: user priority of the tasks that do not carry their own (higher runs first)
+    user_priority: float = 0
     #: opaque pickled functions by id, shared by the tasks that name them
     functions: dict[str, Any] = field(default_factory=dict)
     #: tasks submitted in bulk, after ``tasks``
@@ -103,6 +112,16 @@ class UpdateGraph(SchedulerEvent):
     def size(self) -> int:
         """How many tasks the update names."""
         return len(self.tasks) + sum(len(b.keys) for b in self.batches)
+
+
+@dataclass(slots=True)
+class TaskLongRunning(SchedulerEvent):
+    """The task ``key`` seceded on ``worker``: it runs on, outside the worker's slots."""
+
+    worker: str
+    key: Key
+    #: the ``run_id`` of the ComputeTask it answers (0: unknown)
+    run_id: int = 0
 
 
 @dataclass(slots=True)
@@ -181,3 +200,53 @@ class MissingData(SchedulerEvent):
 @dataclass(slots=True)
 class Tick(SchedulerEvent):
     """Periodic check (worker time-to-live)."""
+
+
+# ------------------------------------------------- cluster control (conveyor.core.control)
+
+
+@dataclass(slots=True)
+class RetireWorkers(SchedulerEvent):
+    """Place nothing more on these workers and move the tasks running there elsewhere
+    (without counting against the tasks' allowed failures). Data only they hold is then
+    copied away (:class:`CopyReplicas`) before the shell closes them."""
+
+    addresses: list[str]
+
+
+@dataclass(slots=True)
+class CancelRetirement(SchedulerEvent):
+    """These retiring workers go back to running tasks (their data could not move)."""
+
+    addresses: list[str]
+
+
+@dataclass(slots=True)
+class CopyReplicas(SchedulerEvent):
+    """Ask workers to fetch copies of keys in memory elsewhere: recipient -> keys. The
+    copies count once the workers report them (``WorkerAddKeys``)."""
+
+    copies: dict[str, list[Key]]
+
+
+@dataclass(slots=True)
+class DropReplicas(SchedulerEvent):
+    """Free these copies (worker -> keys); a key's last copy is always kept."""
+
+    replicas: dict[str, list[Key]]
+
+
+@dataclass(slots=True)
+class RetryKeys(SchedulerEvent):
+    """Run these erred tasks again, with the erred dependencies they blame."""
+
+    client_id: str
+    keys: list[Key]
+
+
+@dataclass(slots=True)
+class ForgetAll(SchedulerEvent):
+    """Every client releases every key (``Client.restart``); clients are told their
+    keys were cancelled, with ``reason``."""
+
+    reason: str = "scheduler-restart"

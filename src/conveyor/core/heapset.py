@@ -9,7 +9,7 @@ from typing import Generic, Protocol, TypeVar
 
 class _Prioritized(Protocol):
     @property
-    def priority(self) -> tuple[int, ...]: ...
+    def priority(self) -> tuple[float, ...]: ...
 
 
 T = TypeVar("T", bound=_Prioritized)
@@ -27,7 +27,7 @@ class HeapSet(Generic[T]):
 
     def __init__(self) -> None:
         self._members: set[T] = set()
-        self._heap: list[tuple[tuple[int, ...], int, T]] = []
+        self._heap: list[tuple[tuple[float, ...], int, T]] = []
         self._count = 0
 
     def __len__(self) -> int:

@@ -32,6 +32,8 @@ class ComputeTask(ToWorker):
     run_id: int = 0
     #: a client waits for this result: send it back with the completion if small
     inline: bool = False
+    #: resource name -> amount the task holds on the worker while it runs
+    resources: dict[str, float] | None = None
 
 
 @dataclass(slots=True)
@@ -49,6 +51,14 @@ class FreeFunctions(ToWorker):
 @dataclass(slots=True)
 class RefreshWhoHas(ToWorker):
     who_has: dict[Key, list[str]]
+
+
+@dataclass(slots=True)
+class AcquireReplicas(ToWorker):
+    """Fetch copies of these keys from the workers listed (and keep them)."""
+
+    who_has: dict[Key, list[str]]
+    nbytes: dict[Key, int]
 
 
 @dataclass(slots=True)
@@ -90,6 +100,8 @@ class LostData(ToClient):
 @dataclass(slots=True)
 class KeysCancelled(ToClient):
     keys: list[Key]
+    #: why, when not the client's own request (e.g. "scheduler-restart")
+    reason: str = ""
 
 
 Instruction = ToWorker | ToClient

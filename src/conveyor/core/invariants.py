@@ -6,6 +6,7 @@ import math
 from typing import TYPE_CHECKING
 
 from conveyor.core.records import EMPTY
+from conveyor.core.restrictions import signature
 from conveyor.core.transitions import ACTIVE
 
 if TYPE_CHECKING:
@@ -63,6 +64,10 @@ def _validate_task(s: SchedulerState, ts: TaskState) -> None:
         _check(s.workers.get(ws.address) is ws, ts, "held by a removed worker")
     if state == "erred":
         _check(ts.exception_blame is not None, ts, "erred without blame")
+    need = ts.resource_restrictions
+    if need is not None:
+        parked = s.resource_book.waiting.get(signature(need))
+        _check((state == "no-worker") == (parked is not None and ts in parked), ts, "parked")
 
 
 def validate_scheduler(s: SchedulerState) -> None:
@@ -73,19 +78,40 @@ def validate_scheduler(s: SchedulerState) -> None:
     for address, ws in s.workers.items():
         nthreads += ws.nthreads
         _check(ws.address == address, ws, "registered under another address")
-        n = len(ws.processing)
-        _check((address in s.idle) == (n < ws.nthreads), ws, "idle set")
-        _check((ws in s.saturated) == (n > ws.nthreads), ws, "saturated set")
-        _check((address in s.open_slots) == s._has_room(ws), ws, "open-slot set")
+        _check(ws.long_running <= set(ws.processing), ws, "long-running but not processing")
+        n = len(ws.processing) - len(ws.long_running)
+        if ws.status == "running":
+            _check((address in s.idle) == (n < ws.nthreads), ws, "idle set")
+            _check((ws in s.saturated) == (n > ws.nthreads), ws, "saturated set")
+            _check((address in s.open_slots) == s._has_room(ws), ws, "open-slot set")
+        else:  # retiring: connected, but out of placement
+            _check(s.retiring.get(address) is ws, ws, f"status {ws.status} but not retiring")
+            placed = address in s.idle or ws in s.saturated or address in s.open_slots
+            _check(not placed, ws, "a retiring worker in a placement set")
+            _check(not ws.processing, ws, "a retiring worker is given tasks")
         _check(math.isclose(ws.occupancy, sum(ws.processing.values()), abs_tol=1e-6), ws, "occ")
         for ts in ws.processing:
             _check(ts.processing_on is ws, ws, f"{ts!r} processing elsewhere")
         for ts in ws.has_what:
             _check(ws in ts.who_has, ws, f"{ts!r} does not list it")
         _check(ws.nbytes == sum(max(t.nbytes, 0) for t in ws.has_what), ws, "nbytes")
+        used: dict[str, float] = {}
+        for ts in ws.processing:
+            for name, amount in (ts.resource_restrictions or {}).items():
+                used[name] = used.get(name, 0.0) + amount
+        for name in set(used) | set(ws.used_resources):
+            held = ws.used_resources.get(name, 0.0)
+            _check(math.isclose(held, used.get(name, 0.0), abs_tol=1e-6), ws, f"used {name}")
+            _check(held <= ws.resources.get(name, 0.0) + 1e-6, ws, f"over-used {name}")
     _check(nthreads == s.total_nthreads, s, "total_nthreads")
+    for address, ws in s.retiring.items():
+        _check(s.workers.get(address) is ws, ws, "retiring but not registered")
     _check(sorted(w.address for w in s._ring) == sorted(s.workers), s, "placement ring")
     _check(not (s.queued and s.open_slots), s, "queued tasks while a worker has open slots")
+    for heap in s.resource_book.waiting.values():
+        _check(bool(heap), s, "empty resource queue kept")
+        for ts in heap:
+            _check(ts.state == "no-worker", ts, "waits for resources outside no-worker")
     for cs in s.clients.values():
         for ts in cs.wants_what:
             _check(cs in ts.who_wants, cs, f"{ts!r} does not list it")

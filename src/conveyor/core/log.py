@@ -48,6 +48,17 @@ class TransitionLog:
     def __len__(self) -> int:
         return len(self._keys)
 
+    def last_time(self, key: Key, finish: str) -> float | None:
+        """When ``key`` last moved to ``finish``, if the log still holds that entry.
+
+        Walks the log from its newest entry: O(length), for diagnostics only.
+        """
+        columns = (reversed(self._keys), reversed(self._finishes), reversed(self._times))
+        for k, f, t in zip(*columns, strict=True):
+            if f == finish and k == key:
+                return t
+        return None
+
     def __iter__(self) -> Iterator[Entry]:
         return zip(
             self._keys, self._starts, self._finishes, self._stimuli, self._times, strict=True

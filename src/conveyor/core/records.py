@@ -69,12 +69,25 @@ class _RareFields:
         "exception_blame",
         "exception_text",
         "loose_restrictions",
+        "resource_restrictions",
         "retries",
         "suspicious",
         "traceback",
         "traceback_text",
         "worker_restrictions",
     )
+
+    erred_on: set[str]
+    exception: Any
+    exception_blame: TaskState | None
+    exception_text: str
+    loose_restrictions: bool
+    resource_restrictions: dict[str, float] | None
+    retries: int
+    suspicious: int
+    traceback: Any
+    traceback_text: str
+    worker_restrictions: frozenset[Any] | None
 
     def __init__(self) -> None:
         for name, value in _RARE_DEFAULTS.items():
@@ -87,6 +100,7 @@ _RARE_DEFAULTS: dict[str, Any] = {
     "exception_blame": None,
     "exception_text": "",
     "loose_restrictions": False,
+    "resource_restrictions": None,
     "retries": 0,
     "suspicious": 0,
     "traceback": None,
@@ -156,6 +170,8 @@ class TaskState:
     retries: _RareField[int] = _RareField("retries")
     worker_restrictions: _RareField[frozenset[str] | None] = _RareField("worker_restrictions")
     loose_restrictions: _RareField[bool] = _RareField("loose_restrictions")
+    #: resource name -> amount the task holds on its worker while processing there
+    resource_restrictions: _RareField[dict[str, float] | None] = _RareField("resource_restrictions")
 
     @property
     def prefix(self) -> TaskPrefix:
@@ -240,6 +256,7 @@ class WorkerInfo:
         "has_what",
         "host",
         "last_seen",
+        "long_running",
         "memory_limit",
         "metrics",
         "name",
@@ -247,7 +264,9 @@ class WorkerInfo:
         "nthreads",
         "occupancy",
         "processing",
+        "resources",
         "status",
+        "used_resources",
     )
 
     def __init__(
@@ -258,6 +277,7 @@ class WorkerInfo:
         memory_limit: int,
         host: str,
         now: float,
+        resources: dict[str, float] | None = None,
     ) -> None:
         self.address = address
         self.name = name
@@ -269,6 +289,8 @@ class WorkerInfo:
         self.processing: dict[TaskState, float] = {}
         #: Sum of expected durations of ``processing``, kept incrementally.
         self.occupancy = 0.0
+        #: tasks of ``processing`` that seceded: they run on outside the worker's slots
+        self.long_running: set[TaskState] = set()
         self.has_what: set[TaskState] = set()
         #: Sum of nbytes of ``has_what``, kept incrementally.
         self.nbytes = 0
@@ -276,6 +298,10 @@ class WorkerInfo:
         self.metrics: dict[str, Any] = {}
         #: ids of the shared functions already sent to this worker
         self.functions: set[str] = set()
+        #: resource name -> amount the worker declared (``Worker(resources=...)``)
+        self.resources: dict[str, float] = dict(resources or {})
+        #: resource name -> amount held by the restricted tasks processing here
+        self.used_resources: dict[str, float] = dict.fromkeys(self.resources, 0.0)
 
     def __repr__(self) -> str:
         return (

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from conveyor.core import control
 from conveyor.core import events as ev
 from conveyor.core.instructions import (
     FreeKeys,
@@ -56,6 +57,7 @@ class SchedulerState(SchedulerTransitions):
             ev.UpdateGraph: self._update_graph,
             ev.TaskFinished: self._task_finished,
             ev.TaskErred: self._task_erred,
+            ev.TaskLongRunning: self._task_long_running,
             ev.ClientDesiresKeys: self._client_desires_keys,
             ev.ClientReleasesKeys: self._client_releases_keys,
             ev.CancelKeys: self._cancel_keys,
@@ -63,6 +65,7 @@ class SchedulerState(SchedulerTransitions):
             ev.WorkerAddKeys: self._worker_add_keys,
             ev.MissingData: self._missing_data,
             ev.Tick: self._tick,
+            **control.handlers(self),
         }
 
     # ------------------------------------------------------------------ entry
@@ -89,8 +92,9 @@ class SchedulerState(SchedulerTransitions):
     def _add_worker(self, e: ev.AddWorker) -> None:
         if e.address in self.workers:
             self._remove_worker(ev.RemoveWorker(e.now, e.address, "re-registered"))
-        ws = WorkerInfo(e.address, e.name, e.nthreads, e.memory_limit, e.host, e.now)
+        ws = WorkerInfo(e.address, e.name, e.nthreads, e.memory_limit, e.host, e.now, e.resources)
         self.workers[e.address] = ws
+        self.resource_book.add_worker(ws)
         self._ring.append(ws)
         self.names[e.name] = e.address
         self.total_nthreads += e.nthreads
@@ -113,7 +117,8 @@ class SchedulerState(SchedulerTransitions):
         if stale:
             self._out.append(FreeKeys(e.address, stale))
         for ts in list(self.unrunnable):
-            recs[ts] = "processing"
+            if ts.resource_restrictions is None:  # those are offered by _fill_slots
+                recs[ts] = "processing"
         self._transitions(recs)
         self._fill_slots(ws, recs)
         self._transitions(recs)
@@ -124,10 +129,12 @@ class SchedulerState(SchedulerTransitions):
             return
         if self.names.get(ws.name) == e.address:
             del self.names[ws.name]
+        self.retiring.pop(e.address, None)
         self.idle.pop(e.address, None)
         self.open_slots.pop(e.address, None)
         self.saturated.discard(ws)
         self._ring.remove(ws)
+        self.resource_book.remove_worker(ws)
         self.total_nthreads -= ws.nthreads
         info = self.host_info[ws.host]
         info["addresses"].discard(e.address)
@@ -247,8 +254,12 @@ class SchedulerState(SchedulerTransitions):
             new.append((ts, spec))
         broken: list[TaskState] = []
         for ts, spec in new:
-            ts.priority = (-e.user_priority, self.generation, spec.order)
-            self._set_options(ts, spec.workers, spec.allow_other_workers, spec.retries)
+            user = e.user_priority if spec.priority is None else spec.priority
+            ts.priority = (-user, self.generation, spec.order)
+            if spec.workers or spec.retries or spec.resources:
+                self._set_options(
+                    ts, spec.workers, spec.allow_other_workers, spec.retries, spec.resources
+                )
             problem = None
             if spec.function is not None:
                 problem = self._use_blob(ts, spec.function)
@@ -264,7 +275,7 @@ class SchedulerState(SchedulerTransitions):
             self._transition(ts, "erred", recs)
         return [ts for ts, _ in new]
 
-    def _add_batch(self, cs: ClientInfo, b: ev.TaskBatch, user_priority: int) -> list[TaskState]:
+    def _add_batch(self, cs: ClientInfo, b: ev.TaskBatch, user_priority: float) -> list[TaskState]:
         """Add tasks submitted in bulk (``map``): one function, shared dependencies, and
         run specs that index into a shared chunk of arguments. A wanted batch is wanted
         (and moves on) task by task; the new tasks of another are returned."""
@@ -279,6 +290,7 @@ class SchedulerState(SchedulerTransitions):
             and b.row_dependencies is None
             and b.wanted
             and not b.workers
+            and not b.resources
             and group is not None
             and chunk is not None
             and self._add_fresh_batch(cs, b, shared, group, chunk, user_priority)
@@ -299,8 +311,8 @@ class SchedulerState(SchedulerTransitions):
                     self._transitions(recs)
                 continue
             ts.priority = (user_priority, generation, b.order + i)
-            if b.workers or b.retries:
-                self._set_options(ts, b.workers, b.allow_other_workers, b.retries)
+            if b.workers or b.retries or b.resources:
+                self._set_options(ts, b.workers, b.allow_other_workers, b.retries, b.resources)
             error = problem
             if error is None and chunk is not None:
                 ts.function = b.chunk
@@ -333,7 +345,7 @@ class SchedulerState(SchedulerTransitions):
         shared: tuple[TaskState, ...],
         group: TaskGroup,
         chunk: SharedBlob,
-        user_priority: int,
+        user_priority: float,
     ) -> bool:
         """A ``map`` of unique keys (``pure=False``): new keys of one group, wanted by
         ``cs``, with only shared dependencies (all known) and no restrictions. Records
@@ -431,12 +443,16 @@ class SchedulerState(SchedulerTransitions):
         workers: tuple[str, ...] | None,
         allow_other_workers: bool,
         retries: int,
+        resources: dict[str, float] | None = None,
     ) -> None:
         if retries:
             ts.retries = retries
         if workers:
+            # names of workers not (yet) connected stay names: placement resolves them
             ts.worker_restrictions = frozenset(self.names.get(w, w) for w in workers)
             ts.loose_restrictions = allow_other_workers
+        if resources:
+            ts.resource_restrictions = resources
 
     def _forget_if_unneeded(self, ts: TaskState, recs: Recs) -> None:
         # "erred": a task broken at submission (missing dependency) that nobody wants
@@ -559,6 +575,24 @@ class SchedulerState(SchedulerTransitions):
             )
         self._transitions(recs)
 
+    def _task_long_running(self, e: ev.TaskLongRunning) -> None:
+        """A task seceded: it runs on, but leaves its worker's slots and occupancy, so
+        the worker gets more work (and queued tasks may go there)."""
+        ws = self.workers.get(e.worker)
+        ts = self.tasks.get(e.key)
+        if ws is None or ts is None or ts.processing_on is not ws:
+            return
+        if e.run_id and e.run_id != ts.run_id:
+            return
+        duration = ws.processing.get(ts, 0.0)
+        ws.processing[ts] = 0.0
+        ws.occupancy = max(ws.occupancy - duration, 0.0)
+        ws.long_running.add(ts)
+        self._update_worker_sets(ws)
+        recs: Recs = {}
+        self._fill_slots(ws, recs)
+        self._transitions(recs)
+
     def _worker_add_keys(self, e: ev.WorkerAddKeys) -> None:
         ws = self.workers.get(e.worker)
         if ws is None:
@@ -617,6 +651,30 @@ class SchedulerState(SchedulerTransitions):
             if p.duration_average is not None
         }
 
+    def run_spec_of(self, key: Key, blame: bool = False) -> dict[str, Any] | None:
+        """What a client needs to run task ``key`` itself (``recreate_error_locally``):
+        its opaque run spec, the shared blobs it refers to, and its dependencies' keys.
+        With ``blame``, the task whose failure made ``key`` fail. None if unknown."""
+        ts = self.tasks.get(key)
+        if ts is None:
+            return None
+        if blame and ts.state == "erred" and ts.exception_blame is not None:
+            ts = ts.exception_blame
+        blobs: dict[str, Any] = {}
+        bid = ts.function
+        while bid is not None and bid in self.functions:
+            blob = self.functions[bid]
+            blobs[bid] = blob.data
+            bid = blob.requires
+        return {
+            "key": ts.key,
+            "state": ts.state,
+            "run_spec": ts.run_spec,
+            "function": ts.function,
+            "blobs": blobs,
+            "dependencies": [dep.key for dep in ts.dependencies],
+        }
+
     def story(self, *keys: Key) -> list[tuple[Key, str, str, str, float]]:
         """Transition log entries (key, start, finish, stimulus, time) for these keys."""
         wanted = set(keys)
@@ -632,6 +690,7 @@ class SchedulerState(SchedulerTransitions):
         """A summary of each worker for ``Client.scheduler_info``."""
         return {
             a: {
+                "type": "Worker",
                 "name": ws.name,
                 "nthreads": ws.nthreads,
                 "memory_limit": ws.memory_limit,
@@ -642,6 +701,8 @@ class SchedulerState(SchedulerTransitions):
                 "nkeys": len(ws.has_what),
                 "last_seen": ws.last_seen,
                 "metrics": ws.metrics,
+                "resources": dict(ws.resources),
+                "used_resources": dict(ws.used_resources),
             }
             for a, ws in self.workers.items()
         }

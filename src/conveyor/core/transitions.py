@@ -57,6 +57,7 @@ from conveyor.core.records import (
     add_to,
     discard_from,
 )
+from conveyor.core.restrictions import ResourceBook, Restrictions, acquire, release
 from conveyor.core.types import Key
 
 Recs = dict[TaskState, str]
@@ -85,7 +86,7 @@ class InvalidTransition(RuntimeError):
     """A transition that no table entry or route through ``released`` allows."""
 
 
-class SchedulerTransitions:
+class SchedulerTransitions(Restrictions):
     """State containers and the transition functions of the scheduler."""
 
     def __init__(
@@ -123,6 +124,10 @@ class SchedulerTransitions:
         self.saturated: set[WorkerInfo] = set()
         #: tasks no current worker can run (restrictions)
         self.unrunnable: set[TaskState] = set()
+        #: workers being retired: connected, but given no tasks (see core/control.py)
+        self.retiring: dict[str, WorkerInfo] = {}
+        #: workers' resources, and the tasks in ``unrunnable`` waiting for some to free
+        self.resource_book = ResourceBook()
         #: root-ish tasks held back until a worker has an open slot
         self.queued: HeapSet[TaskState] = HeapSet()
         self.open_slots: dict[str, WorkerInfo] = {}
@@ -213,7 +218,7 @@ class SchedulerTransitions:
         tiny tasks keep a worker busy across a network round trip, and never more than
         ``max_pipeline`` tasks per thread.
         """
-        n = len(ws.processing)
+        n = len(ws.processing) - len(ws.long_running)
         if n < self._slots(ws):
             return True
         return (
@@ -223,9 +228,9 @@ class SchedulerTransitions:
 
     def _update_worker_sets(self, ws: WorkerInfo) -> None:
         address = ws.address
-        if address not in self.workers:
-            return
-        n = len(ws.processing)
+        if address not in self.workers or ws.status != "running":
+            return  # removed, or retiring: out of every placement set
+        n = len(ws.processing) - len(ws.long_running)
         if n < ws.nthreads:
             self.idle[address] = ws
         else:
@@ -262,6 +267,10 @@ class SchedulerTransitions:
         duration = self._expected_duration(ts)
         ts.state = "processing"
         ts.processing_on = ws
+        rare = ts._rare
+        need = None if rare is None else rare.resource_restrictions
+        if need is not None:
+            acquire(ws, need)
         ws.processing[ts] = duration
         ws.occupancy += duration
         self._update_worker_sets(ws)
@@ -285,6 +294,7 @@ class SchedulerTransitions:
                 blobs,
                 run_id,
                 bool(ts.who_wants),
+                need,
             )
         )
 
@@ -293,9 +303,14 @@ class SchedulerTransitions:
         ts.processing_on = None
         if ws is None:
             return None
+        rare = ts._rare
+        if rare is not None and rare.resource_restrictions is not None:
+            release(ws, rare.resource_restrictions)
         duration = ws.processing.pop(ts, None)
         if duration is not None:
             ws.occupancy = ws.occupancy - duration if ws.processing else 0.0
+        if ws.long_running:
+            ws.long_running.discard(ts)
         self._update_worker_sets(ws)
         return ws
 
@@ -350,7 +365,12 @@ class SchedulerTransitions:
             recs[ts] = "forgotten"
 
     def _fill_slots(self, ws: WorkerInfo, recs: Recs) -> None:
-        """Hand queued root-ish tasks to ``ws`` while it has open slots."""
+        """Hand queued root-ish tasks to ``ws`` while it has open slots (and first the
+        tasks waiting for resources that ``ws`` has free)."""
+        if ws.status != "running":
+            return
+        if self.resource_book.waiting and ws.resources:
+            self._offer_resources(ws, recs)
         queued = self.queued
         while queued and ws.address in self.open_slots:
             ts = queued.pop()
@@ -360,7 +380,12 @@ class SchedulerTransitions:
 
     def _is_rootish(self, ts: TaskState) -> bool:
         """Root-ish: an unrestricted task in a large group with few, small dependencies."""
-        if ts.worker_restrictions is not None or math.isinf(self.worker_saturation):
+        rare = ts._rare
+        if rare is not None and (
+            rare.worker_restrictions is not None or rare.resource_restrictions is not None
+        ):
+            return False
+        if math.isinf(self.worker_saturation):
             return False
         group = ts.group
         if group.ntasks <= 2 * self.total_nthreads:
@@ -374,7 +399,7 @@ class SchedulerTransitions:
         best: WorkerInfo | None = None
         best_load = math.inf
         for ws in islice(self.open_slots.values(), PLACEMENT_SAMPLE):
-            load = len(ws.processing) / ws.nthreads
+            load = (len(ws.processing) - len(ws.long_running)) / ws.nthreads
             if load < best_load:
                 best, best_load = ws, load
         if best is not None and len(self.open_slots) > 1:
@@ -396,15 +421,17 @@ class SchedulerTransitions:
         """The worker where ``ts`` would start earliest, or None if none can run it."""
         if not self.workers:
             return None
-        if self._is_rootish(ts):
-            return self._decide_rootish()
+        rare = ts._rare
         pool: list[WorkerInfo] | set[WorkerInfo] | None = None
-        if ts.worker_restrictions is not None:
-            pool = [self.workers[a] for a in ts.worker_restrictions if a in self.workers]
-            if not pool:
-                if not ts.loose_restrictions:
-                    return None
-                pool = None
+        if rare is not None and (
+            rare.worker_restrictions is not None or rare.resource_restrictions is not None
+        ):
+            pool = self._restricted_pool(rare)
+            if pool is not None and not pool:
+                return None
+        elif self._is_rootish(ts):
+            return self._decide_rootish()
+        restricted = pool is not None
         if pool is None:
             if ts.dependencies:
                 pool = set()
@@ -418,6 +445,12 @@ class SchedulerTransitions:
                 pool = list(islice(self.idle.values(), PLACEMENT_SAMPLE))
             else:
                 pool = self._some_workers()
+        if self.retiring:  # retiring workers take no tasks
+            pool = [ws for ws in pool if ws.status == "running"]
+            if not pool and not restricted:
+                pool = [ws for ws in self._ring if ws.status == "running"][:PLACEMENT_SAMPLE]
+            if not pool:
+                return None
         return min(pool, key=lambda ws: (self._start_time(ts, ws), ws.address))
 
     def _start_time(self, ts: TaskState, ws: WorkerInfo) -> float:
@@ -496,8 +529,7 @@ class SchedulerTransitions:
             ts.state = "queued"
             self.queued.add(ts)
         else:
-            ts.state = "no-worker"
-            self.unrunnable.add(ts)
+            self._to_no_worker(ts)
 
     def _queued_processing(
         self, ts: TaskState, recs: Recs, worker: WorkerInfo | None = None
@@ -515,7 +547,7 @@ class SchedulerTransitions:
         ws = worker or self._decide_worker(ts)
         if ws is None:
             return
-        self.unrunnable.discard(ts)
+        self._leave_no_worker(ts)
         self._add_processing(ts, ws)
 
     def _processing_memory(
@@ -583,7 +615,7 @@ class SchedulerTransitions:
     def _active_erred(self, ts: TaskState, recs: Recs) -> None:
         """waiting/queued/no-worker/released -> erred: a dependency failed."""
         self.queued.discard(ts)
-        self.unrunnable.discard(ts)
+        self._leave_no_worker(ts)
         self._to_erred(ts, recs)
 
     def _to_erred(self, ts: TaskState, recs: Recs) -> None:
@@ -606,7 +638,7 @@ class SchedulerTransitions:
         if state == "queued":
             self.queued.discard(ts)
         elif state == "no-worker":
-            self.unrunnable.discard(ts)
+            self._leave_no_worker(ts)
         elif state == "processing":
             ws = self._remove_processing(ts)
             if ws is not None and ws.address in self.workers:

@@ -10,8 +10,9 @@ Key: TypeAlias = str | int | float | tuple["Key", ...]
 #: Scheduler-side task states.
 TaskStateName: TypeAlias = str
 
-#: Task priority: (negated user priority, submission generation, graph order).
-Priority: TypeAlias = tuple[int, ...]
+#: Task priority: (negated user priority, submission generation, graph order). A user
+#: priority may be any real number (``dask.annotate(priority=0.5)``); smaller sorts first.
+Priority: TypeAlias = tuple[float, ...]
 
 SCHEDULER_STATES = (
     "released",

@@ -8,6 +8,15 @@ dependency is in local ``memory``, then ``ready`` (a priority queue), then ``exe
 on one of ``nthreads`` threads, then ``memory`` or ``error``. A dependency held elsewhere
 is ``fetch`` (queued per peer worker), ``flight`` (a transfer is under way), or
 ``missing`` (no known holder; the scheduler will say where it went or reschedule).
+A ready task that needs resources (``{"GPU": 1}``) waits in ``constrained`` rather than
+``ready`` and starts only once its amounts are available; it holds them from the moment
+it is handed to a thread until its outcome comes back, so a worker with ``GPU=1`` never
+runs two such tasks at once, however many threads it has.
+A task that calls ``secede()`` (to wait on other tasks) becomes ``long-running``: it
+still runs, on a thread of its own, but no longer counts against ``nthreads``, so
+another task may start; the scheduler is told. ``rejoin()`` asks for a slot back:
+waiting rejoins take free slots before any ready task, and the task is ``executing``
+again (it keeps any resources it held throughout).
 A task freed while it executes or travels is ``cancelled``: its thread or transfer is
 allowed to finish and the result is dropped, unless a new compute request arrives
 first, which resumes it.
@@ -26,7 +35,7 @@ from conveyor.core import worker_events as we
 from conveyor.core.heapset import HeapSet
 from conveyor.core.types import Key, Priority
 
-_ACTIVE = frozenset({"waiting", "ready", "executing"})
+_ACTIVE = frozenset({"waiting", "ready", "executing", "long-running"})
 
 T = TypeVar("T")
 
@@ -135,6 +144,7 @@ class WorkerState:
         validate: bool = False,
         log_length: int = 10_000,
         replayable: bool = False,
+        resources: dict[str, float] | None = None,
     ) -> None:
         self.address = address
         #: the record type: ``ReplayableWTask`` when runs must replay exactly
@@ -147,7 +157,20 @@ class WorkerState:
         self.validate_state = validate
         self.tasks: dict[Key, WTask] = {}
         self.ready: HeapSet[WTask] = HeapSet()
+        #: resource name -> amount this worker offers, and the amounts not held by a task
+        self.total_resources: dict[str, float] = dict(resources or {})
+        self.available_resources: dict[str, float] = dict(self.total_resources)
+        #: ready tasks that need resources, in priority order (their state is "ready")
+        self.constrained: HeapSet[WTask] = HeapSet()
+        #: what each task that needs resources needs, until it starts (no entry: nothing)
+        self.task_resources: dict[WTask, dict[str, float]] = {}
+        #: what each executing task holds, by key
+        self.held_resources: dict[Key, dict[str, float]] = {}
         self.executing_keys: set[Key] = set()
+        #: tasks that seceded (``secede()``): running, but outside the thread budget
+        self.long_running: set[Key] = set()
+        #: seceded tasks waiting for a slot to rejoin, in the order they asked
+        self.rejoining: deque[Key] = deque()
         self.data_needed: dict[str, HeapSet[WTask]] = {}
         self.in_flight_workers: dict[str, list[Key]] = {}
         self.missing: set[WTask] = set()
@@ -162,6 +185,9 @@ class WorkerState:
             we.ExecuteFailure: self._execute_failure,
             we.GatherDepDone: self._gather_dep_done,
             we.UpdateDataEvent: self._update_data,
+            we.AcquireReplicasEvent: self._acquire_replicas,
+            we.SecedeEvent: self._secede,
+            we.RejoinEvent: self._rejoin,
         }
 
     # ------------------------------------------------------------------ entry
@@ -222,7 +248,7 @@ class WorkerState:
                 dts.waiting_for_data = _without(dts.waiting_for_data, ts)
                 if not dts.waiting_for_data and dts.state == "waiting":
                     self._set_state(dts, "ready")
-                    self.ready.add(dts)
+                    self._queue_ready(dts)
 
     def _has_active_dependents(self, ts: WTask) -> bool:
         return any(d.state in _ACTIVE for d in ts.dependents)
@@ -234,11 +260,14 @@ class WorkerState:
             self._out.append(we.DeleteData([ts.key]))
         elif state == "ready":
             self.ready.discard(ts)
+            self.constrained.discard(ts)
         elif state == "fetch":
             self._leave_fetch(ts)
         elif state == "missing":
             self.missing.discard(ts)
         self._set_state(ts, "released")
+        if self.task_resources:
+            self.task_resources.pop(ts, None)
         ts.run_spec = None
         ts.computed = ts.freed = False
         ts.waiting_for_data = _NONE
@@ -282,7 +311,7 @@ class WorkerState:
         if state == "memory":
             self._out.append(we.TaskFinishedMsg(ts.key, ts.nbytes, ts.type, 0.0, 0.0, ts.run_id))
             return
-        if state in ("executing", "waiting", "ready"):
+        if state in ("executing", "long-running", "waiting", "ready"):
             return
         if state == "cancelled" and ts.coming_from is None:
             self._set_state(ts, "executing")
@@ -293,13 +322,19 @@ class WorkerState:
             if state == "cancelled":
                 self._set_state(ts, "flight")
             ts.run_spec = e.run_spec
+            if e.resources:
+                self.task_resources[ts] = e.resources
             self._add_dependencies(ts, e)
+            return
+        if e.resources and self._refuse_resources(ts, e.resources):
             return
         if state == "fetch":
             self._leave_fetch(ts)
         elif state == "missing":
             self.missing.discard(ts)
         ts.run_spec = e.run_spec
+        if e.resources:
+            self.task_resources[ts] = e.resources
         self._add_dependencies(ts, e)
         self._to_compute(ts)
 
@@ -332,7 +367,46 @@ class WorkerState:
             self._set_state(ts, "waiting")
         else:
             self._set_state(ts, "ready")
+            self._queue_ready(ts)
+
+    def _queue_ready(self, ts: WTask) -> None:
+        """Queue a ready task: in ``constrained`` if it needs resources."""
+        if self.task_resources and ts in self.task_resources:
+            self.constrained.add(ts)
+        else:
             self.ready.add(ts)
+
+    def _refuse_resources(self, ts: WTask, need: dict[str, float]) -> bool:
+        """Fail ``ts`` at once if this worker could never give it ``need``."""
+        total = self.total_resources
+        short = [n for n, amount in need.items() if total.get(n, 0.0) < amount]
+        if not short:
+            return False
+        wanted = ", ".join(f"{n}={need[n]:g} (this worker has {total.get(n, 0):g})" for n in short)
+        self._out.append(
+            we.TaskErredMsg(
+                ts.key,
+                None,
+                None,
+                f"InsufficientResources: task {ts.key!r} needs {wanted}",
+                "",
+                0.0,
+                0.0,
+                ts.run_id,
+            )
+        )
+        if ts.state == "released" and not ts.dependents:
+            del self.tasks[ts.key]
+            self._set_state(ts, "forgotten")
+        return True
+
+    def _release_held(self, key: Key) -> None:
+        """The task ``key`` stopped executing: its resources are available again."""
+        need = self.held_resources.pop(key, None)
+        if need is not None:
+            available = self.available_resources
+            for name, amount in need.items():
+                available[name] = available.get(name, 0.0) + amount
 
     def _free_keys(self, e: we.FreeKeysEvent) -> None:
         for key in e.keys:
@@ -342,6 +416,12 @@ class WorkerState:
             ts.computed = False
             state = ts.state
             if state in ("executing", "flight"):
+                self._set_state(ts, "cancelled")
+            elif state == "long-running":
+                # still running: counted as executing again, so that resuming it (a new
+                # compute request) finds it where an executing task would be
+                self.long_running.discard(key)
+                self.executing_keys.add(key)
                 self._set_state(ts, "cancelled")
             elif state == "memory" and self._has_active_dependents(ts):
                 ts.freed = True
@@ -372,13 +452,39 @@ class WorkerState:
             elif ts.state in ("released", "fetch", "missing"):
                 self._put_in_memory(ts, nbytes)
 
+    def _acquire_replicas(self, e: we.AcquireReplicasEvent) -> None:
+        # A copy nothing here needs: not ``computed`` and without dependents. It is
+        # reported with AddKeysMsg when it lands, and dropped if it cannot be had.
+        have: dict[Key, int] = {}
+        for key, addresses in e.who_has.items():
+            ts = self._task(key)
+            if ts.state == "memory":
+                have[key] = ts.nbytes  # the scheduler may not know of this copy yet
+                continue
+            if ts.state != "released":
+                continue  # on its way here already, or being computed here
+            ts.who_has = set(addresses)
+            ts.nbytes = e.nbytes.get(key, ts.nbytes)
+            self._to_fetch_or_missing(ts)
+            self._drop_unwanted_copy(ts)
+        if have:
+            self._out.append(we.AddKeysMsg(have))
+
+    def _drop_unwanted_copy(self, ts: WTask) -> None:
+        """A requested copy with no holder left to fetch it from is given up."""
+        if ts.state == "missing" and not ts.dependents and not ts.computed:
+            self._release(ts)
+
     def _execute_success(self, e: we.ExecuteSuccess) -> None:
         self.executing_keys.discard(e.key)
+        self.long_running.discard(e.key)
+        if self.held_resources:
+            self._release_held(e.key)
         ts = self.tasks.get(e.key)
         if ts is None:
             self._out.append(we.DeleteData([e.key]))
             return
-        if ts.state == "executing":
+        if ts.state in ("executing", "long-running"):
             ts.type = e.type
             ts.run_spec = None  # the result is here: a new request would bring its own
             self._put_in_memory(ts, e.nbytes)
@@ -392,10 +498,13 @@ class WorkerState:
 
     def _execute_failure(self, e: we.ExecuteFailure) -> None:
         self.executing_keys.discard(e.key)
+        self.long_running.discard(e.key)
+        if self.held_resources:
+            self._release_held(e.key)
         ts = self.tasks.get(e.key)
         if ts is None:
             return
-        if ts.state == "executing":
+        if ts.state in ("executing", "long-running"):
             self._set_state(ts, "error")
             ts.run_spec = None
             self._out.append(
@@ -444,6 +553,7 @@ class WorkerState:
                     continue
                 self._out.append(we.MissingDataMsg(key, e.worker))
                 self._to_fetch_or_missing(ts)
+                self._drop_unwanted_copy(ts)
         if added:
             self._out.append(we.AddKeysMsg(added))
         if e.failed:
@@ -454,6 +564,35 @@ class WorkerState:
                     self._leave_fetch(ts)
                     self._out.append(we.MissingDataMsg(ts.key, e.worker))
                     self._to_fetch_or_missing(ts)
+                    self._drop_unwanted_copy(ts)
+
+    def _secede(self, e: we.SecedeEvent) -> None:
+        ts = self.tasks.get(e.key)
+        if ts is None or ts.state != "executing":
+            return  # cancelled meanwhile, or done: nothing to free
+        self.executing_keys.discard(e.key)
+        self.long_running.add(e.key)
+        self._set_state(ts, "long-running")
+        self._out.append(we.LongRunningMsg(ts.key, ts.run_id))
+
+    def _rejoin(self, e: we.RejoinEvent) -> None:
+        ts = self.tasks.get(e.key)
+        if ts is None or ts.state != "long-running":
+            # freed (it counts as executing again) or gone: nothing to wait for
+            self._out.append(we.Rejoined(e.key))
+            return
+        self.rejoining.append(e.key)
+
+    def _grant_rejoins(self) -> None:
+        """Seceded tasks asking to rejoin take free slots before any ready task."""
+        while self.rejoining and len(self.executing_keys) < self.nthreads:
+            key = self.rejoining.popleft()
+            ts = self.tasks.get(key)
+            if ts is not None and ts.state == "long-running":
+                self.long_running.discard(key)
+                self.executing_keys.add(key)
+                self._set_state(ts, "executing")
+            self._out.append(we.Rejoined(key))
 
     # -------------------------------------------------------------- dispatch
 
@@ -466,15 +605,57 @@ class WorkerState:
         then handles completions (and sends their messages) in batches rather than one
         round of wake-ups per task.
         """
+        if self.rejoining:
+            self._grant_rejoins()
+            if self.rejoining:
+                return  # slots go to the tasks waiting to rejoin first
         ready = self.ready
         executing = self.executing_keys
         nthreads = self.nthreads
         most = nthreads * max(self.prefetch_per_thread, 1)
+        if self.constrained:
+            self._ensure_computing_constrained(most)
+            return
         while ready:
             n = len(executing)
             if n >= nthreads and (n >= most or ready.peek().duration >= self.prefetch_seconds):
                 break
             ts = ready.pop()
+            self._set_state(ts, "executing")
+            executing.add(ts.key)
+            self._out.append(we.Execute(ts.key))
+
+    def _ensure_computing_constrained(self, most: int) -> None:
+        """``_ensure_computing`` while tasks needing resources are ready: the first of
+        ``constrained`` competes (by priority) with the first of ``ready`` when its
+        resources are available, and waits otherwise."""
+        ready, constrained, executing = self.ready, self.constrained, self.executing_keys
+        available = self.available_resources
+        while ready or constrained:
+            ts: WTask | None = None
+            need: dict[str, float] | None = None
+            if constrained:
+                head = constrained.peek()
+                wants = self.task_resources[head]
+                if all(available.get(n, 0.0) >= a - 1e-9 for n, a in wants.items()) and (
+                    not ready or head.priority <= ready.peek().priority
+                ):
+                    ts, need = head, wants
+            if ts is None:
+                if not ready:
+                    break
+                ts = ready.peek()
+            n = len(executing)
+            if n >= self.nthreads and (n >= most or ts.duration >= self.prefetch_seconds):
+                break
+            if need is None:
+                ready.pop()
+            else:
+                constrained.pop()
+                del self.task_resources[ts]
+                for name, amount in need.items():
+                    available[name] = available.get(name, 0.0) - amount
+                self.held_resources[ts.key] = need
             self._set_state(ts, "executing")
             executing.add(ts.key)
             self._out.append(we.Execute(ts.key))
@@ -513,10 +694,14 @@ class WorkerState:
         for key, ts in self.tasks.items():
             assert ts.key == key, ts
             state = ts.state
-            assert (state == "ready") == (ts in self.ready), ts
+            assert (state == "ready") == (ts in self.ready or ts in self.constrained), ts
+            assert not (ts in self.ready and ts in self.constrained), ts
+            if ts in self.constrained:
+                assert ts in self.task_resources, ts
             assert (state == "missing") == (ts in self.missing), ts
             if state == "executing":
                 assert key in self.executing_keys, ts
+            assert (state == "long-running") == (key in self.long_running), ts
             if state == "fetch":
                 assert any(ts in self.data_needed.get(w, ()) for w in ts.who_has), ts
             if state == "flight":
@@ -532,3 +717,10 @@ class WorkerState:
             for ts in heap:
                 assert ts.state == "fetch", ts
         assert len(self.executing_keys) <= self.nthreads * max(self.prefetch_per_thread, 1)
+        # a seceded task keeps what it holds: it still runs
+        assert set(self.held_resources) <= self.executing_keys | self.long_running
+        assert not self.executing_keys & self.long_running
+        for name, total in self.total_resources.items():
+            held = sum(need.get(name, 0.0) for need in self.held_resources.values())
+            assert abs(self.available_resources.get(name, 0.0) + held - total) < 1e-6, name
+            assert self.available_resources.get(name, 0.0) >= -1e-9, name

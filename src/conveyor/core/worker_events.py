@@ -28,6 +28,8 @@ class ComputeTaskEvent(WorkerEvent):
     run_id: int = 0
     #: a client waits for this result (the shell may send it along when small)
     inline: bool = False
+    #: resource name -> amount the task holds while it runs (None: no restriction)
+    resources: dict[str, float] | None = None
 
 
 @dataclass(slots=True)
@@ -80,6 +82,31 @@ class UpdateDataEvent(WorkerEvent):
     data: dict[Key, int]
 
 
+@dataclass(slots=True)
+class AcquireReplicasEvent(WorkerEvent):
+    """The scheduler asks for copies of these keys (replicate, rebalance, retire): fetch
+    each from the workers listed and keep it; report it with ``AddKeysMsg``."""
+
+    who_has: dict[Key, list[str]]
+    nbytes: dict[Key, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class SecedeEvent(WorkerEvent):
+    """The task ``key`` left the thread budget to wait on other tasks (``secede()``):
+    it goes on running, as long-running, and its slot is free for another task."""
+
+    key: Key
+
+
+@dataclass(slots=True)
+class RejoinEvent(WorkerEvent):
+    """The seceded task ``key`` wants a slot back (``rejoin()``); its thread waits for
+    ``Rejoined``."""
+
+    key: Key
+
+
 # ----------------------------------------------------------------- instructions
 
 
@@ -128,11 +155,35 @@ class AddKeysMsg:
 
 
 @dataclass(slots=True)
+class Rejoined:
+    """The seceded task ``key`` holds a slot again: its waiting thread may go on."""
+
+    key: Key
+
+
+@dataclass(slots=True)
+class LongRunningMsg:
+    """Tell the scheduler that ``key`` seceded: its expected time stops counting
+    against this worker, and its slot is free."""
+
+    key: Key
+    run_id: int = 0
+
+
+@dataclass(slots=True)
 class MissingDataMsg:
     key: Key
     errant_worker: str
 
 
 WorkerInstruction = (
-    Execute | GatherDep | DeleteData | TaskFinishedMsg | TaskErredMsg | AddKeysMsg | MissingDataMsg
+    Execute
+    | GatherDep
+    | DeleteData
+    | TaskFinishedMsg
+    | TaskErredMsg
+    | AddKeysMsg
+    | MissingDataMsg
+    | Rejoined
+    | LongRunningMsg
 )

@@ -33,6 +33,7 @@ from dask.utils import format_bytes
 
 from conveyor import config
 from conveyor.rpc.loop import LoopRunner
+from conveyor.server.resources import format_resources, parse_resources
 from conveyor.server.scheduler import Scheduler
 from conveyor.server.worker import Worker
 
@@ -45,7 +46,11 @@ STOP_GRACE = 10.0  # seconds a worker process may take to exit after SIGTERM
 REGISTRATION_POLL = 0.01  # seconds between looks at the scheduler's workers
 STDERR_TAIL_LINES = 20
 # worker keyword arguments that have a ``conveyor worker`` option, for processes=True
-_PROCESS_WORKER_OPTIONS = {"local_directory": "--local-directory", "interface": "--interface"}
+_PROCESS_WORKER_OPTIONS = {
+    "local_directory": "--local-directory",
+    "interface": "--interface",
+    "resources": "--resources",
+}
 
 
 class WorkerProcess:
@@ -185,8 +190,9 @@ class LocalCluster:
     worker is a subprocess; with ``processes=False`` workers run in this process on the
     scheduler's event loop. ``memory_limit`` is per worker ("auto": system memory divided
     among the workers; "4GB"; a fraction; 0/None for none). Extra keyword arguments go to
-    the workers. With ``asynchronous=True``, ``await`` the cluster (or use ``async with``)
-    and await ``close()`` and ``scale()``.
+    the workers, e.g. ``resources={"GPU": 1}`` (amounts each worker offers to tasks that
+    need them; ``"GPU=1"`` also works). With ``asynchronous=True``, ``await`` the cluster
+    (or use ``async with``) and await ``close()`` and ``scale()``.
     """
 
     def __init__(
@@ -223,9 +229,14 @@ class LocalCluster:
         self._scheduler_kwargs = {
             "dashboard": dashboard_address is not None,
             "dashboard_address": dashboard_address,
+            # its user started this scheduler, in their own process: it may run their code
+            "allow_remote_code": True,
             **(scheduler_kwargs or {}),
         }
         self._worker_kwargs = {**(worker_kwargs or {}), **kwargs}
+        if self._worker_kwargs.get("resources") is not None:
+            # checked now, not in each worker; every worker offers these amounts
+            self._worker_kwargs["resources"] = parse_resources(self._worker_kwargs["resources"])
         if processes:
             _check_process_worker_options(self._worker_kwargs)
         self._timeout = config.parse_duration(DEFAULT_START_TIMEOUT if timeout is None else timeout)
@@ -260,6 +271,16 @@ class LocalCluster:
         if n < 0:
             raise ValueError(f"cannot scale to {n} workers")
         return self._sync(self._scale, n)
+
+    def restart_workers(self) -> Any:
+        """Stop every worker and start a fresh one (a new process, or a new in-process
+        Worker) under each name the scheduler still lists; workers that left (retired
+        ones, say) are not brought back. Returns once they registered; awaitable if
+        asynchronous, or when called on the cluster's own event loop (as a client does).
+        """
+        if self._runner is not None and self._runner.in_loop_thread():
+            return self._restart_workers()
+        return self._sync(self._restart_workers)
 
     def close(self) -> Any:
         """Stop the workers and the scheduler; awaitable if asynchronous.
@@ -358,9 +379,23 @@ class LocalCluster:
             elif n < len(self.workers):
                 await self._stop_workers(sorted(self.workers)[n:])
 
+    async def _restart_workers(self) -> None:
+        if self._lock is None:
+            raise RuntimeError("the cluster is not started")
+        async with self._lock:
+            names = sorted(self.workers)
+            registered = self._registered_names()
+            await self._stop_workers(names)
+            await self._start_named([name for name in names if str(name) in registered])
+
     async def _start_workers(self, count: int) -> None:
         names = list(range(self._next_name, self._next_name + count))
         self._next_name += count
+        await self._start_named(names)
+
+    async def _start_named(self, names: list[int]) -> None:
+        if not names:
+            return
         if self.processes:
             self.workers.update((name, self._spawn(name)) for name in names)
         else:
@@ -401,6 +436,8 @@ class LocalCluster:
             args += ["--host", self.host]
         options = {"local_directory": self._directory(), **self._worker_kwargs}
         for key, value in options.items():
+            if key == "resources" and value is not None:
+                value = format_resources(value) or None
             if value is not None:
                 args += [_PROCESS_WORKER_OPTIONS[key], str(value)]
         log_path = Path(self._directory(), f"worker-{name}.log")

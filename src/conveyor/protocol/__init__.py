@@ -3,7 +3,7 @@
 from conveyor.protocol.codec import decode, encode
 from conveyor.protocol.errors import ProtocolError
 from conveyor.protocol.framing import FrameDecoder, encode_frames
-from conveyor.protocol.runspec import CallChunk
+from conveyor.protocol.runspec import CallChunk, FunctionStore, build_task
 from conveyor.protocol.serialize import (
     Serialized,
     dumps,
@@ -19,8 +19,10 @@ from conveyor.protocol.tracebacks import pack_exception, unpack_traceback
 __all__ = [
     "CallChunk",
     "FrameDecoder",
+    "FunctionStore",
     "ProtocolError",
     "Serialized",
+    "build_task",
     "decode",
     "dumps",
     "dumps_function",

@@ -7,6 +7,7 @@ tracebacks) are passed through untouched.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -35,6 +36,8 @@ def scheduler_instruction_to_msg(instr: si.Instruction) -> Msg:
         }
         if instr.inline:
             msg["inline"] = True
+        if instr.resources:
+            msg["resources"] = instr.resources
         if instr.function is not None:
             msg["function"] = instr.function
             if instr.blobs:
@@ -66,7 +69,12 @@ def scheduler_instruction_to_msg(instr: si.Instruction) -> Msg:
     if isinstance(instr, si.LostData):
         return {"op": "lost-data", "key": instr.key}
     if isinstance(instr, si.KeysCancelled):
-        return {"op": "cancelled-keys", "keys": instr.keys}
+        msg = {"op": "cancelled-keys", "keys": instr.keys}
+        if instr.reason:
+            msg["reason"] = instr.reason
+        return msg
+    if isinstance(instr, si.AcquireReplicas):
+        return {"op": "acquire-replicas", "who_has": instr.who_has, "nbytes": instr.nbytes}
     if isinstance(instr, si.RefreshWhoHas):
         return {"op": "refresh-who-has", "who_has": instr.who_has}
     if isinstance(instr, si.CloseWorker):
@@ -88,11 +96,15 @@ def worker_event_from_msg(msg: Msg, now: float) -> we.WorkerEvent:
             float(msg.get("duration", 0.5)),
             int(msg.get("run_id", 0)),
             bool(msg.get("inline", False)),
+            resource_amounts(msg.get("resources")),
         )
     if op == "free-keys":
         return we.FreeKeysEvent(now, list(msg["keys"]))
     if op == "refresh-who-has":
         return we.RefreshWhoHasEvent(now, dict(msg["who_has"]))
+    if op == "acquire-replicas":
+        who_has = {k: list(v) for k, v in dict(msg["who_has"]).items()}
+        return we.AcquireReplicasEvent(now, who_has, dict(msg.get("nbytes") or {}))
     raise ValueError(f"unknown worker op {op!r}")
 
 
@@ -127,6 +139,8 @@ def worker_instruction_to_msg(instr: we.WorkerInstruction) -> Msg:
         return {"op": "add-keys", "keys": instr.keys}
     if isinstance(instr, we.MissingDataMsg):
         return {"op": "missing-data", "key": instr.key, "errant_worker": instr.errant_worker}
+    if isinstance(instr, we.LongRunningMsg):
+        return {"op": "long-running", "key": instr.key, "run_id": instr.run_id}
     raise TypeError(f"no wire form for {instr!r}")
 
 
@@ -167,6 +181,10 @@ def _missing_data(w: str, m: Msg, now: float) -> se.SchedulerEvent:
     return se.MissingData(now, w, m["key"], str(m["errant_worker"]))
 
 
+def _long_running(w: str, m: Msg, now: float) -> se.SchedulerEvent:
+    return se.TaskLongRunning(now, w, m["key"], int(m.get("run_id", 0)))
+
+
 def _heartbeat(w: str, m: Msg, now: float) -> se.SchedulerEvent:
     return se.WorkerHeartbeat(now, w, dict(m.get("metrics") or {}))
 
@@ -177,6 +195,7 @@ WORKER_STREAM_OPS: dict[str, Callable[[str, Msg, float], se.SchedulerEvent]] = {
     "task-erred": _task_erred,
     "add-keys": _add_keys,
     "missing-data": _missing_data,
+    "long-running": _long_running,
     "heartbeat-worker": _heartbeat,
 }
 
@@ -184,7 +203,42 @@ WORKER_STREAM_OPS: dict[str, Callable[[str, Msg, float], se.SchedulerEvent]] = {
 # ------------------------------------------------------------ client -> scheduler
 
 
-def _task_spec(t: Msg) -> se.TaskSpec:
+def resource_amounts(
+    value: Any, cache: dict[Any, dict[str, float]] | None = None
+) -> dict[str, float] | None:
+    """Resource amounts from the wire: a map of names to finite numbers >= 0 (zero
+    amounts dropped); None when there are none. ``cache`` shares one dict between the
+    tasks of a message that need the same (most tasks of an annotated graph do).
+    ValueError if malformed."""
+    if not value:
+        return None
+    if not isinstance(value, dict):
+        raise ValueError(f"resources must be a map of names to amounts, not {value!r}")
+    out: dict[str, float] = {}
+    for name, amount in value.items():
+        if not isinstance(name, str) or not name or isinstance(amount, bool):
+            raise ValueError(f"bad resource {name!r}: {amount!r}")
+        amount = float(amount)
+        if not math.isfinite(amount) or amount < 0:
+            raise ValueError(f"bad amount of resource {name!r}: {amount!r}")
+        if amount:
+            out[name] = amount
+    if not out:
+        return None
+    if cache is None:
+        return out
+    return cache.setdefault(tuple(sorted(out.items())), out)
+
+
+def _priority(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise ValueError(f"a priority must be a number, not {value!r}")
+    return value
+
+
+def _task_spec(t: Msg, cache: dict[Any, dict[str, float]] | None = None) -> se.TaskSpec:
     workers = t.get("workers")
     return se.TaskSpec(
         _hashable(t["key"]),
@@ -195,6 +249,8 @@ def _task_spec(t: Msg) -> se.TaskSpec:
         bool(t.get("allow_other_workers", False)),
         int(t.get("retries", 0)),
         t.get("fn"),
+        resource_amounts(t.get("resources"), cache),
+        _priority(t.get("priority")),
     )
 
 
@@ -243,6 +299,7 @@ def _task_batch(b: Msg, budget: int) -> se.TaskBatch:
         int(b.get("retries", 0)),
         one_group,
         bool(b.get("wanted", True)),
+        resource_amounts(b.get("resources")),
     )
 
 
@@ -264,7 +321,8 @@ def _one_group(prefix: str, keys: list[Any]) -> bool:
 
 
 def _update_graph(c: str, m: Msg, now: float) -> se.SchedulerEvent:
-    tasks = [_task_spec(t) for t in m.get("tasks") or ()]
+    cache: dict[Any, dict[str, float]] = {}
+    tasks = [_task_spec(t, cache) for t in m.get("tasks") or ()]
     functions = dict(m.get("functions") or {})
     keys = _keys(m.get("keys"))
     batches: list[se.TaskBatch] = []
@@ -274,7 +332,8 @@ def _update_graph(c: str, m: Msg, now: float) -> se.SchedulerEvent:
         if batch.one_group:
             budget -= len(batch.keys)
         batches.append(batch)
-    return se.UpdateGraph(now, c, tasks, list(keys), int(m.get("priority", 0)), functions, batches)
+    priority = _priority(m.get("priority")) or 0
+    return se.UpdateGraph(now, c, tasks, list(keys), priority, functions, batches)
 
 
 def _desires(c: str, m: Msg, now: float) -> se.SchedulerEvent:

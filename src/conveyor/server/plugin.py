@@ -6,7 +6,9 @@ workers and clients come and go. An *extension* is an object made once per sched
 primitives, published datasets, ...) and may be a plugin too.
 
 Both are the operator's code (constructor arguments, preloads): the scheduler never
-unpickles a plugin sent by a peer unless its operator allowed remote code.
+unpickles a plugin sent by a peer unless its operator allowed remote code
+(:mod:`conveyor.server.remote_code`). A :class:`WorkerPlugin` runs on workers: clients
+register it, the scheduler keeps its pickle unopened and hands it to every worker.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from conveyor.server.scheduler import Scheduler
+    from conveyor.server.worker import Worker
 
 
 class SchedulerPlugin:
@@ -44,6 +47,30 @@ class SchedulerPlugin:
 
     def remove_client(self, scheduler: Scheduler, client: str) -> None:
         """The client with id ``client`` disconnected."""
+
+    def log_event(self, topic: str, msg: Any) -> None:
+        """``msg`` was logged under ``topic`` (``Client.log_event``)."""
+
+
+class WorkerPlugin:
+    """Base class of worker plugins: override the hooks you need.
+
+    ``Client.register_plugin(plugin)`` pickles the plugin and the scheduler keeps the
+    bytes (it never opens them); every worker, including those that join later,
+    unpickles its own copy and calls ``setup(worker=...)`` before it runs another task.
+    ``teardown(worker=...)`` runs when the plugin is unregistered or replaced, and when
+    the worker closes. Hooks run on the worker's event loop and may be coroutines; an
+    exception in ``setup`` is raised by ``register_plugin``.
+    """
+
+    #: the plugin's name (default: the class name and a unique suffix)
+    name: str | None = None
+
+    def setup(self, worker: Worker) -> Any:
+        """The plugin arrived on ``worker``."""
+
+    def teardown(self, worker: Worker) -> Any:
+        """The plugin is leaving ``worker`` (unregistered, replaced, or the worker closes)."""
 
 
 def plugin_name(plugin: SchedulerPlugin) -> str:

@@ -20,7 +20,9 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from conveyor.server.execute import FunctionStore, Outcome, run_task
+from conveyor.protocol import FunctionStore
+from conveyor.rpc.context import TaskContext, set_current_task
+from conveyor.server.execute import Outcome, run_task
 
 logger = logging.getLogger("conveyor.worker")
 
@@ -38,8 +40,13 @@ class TaskRunner:
         functions: FunctionStore,
         on_done: Callable[[Any, Outcome], None],
         name: str = "conveyor-task",
+        owner: Any = None,
     ) -> None:
         self._loop = loop
+        self._name = name
+        #: the worker, as tasks see it through ``conveyor.rpc.context``
+        self._owner = owner
+        self._started = 0
         self._functions = functions
         self._on_done = on_done
         self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
@@ -47,12 +54,23 @@ class TaskRunner:
         self._lock = threading.Lock()
         self._wake_pending = False
         self._closed = False
-        self.threads = [
-            threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
-            for i in range(nthreads)
-        ]
-        for thread in self.threads:
-            thread.start()
+        self.threads: list[threading.Thread] = []
+        for _ in range(nthreads):
+            self._start_thread()
+
+    def _start_thread(self) -> None:
+        thread = threading.Thread(
+            target=self._work, name=f"{self._name}-{self._started}", daemon=True
+        )
+        self._started += 1
+        self.threads.append(thread)
+        thread.start()
+
+    def secede_current(self) -> None:
+        """The calling task thread leaves the pool (its task waits on others): a new
+        thread takes its place at once, and the calling one ends with its task."""
+        if not self._closed:
+            self._start_thread()
 
     def submit(self, key: Any, run_spec: Any, deps: dict[Any, Any]) -> None:
         """Queue a task; its outcome comes back through ``on_done`` on the loop."""
@@ -68,16 +86,20 @@ class TaskRunner:
         with contextlib.suppress(queue.Empty):
             while True:
                 self._jobs.get_nowait()
-        for _ in self.threads:
+        for _ in list(self.threads):
             self._jobs.put(None)
 
     def _work(self) -> None:
         jobs, done, functions = self._jobs, self._done, self._functions
+        ctx = TaskContext(self._owner, None)
+        set_current_task(ctx)
         while True:
             job = jobs.get()
             if job is None:
+                self._forget_thread()
                 return
             key, run_spec, deps = job
+            ctx.key = key
             try:
                 outcome = run_task(key, run_spec, deps, functions)
             except BaseException as e:  # run_task reports task errors; this is a bug
@@ -85,12 +107,23 @@ class TaskRunner:
                 outcome = Outcome(False, now, now, exception_text=f"{type(e).__name__}: {e}")
             done.append((key, outcome))
             del job, deps, outcome
-            with self._lock:
-                if self._wake_pending:
-                    continue
-                self._wake_pending = True
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
-                self._loop.call_soon_threadsafe(self._drain)
+            self._wake()
+            if ctx.seceded:  # a replacement took this thread's place when it seceded
+                self._forget_thread()
+                return
+
+    def _wake(self) -> None:
+        """Have the loop take the outcomes, unless a wake-up is pending already."""
+        with self._lock:
+            if self._wake_pending:
+                return
+            self._wake_pending = True
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+            self._loop.call_soon_threadsafe(self._drain)
+
+    def _forget_thread(self) -> None:
+        with contextlib.suppress(ValueError):
+            self.threads.remove(threading.current_thread())
 
     def _drain(self) -> None:
         with self._lock:

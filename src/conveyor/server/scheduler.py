@@ -18,12 +18,13 @@ from typing import Any
 from conveyor import config
 from conveyor.comm import Listener, get_ip_interface, listen, unparse_host_port
 from conveyor.core import events as se
-from conveyor.core.instructions import ToWorker
+from conveyor.core.instructions import KeyErred, KeyInMemory, ToWorker
 from conveyor.core.records import ClientInfo, TaskState, WorkerInfo
 from conveyor.core.scheduler import SchedulerState
 from conveyor.protocol.messages import (
     CLIENT_STREAM_OPS,
     WORKER_STREAM_OPS,
+    resource_amounts,
     scheduler_instruction_to_msg,
 )
 from conveyor.rpc import (
@@ -39,6 +40,9 @@ from conveyor.server.extensions import DEFAULT_EXTENSIONS
 from conveyor.server.plugin import SchedulerPlugin, plugin_name
 
 logger = logging.getLogger("conveyor.scheduler")
+
+#: the pseudo-client that wants fired-and-forgotten keys until they settle
+FIRE_AND_FORGET = "fire-and-forget"
 
 #: Keywords of distributed's Scheduler accepted for compatibility; their features
 #: arrive with later work and are ignored until then.
@@ -89,6 +93,7 @@ class Scheduler:
         dashboard_address: str | None = None,
         plugins: Iterable[SchedulerPlugin] = (),
         extensions: Mapping[str, Callable[[Scheduler], Any]] | None = None,
+        allow_remote_code: bool | None = None,
         **kwargs: Any,
     ) -> None:
         unknown = set(kwargs) - _ACCEPTED_LATER
@@ -98,6 +103,12 @@ class Scheduler:
         self.scheduler_file = scheduler_file
         self.dashboard_address = dashboard_address
         self.validate = bool(config.get("scheduler.validate") if validate is None else validate)
+        #: run code clients send (run_on_scheduler, scheduler plugins): see remote_code.py
+        self.allow_remote_code = bool(
+            config.get("scheduler.allow-remote-code")
+            if allow_remote_code is None
+            else allow_remote_code
+        )
         if allowed_failures is None:
             allowed_failures = int(config.get("scheduler.allowed-failures"))
         self.allowed_failures = allowed_failures
@@ -148,6 +159,8 @@ class Scheduler:
             "scheduler-info": lambda p, m: self.identity(),
             "identity": lambda p, m: self.identity(),
             "story": lambda p, m: [list(e) for e in self.state.story(*m["keys"])],
+            "run-spec": lambda p, m: self.state.run_spec_of(m["key"], bool(m.get("blame"))),
+            "fire-and-forget": self._fire_and_forget,
         }
         for op, make in WORKER_STREAM_OPS.items():
             self.handlers[op] = self._stream_handler("worker", make)
@@ -356,14 +369,37 @@ class Scheduler:
 
     def apply(self, event: se.SchedulerEvent) -> None:
         """Hand one event to the state machine and send what it says to send."""
+        settled: list[Any] = []
         for instr in self.state.handle(event):
-            msg = scheduler_instruction_to_msg(instr)
             if isinstance(instr, ToWorker):
                 peer = self.stream_comms.get(instr.worker)
+            elif instr.client_id == FIRE_AND_FORGET:
+                if isinstance(instr, (KeyInMemory, KeyErred)):
+                    settled.append(instr.key)
+                continue
             else:
                 peer = self.client_comms.get(instr.client_id)
             if peer is not None:
-                peer.send(msg)
+                peer.send(scheduler_instruction_to_msg(instr))
+        if settled:
+            self._forget_fired(settled)
+
+    def _fire_and_forget(self, peer: Peer, msg: Msg) -> None:
+        """Keep these keys wanted until they finish or fail, whoever holds them."""
+        if peer.role != "client":
+            raise ProtocolViolation("'fire-and-forget' is only for a registered client")
+        keys: list[Any] = [k for k in msg["keys"] if isinstance(k, (str, bytes, int, float, tuple))]
+        self.apply(se.ClientDesiresKeys(time.time(), FIRE_AND_FORGET, keys))
+
+    def _forget_fired(self, keys: list[Any]) -> None:
+        """Fired-and-forgotten tasks that settled are no longer wanted on their behalf;
+        the pseudo-client goes once it wants nothing (it would keep the scheduler from
+        ever being idle)."""
+        now = time.time()
+        self.apply(se.ClientReleasesKeys(now, FIRE_AND_FORGET, keys))
+        holder = self.state.clients.get(FIRE_AND_FORGET)
+        if holder is not None and not holder.wants_what:
+            self.apply(se.RemoveClient(now, FIRE_AND_FORGET))
 
     def _stream_handler(self, role: str, make: Any) -> Handler:
         def handle(peer: Peer, msg: Msg) -> None:
@@ -426,6 +462,7 @@ class Scheduler:
                 int(msg.get("memory_limit") or 0),
                 host,
                 dict(msg.get("keys") or {}),
+                resource_amounts(msg.get("resources")) or {},
             )
         )
         logger.info("Register worker %s (name %r, %s threads)", address, name, msg["nthreads"])

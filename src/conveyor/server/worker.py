@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Generator
@@ -21,15 +22,27 @@ from conveyor.comm import Listener, connect, get_address_host, listen
 from conveyor.core import worker_events as we
 from conveyor.core.types import Key
 from conveyor.core.worker import WorkerState
-from conveyor.protocol import loads, pickle_bytes
+from conveyor.protocol import FunctionStore, loads, pickle_bytes
 from conveyor.protocol.messages import worker_event_from_msg, worker_instruction_to_msg
 from conveyor.rpc import Handler, Msg, Peer, PeerPool, read_scheduler_file, serve_peer
+from conveyor.rpc.context import current_task
 from conveyor.rpc.data import INLINE_RESULT_BYTES, pack_data, unpack_data
-from conveyor.server.execute import FunctionStore, Outcome, warm_imports
+from conveyor.server.actors import ActorHost
+from conveyor.server.execute import Outcome, warm_imports
+from conveyor.server.resources import parse_resources
 from conveyor.server.runner import TaskRunner
 from conveyor.server.scheduler import listen_address
+from conveyor.server.worker_control import WorkerControl
 
 logger = logging.getLogger("conveyor.worker")
+
+
+def get_worker() -> Worker:
+    """The worker running the calling task. ValueError outside a task."""
+    ctx = current_task()
+    if ctx is None or ctx.key is None or not isinstance(ctx.worker, Worker):
+        raise ValueError("get_worker() works only inside a task running on a worker")
+    return ctx.worker
 
 
 class Worker:
@@ -54,10 +67,16 @@ class Worker:
         local_directory: str | None = None,
         heartbeat_interval: float | str | None = None,
         validate: bool | None = None,
+        resources: dict[str, float] | str | None = None,
         **kwargs: Any,
     ) -> None:
         if scheduler_address is None and scheduler_file is None:
             raise ValueError("Worker needs a scheduler address or a scheduler_file")
+        #: amounts of abstract resources this worker offers to tasks that need them
+        #: (``{"GPU": 2}``); default: the ``worker.resources`` configuration
+        self.resources = parse_resources(
+            config.get("worker.resources", None) if resources is None else resources
+        )
         self._scheduler_address = scheduler_address
         self.scheduler_file = scheduler_file
         self.nthreads = nthreads or config.cpu_count()
@@ -88,6 +107,10 @@ class Worker:
         #: the threads running tasks (made on start, when the loop is known)
         self.runner: TaskRunner | None = None
         self.scheduler: Peer | None = None
+        #: the client tasks here use (``get_client()``), made by the first that asks
+        self.client: Any = None
+        #: seceded tasks waiting to rejoin, by key: set once a thread is theirs again
+        self._rejoining: dict[Key, threading.Event] = {}
         self._listener: Listener | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = asyncio.Event()
@@ -103,12 +126,23 @@ class Worker:
             "compute-task": self._from_scheduler,
             "free-keys": self._from_scheduler,
             "refresh-who-has": self._from_scheduler,
+            "acquire-replicas": self._from_scheduler,
             "free-functions": self._free_functions,
             "close": lambda p, m: self._spawn(self.close()),
         }
+        #: method calls and attribute reads of the actors held here
+        self.actors = ActorHost(self)
+        self._handlers.update(self.actors.handlers())
+        #: Client.run, worker plugins and uploaded files (see worker_control.py)
+        self.control = WorkerControl(self)
 
     def __repr__(self) -> str:
         return f"<Worker {self.address or 'not started'} name={self.name!r} status={self.status}>"
+
+    @property
+    def plugins(self) -> dict[str, Any]:
+        """Worker plugins installed here, by name."""
+        return self.control.plugins
 
     @property
     def scheduler_address(self) -> str:
@@ -151,15 +185,19 @@ class Worker:
             or 50_000_000,
             outgoing_connections=int(config.get("worker.connections.outgoing")),
             validate=self.validate,
+            resources=self.resources,
         )
         # made just before registering: tasks come after, and a failure closes it
-        self.runner = TaskRunner(self.nthreads, self.loop, self.functions, self._executed)
+        self.runner = TaskRunner(
+            self.nthreads, self.loop, self.functions, self._executed, owner=self
+        )
+        # running before the reply comes: tasks (and plugins) may arrive ahead of it
+        self.status = "running"
         try:
             await self._register(timeout)
         except BaseException:
             await self.close("failed to register")
             raise
-        self.status = "running"
         self._spawn(self._heartbeat_loop())
         logger.info("Worker started at %s, registered to %s", self.address, self.scheduler_address)
         return self
@@ -177,6 +215,7 @@ class Worker:
                 "memory_limit": self.memory_limit,
                 "host": get_address_host(self.address) if "://" in self.address else "",
                 "keys": {},
+                "resources": self.resources,
             }
         )
 
@@ -195,6 +234,7 @@ class Worker:
             await self._closed.wait()
             return
         self.status = "closing"
+        await self.control.close()
         current = asyncio.current_task()
         for task in list(self._tasks):
             if task is not current:
@@ -206,7 +246,15 @@ class Worker:
             await self.scheduler.close()
         if self.runner is not None:
             self.runner.close()
+        self.actors.close()
         self.data.clear()
+        for waiting in self._rejoining.values():
+            waiting.set()  # the worker is gone: a rejoining task goes on, and its result too
+        if self.client is not None:
+            # a synchronous client: closed from a thread, as it may share this loop
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self.client.close)
+            self.client = None
         self.status = "closed"
         self._closed.set()
         logger.info("Worker %s closed (%s)", self.address, reason)
@@ -267,11 +315,38 @@ class Worker:
             elif kind is we.DeleteData:
                 for key in instr.keys:  # type: ignore[union-attr]
                     self.data.pop(key, None)
+            elif kind is we.Rejoined:
+                granted = self._rejoining.pop(instr.key, None)  # type: ignore[union-attr]
+                if granted is not None:
+                    granted.set()
             elif self.scheduler is not None:
                 msg = worker_instruction_to_msg(instr)
                 if kind is we.TaskFinishedMsg:
                     self._attach_small_result(instr.key, msg)  # type: ignore[union-attr]
                 self.scheduler.send(msg)
+
+    # --------------------------------------------------------------- secession
+
+    def secede_task(self, key: Key) -> None:
+        """From a task thread: the task ``key`` leaves the thread budget (another thread
+        takes its place) and becomes long-running."""
+        assert self.runner is not None and self.loop is not None
+        self.runner.secede_current()
+        self.loop.call_soon_threadsafe(self.apply, we.SecedeEvent(time.time(), key))
+
+    def rejoin_task(self, key: Key) -> None:
+        """From a seceded task's thread: wait until the worker has a thread for it."""
+        assert self.loop is not None
+        granted = threading.Event()
+        self.loop.call_soon_threadsafe(self._ask_rejoin, key, granted)
+        granted.wait()
+
+    def _ask_rejoin(self, key: Key, granted: threading.Event) -> None:
+        if self.status != "running":
+            granted.set()
+            return
+        self._rejoining[key] = granted
+        self.apply(we.RejoinEvent(time.time(), key))
 
     def _attach_small_result(self, key: Key, msg: Msg) -> None:
         """Send a small result that a client waits for along with its completion."""

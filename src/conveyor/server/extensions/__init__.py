@@ -9,7 +9,23 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from conveyor.server.extensions.control import ControlExtension
+from conveyor.server.extensions.coordination import CoordinationExtension
+from conveyor.server.extensions.datasets import DatasetsExtension
+from conveyor.server.extensions.events import EventsExtension
+from conveyor.server.extensions.explain import ExplainExtension
+from conveyor.server.extensions.memory import MemoryExtension
+from conveyor.server.extensions.metadata import MetadataExtension
+
 if TYPE_CHECKING:
     from conveyor.server.scheduler import Scheduler
 
-DEFAULT_EXTENSIONS: dict[str, Callable[[Scheduler], Any]] = {}
+DEFAULT_EXTENSIONS: dict[str, Callable[[Scheduler], Any]] = {
+    "coordination": CoordinationExtension,
+    "events": EventsExtension,
+    "explain": ExplainExtension,
+    "control": ControlExtension,
+    "datasets": DatasetsExtension,
+    "memory": MemoryExtension,
+    "metadata": MetadataExtension,
+}

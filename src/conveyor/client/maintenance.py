@@ -1,0 +1,187 @@
+"""Changing the cluster from a client: copy and move data (``replicate``,
+``rebalance``), take workers out (``retire_workers``), run failed tasks again
+(``retry``), start afresh (``restart``) and stop everything (``shutdown``).
+
+The scheduler does the work through its state machine's events (see
+``conveyor.core.control``); only ``restart`` needs the client too, to start the worker
+processes again, which it can do for a LocalCluster only (there is no nanny).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from conveyor import config
+from conveyor.client.structure import collect_futures
+from conveyor.comm import CommClosedError
+from conveyor.deploy.local import LocalCluster
+
+if TYPE_CHECKING:
+    from conveyor.client.shape import ClientShape
+
+logger = logging.getLogger("conveyor.client")
+
+_CANNOT_RESTART = (
+    "Client.restart() restarts the workers of a LocalCluster that this client knows "
+    "(Client() or Client(cluster)); conveyor has no nanny, so it cannot restart workers "
+    "started elsewhere (conveyor worker ...). Restart them with the tool that started "
+    "them; to drop every task meanwhile, cancel the futures or close the clients."
+)
+
+
+class MaintenanceMixin:
+    """The Client's calls that change where data lives and which workers run."""
+
+    def replicate(
+        self: ClientShape,
+        futures: Any,
+        n: int | None = None,
+        workers: str | Iterable[str] | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Copy the results of ``futures`` onto ``n`` workers (all of ``workers``, or
+        of the cluster, by default), dropping surplus copies among those workers.
+        Returns once the copies are made. ``branching_factor`` is accepted and ignored
+        (each new copy is fetched from the workers holding it)."""
+        unknown = set(kwargs) - {"branching_factor"}
+        if unknown:
+            raise TypeError(f"replicate() got unexpected keyword arguments {sorted(unknown)}")
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise ValueError(f"n must be a positive number of copies, not {n!r}")
+        keys = [f.key for f in collect_futures(futures)]
+        msg = {"op": "replicate", "keys": keys, "n": n, "workers": _as_list(workers)}
+        return self.sync(_settled_request, self, msg, keys)
+
+    def rebalance(
+        self: ClientShape, futures: Any = None, workers: str | Iterable[str] | None = None
+    ) -> Any:
+        """Move data between workers (all, or ``workers``) so that each holds about the
+        same number of bytes: keys of ``futures``, or all keys by default. Keys move from
+        workers above the mean to those holding the least; a move happens only if it
+        narrows the gap. Returns once the data moved."""
+        keys = None if futures is None else [f.key for f in collect_futures(futures)]
+        msg = {"op": "rebalance", "keys": keys, "workers": _as_list(workers)}
+        return self.sync(_settled_request, self, msg, keys or [])
+
+    def retire_workers(
+        self: ClientShape,
+        workers: str | Iterable[str] | None = None,
+        names: Any = None,
+        close_workers: bool = True,
+        **kwargs: Any,
+    ) -> Any:
+        """Retire workers (by address, or by ``names``) gracefully: the scheduler gives
+        them no more tasks, moves their running tasks elsewhere, copies the data only
+        they hold to other workers, then closes them (``close_workers=False`` only
+        drops them from the scheduler; a conveyor worker whose scheduler connection
+        closes shuts down by itself). Returns ``{address: info}`` (as in
+        ``scheduler_info()``) for each worker retired; a worker whose data has nowhere
+        to go is not retired."""
+        if kwargs:
+            raise TypeError(f"retire_workers() got unexpected keyword arguments {sorted(kwargs)}")
+        if workers is None and names is None:
+            raise ValueError(
+                "retire_workers needs workers= (addresses) or names=; conveyor does not "
+                "choose workers to retire by itself"
+            )
+        if names is not None and isinstance(names, (str, int)):
+            names = [names]
+        msg = {
+            "op": "retire-workers",
+            "workers": _as_list(workers),
+            "names": None if names is None else list(names),
+            "close_workers": bool(close_workers),
+        }
+        return self.sync(self._request, msg)
+
+    def retry(self: ClientShape, futures: Any) -> Any:
+        """Run the erred tasks of ``futures`` again (and the erred tasks they depend on);
+        their futures become pending until the new outcome arrives."""
+        return self.sync(_retry, self, collect_futures(futures))
+
+    def restart(
+        self: ClientShape, timeout: float | str | None = None, wait_for_workers: bool = True
+    ) -> Any:
+        """Forget every task on the cluster and start fresh workers.
+
+        Every client's futures are cancelled, published datasets are dropped, and the
+        workers of this client's LocalCluster are stopped and started again (new
+        processes; with ``processes=False``, new in-process workers). Returns once they
+        registered, within ``timeout`` if given. Without a LocalCluster there is no way
+        to restart workers (no nanny): RuntimeError, and nothing is changed.
+        ``wait_for_workers=False`` is refused: the restart always waits for them.
+        """
+        if not wait_for_workers:
+            raise ValueError("restart(wait_for_workers=False) is not supported: it waits")
+        if not isinstance(self.cluster, LocalCluster):
+            raise RuntimeError(_CANNOT_RESTART)
+        return self.sync(_restart, self, timeout=config.parse_duration(timeout))
+
+    def shutdown(self: ClientShape) -> Any:
+        """Close the scheduler and its workers, then this client: the client's
+        LocalCluster is closed (workers, then scheduler); any other scheduler is told
+        to close, and its workers shut down when it goes. Other clients lose the
+        scheduler too."""
+        if self.asynchronous:
+            return _shutdown_then_close(self)
+        self.sync(_shutdown, self)
+        return self.close()  # a synchronous client also lets go of its event loop
+
+
+def _as_list(workers: str | Iterable[str] | None) -> list[str] | None:
+    if workers is None:
+        return None
+    if isinstance(workers, str):
+        return [workers]
+    return list(workers)
+
+
+async def _settled_request(client: ClientShape, msg: dict[str, Any], keys: list[Any]) -> None:
+    """Wait for ``keys`` to finish (only results can be copied), then send ``msg``."""
+    states = [client.futures[k] for k in keys if k in client.futures]
+    for st in states:
+        await st.wait()
+    await client._request(msg)
+
+
+async def _retry(client: ClientShape, futures: list[Any]) -> None:
+    keys = []
+    for fut in futures:
+        st = fut._state
+        if st.status == "error":
+            st.lose()  # pending again: the scheduler reports the new outcome
+            keys.append(fut.key)
+    if keys:
+        await client._request({"op": "retry", "keys": keys})
+
+
+async def _restart(client: ClientShape) -> None:
+    await client._request({"op": "restart"})
+    cluster = client.cluster
+    restarted = cluster.restart_workers()
+    if inspect.isawaitable(restarted):
+        await restarted
+
+
+async def _shutdown(client: ClientShape) -> None:
+    """Close the client's LocalCluster (workers, then scheduler), or tell the scheduler
+    to close."""
+    cluster = client.cluster
+    if isinstance(cluster, LocalCluster):
+        if cluster.asynchronous:
+            await cluster.close()
+        else:  # it waits on this loop: from another thread
+            await asyncio.to_thread(cluster.close)
+    else:
+        with contextlib.suppress(CommClosedError, OSError):  # closed before its reply left
+            await client._request({"op": "terminate"})
+
+
+async def _shutdown_then_close(client: ClientShape) -> None:
+    await _shutdown(client)
+    await client.close()

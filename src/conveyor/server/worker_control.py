@@ -1,0 +1,212 @@
+"""A worker's side of the Client's control calls: ``Client.run``, worker plugins,
+uploaded files and versions.
+
+``run`` requests come straight from clients: the function is unpickled here and called
+on the worker's event loop, as distributed does (it may then look at the worker safely;
+it blocks the loop while it runs), with ``dask_worker=worker`` if it takes that keyword;
+a coroutine function is awaited. Plugins come from the scheduler, which keeps them for
+workers that join later: a pickled :class:`~conveyor.server.plugin.WorkerPlugin`, or a
+file to upload (:class:`UploadFile`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import inspect
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import zipfile
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any
+
+from conveyor.protocol import loads_function, unpickle_bytes
+from conveyor.rpc import Msg, Peer
+from conveyor.rpc.versions import versions
+from conveyor.server.calls import accepts_keyword, call_packed, error_reply
+from conveyor.server.plugin import WorkerPlugin
+
+if TYPE_CHECKING:
+    from conveyor.server.worker import Worker
+
+logger = logging.getLogger("conveyor.worker")
+
+#: file types an upload makes importable
+IMPORTABLE = (".py", ".egg", ".zip", ".pyz", ".whl")
+
+
+class UploadFile(WorkerPlugin):
+    """A file a client uploaded (``Client.upload_file``): written to the worker's upload
+    directory, which is on ``sys.path``; an archive goes on ``sys.path`` itself. With
+    ``load``, a module is imported (reloaded if it was imported before), and so are the
+    top-level modules of an archive."""
+
+    def __init__(self, filename: str, data: bytes, load: bool = True) -> None:
+        self.filename = os.path.basename(filename)
+        if not self.filename or self.filename in (".", ".."):
+            raise ValueError(f"not a file name: {filename!r}")
+        self.data = data
+        self.load = load
+        self.name = f"upload-file-{self.filename}"
+
+    def setup(self, worker: Worker) -> None:
+        """Write the file and make it importable (and import it, with ``load``)."""
+        path = os.path.join(worker.control.upload_directory(), self.filename)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(self.data)
+        os.replace(tmp, path)
+        stem, ext = os.path.splitext(self.filename)
+        archive = ext in (".egg", ".zip", ".pyz", ".whl")
+        if archive:
+            worker.control.add_to_path(path)
+        importlib.invalidate_caches()
+        if not self.load or ext not in IMPORTABLE:
+            return
+        names = _top_level_modules(path) if archive else [stem]
+        for name in names:
+            module = sys.modules.get(name)
+            if module is not None:
+                importlib.reload(module)
+            else:
+                importlib.import_module(name)
+
+
+def _top_level_modules(path: str) -> list[str]:
+    """The modules and packages at the top of a zip archive."""
+    names = set()
+    with zipfile.ZipFile(path) as archive:
+        for entry in archive.namelist():
+            head, _, rest = entry.partition("/")
+            if rest and head.isidentifier() and rest.startswith("__init__.py"):
+                names.add(head)
+            elif not rest and head.endswith(".py") and head[:-3].isidentifier():
+                names.add(head[:-3])
+    return sorted(names)
+
+
+class WorkerControl:
+    """Made by each Worker: adds its handlers and keeps its plugins."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        #: installed plugins by name
+        self.plugins: dict[str, Any] = {}
+        self._directory: str | None = None
+        self._paths: list[str] = []
+        worker._handlers.update({"run": self._run, "versions": lambda p, m: versions()})
+        worker._scheduler_handlers.update(
+            {"plugin-add": self._plugin_add, "plugin-remove": self._plugin_remove}
+        )
+
+    # ------------------------------------------------------------------ run
+
+    async def _run(self, peer: Peer, msg: Msg) -> dict[str, Any]:
+        try:
+            func = loads_function(msg["function"])
+            args = unpickle_bytes(msg["args"])
+            kwargs = unpickle_bytes(msg["kwargs"])
+            if not isinstance(args, tuple) or not isinstance(kwargs, dict):
+                raise TypeError("run needs args as a tuple and kwargs as a dict")
+        except Exception as e:
+            return error_reply(e)
+        if accepts_keyword(func, "dask_worker"):
+            kwargs["dask_worker"] = self.worker
+        outcome = await call_packed(func, args, kwargs)
+        if outcome["status"] != "OK" and msg.get("reply") is None:  # nobody waits for it
+            logger.warning("Client.run(%r, wait=False) failed: %s", func, outcome["text"])
+        return outcome
+
+    # -------------------------------------------------------------- plugins
+
+    def _plugin_add(self, peer: Peer, msg: Msg) -> Any:
+        # Synchronous setups run inside this call, before the worker handles the next
+        # message: a task that arrives with the plugin finds an uploaded file in place.
+        name = str(msg["name"])
+        try:
+            if msg.get("kind") == "upload":
+                plugin: Any = UploadFile(msg["filename"], msg["data"], bool(msg.get("load")))
+            else:
+                plugin = unpickle_bytes(msg["plugin"])
+        except Exception as e:
+            logger.exception("Could not load worker plugin %r", name)
+            return error_reply(e)
+        old = self.plugins.pop(name, None)
+        self.plugins[name] = plugin
+        if old is None:
+            return self._hook(name, plugin, "setup")
+        torn_down = self._hook(name, old, "teardown")
+        if not inspect.isawaitable(torn_down):
+            return self._hook(name, plugin, "setup")
+
+        async def then_setup() -> Any:
+            await torn_down
+            outcome = self._hook(name, plugin, "setup")
+            return await outcome if inspect.isawaitable(outcome) else outcome
+
+        return then_setup()
+
+    def _plugin_remove(self, peer: Peer, msg: Msg) -> Any:
+        name = str(msg["name"])
+        plugin = self.plugins.pop(name, None)
+        return {"status": "OK"} if plugin is None else self._hook(name, plugin, "teardown")
+
+    def _hook(self, name: str, plugin: Any, hook: str) -> Any:
+        """Call ``plugin.<hook>(worker=...)``: its outcome (``{"status": "OK"}`` or an
+        error reply), or an awaitable of it when the hook is a coroutine."""
+        method = getattr(plugin, hook, None)
+        if method is None:
+            return {"status": "OK"}
+        try:
+            result = method(worker=self.worker)
+        except Exception as e:
+            logger.exception("Worker plugin %r failed in %s", name, hook)
+            return error_reply(e)
+        if inspect.isawaitable(result):
+            return self._await_hook(name, hook, result)
+        return {"status": "OK"}
+
+    async def _await_hook(self, name: str, hook: str, result: Awaitable[Any]) -> dict[str, Any]:
+        try:
+            await result
+        except Exception as e:
+            logger.exception("Worker plugin %r failed in %s", name, hook)
+            return error_reply(e)
+        return {"status": "OK"}
+
+    # ------------------------------------------------------------- uploads
+
+    def upload_directory(self) -> str:
+        """This worker's own directory for uploaded files, on ``sys.path``."""
+        if self._directory is None:
+            self._directory = tempfile.mkdtemp(
+                prefix="conveyor-uploads-", dir=self.worker.local_directory
+            )
+            self.add_to_path(self._directory)
+        return self._directory
+
+    def add_to_path(self, path: str) -> None:
+        """Put ``path`` first on ``sys.path`` (taken off again when the worker closes)."""
+        if path in sys.path:
+            sys.path.remove(path)
+        sys.path.insert(0, path)
+        if path not in self._paths:
+            self._paths.append(path)
+
+    async def close(self) -> None:
+        """Tear the plugins down, then take the uploads off ``sys.path`` and disk."""
+        for name, plugin in reversed(list(self.plugins.items())):
+            outcome = self._hook(name, plugin, "teardown")
+            if inspect.isawaitable(outcome):
+                await outcome
+        self.plugins.clear()
+        for path in self._paths:
+            with contextlib.suppress(ValueError):
+                sys.path.remove(path)
+        self._paths.clear()
+        if self._directory is not None:
+            shutil.rmtree(self._directory, ignore_errors=True)
+            self._directory = None
