@@ -99,3 +99,9 @@ def test_actors_from_an_asynchronous_client() -> None:
             assert await counter.n == 2
 
     asyncio.run(main())
+
+
+def test_map_with_actor_makes_one_actor_per_row(client: Client) -> None:
+    counters = client.gather(client.map(Counter, [1, 2, 3], actor=True))
+    assert all(isinstance(c, Actor) for c in counters)
+    assert [c.increment().result() for c in counters] == [2, 3, 4]

@@ -136,3 +136,13 @@ def test_large_arguments_warn_with_the_fix(client: Client) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert client.submit(len, scattered).result() == 2_000_000
+
+
+def test_map_batch_size_sets_the_tasks_per_message(client: Client) -> None:
+    sent_before = client.scheduler.messages_sent if client.scheduler else 0
+    futures = client.map(inc, range(10), batch_size=3, pure=False)
+    assert client.gather(futures) == list(range(1, 11))
+    assert client.scheduler is not None
+    assert client.scheduler.messages_sent - sent_before >= 4  # ceil(10 / 3) update-graphs
+    with pytest.raises(ValueError, match="batch_size"):
+        client.map(inc, range(3), batch_size=0)

@@ -26,6 +26,7 @@ from conveyor.client.events import EventsMixin
 from conveyor.client.explain import ExplainMixin
 from conveyor.client.future import CancelledError, Future, FutureState, all_settled
 from conveyor.client.graph import (
+    MAP_CHUNK,
     MapKeys,
     call_message,
     call_options,
@@ -519,19 +520,43 @@ class Client(
         allow_other_workers: bool = False,
         fifo_timeout: Any = "100 ms",
         pure: bool = True,
+        batch_size: int | None = None,
+        actor: bool = False,
+        actors: bool = False,
         **kwargs: Any,
     ) -> list[Future]:
         """Apply ``func`` to each element (or zipped elements) of the iterables.
 
         The task options (``workers``, ``allow_other_workers``, ``resources``,
         ``retries``, ``priority``, ``fifo_timeout``) apply to every task, as for
-        :meth:`submit`; they never reach ``func``.
+        :meth:`submit`; they never reach ``func``. ``batch_size``: how many tasks travel
+        in one message (default 5,000; the scheduler starts on the first batch while the
+        rest are made). ``actor=True``: ``func`` is a class, and each row makes one actor.
         """
         if not callable(func):
             raise TypeError("First input to map must be a callable function")
         if not iterables:
             raise TypeError("map needs at least one iterable")
         check_fifo_timeout(fifo_timeout)
+        if batch_size is not None and (
+            isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+        ):
+            raise ValueError(f"batch_size must be a positive integer, not {batch_size!r}")
+        if actor or actors:
+            return [
+                self.submit(
+                    func,
+                    *row,
+                    actor=True,
+                    workers=workers,
+                    retries=retries,
+                    resources=resources,
+                    priority=priority,
+                    allow_other_workers=allow_other_workers,
+                    **kwargs,
+                )
+                for row in zip(*iterables, strict=False)
+            ]
         options = call_options(
             workers=workers,
             allow_other_workers=allow_other_workers,
@@ -555,7 +580,8 @@ class Client(
             # Rows are read, named and sent a chunk at a time: the scheduler works on the
             # first chunks while this thread makes the rest.
             try:
-                for batch, cid, chunk, names in map_batches(fid, rows, kwargs, keys, options):
+                batches = map_batches(fid, rows, kwargs, keys, options, batch_size or MAP_CHUNK)
+                for batch, cid, chunk, names in batches:
                     futures += self._futures(names)
                     self._send(
                         {
