@@ -26,7 +26,6 @@ from conveyor.client.events import EventsMixin
 from conveyor.client.explain import ExplainMixin
 from conveyor.client.future import CancelledError, Future, FutureState, all_settled
 from conveyor.client.graph import (
-    MAP_CHUNK,
     MapKeys,
     call_message,
     call_options,
@@ -40,7 +39,7 @@ from conveyor.client.graph import (
 )
 from conveyor.client.maintenance import MaintenanceMixin
 from conveyor.client.secession import seceding_if_in_task
-from conveyor.client.structure import collect_futures, substitute
+from conveyor.client.structure import as_list, collect_futures, flatten_keys, substitute
 from conveyor.comm import connect
 from conveyor.deploy.local import LocalCluster
 from conveyor.protocol import dumps, unpickle_bytes
@@ -580,7 +579,7 @@ class Client(
             # Rows are read, named and sent a chunk at a time: the scheduler works on the
             # first chunks while this thread makes the rest.
             try:
-                batches = map_batches(fid, rows, kwargs, keys, options, batch_size or MAP_CHUNK)
+                batches = map_batches(fid, rows, kwargs, keys, options, batch_size)
                 for batch, cid, chunk, names in batches:
                     futures += self._futures(names)
                     self._send(
@@ -627,15 +626,16 @@ class Client(
         ``dask.annotate`` annotations; ``fifo_timeout`` has no effect (see :meth:`submit`).
         """
         check_fifo_timeout(fifo_timeout)
-        options = {
-            "workers": workers,
-            "allow_other_workers": allow_other_workers,
-            "resources": resources,
-            "retries": retries,
-            "priority": priority,
-            "actors": actors,
-        }
-        futures = self._graph_to_futures(dsk, _flatten_keys(keys), options)
+        futures = self._graph_to_futures(
+            dsk,
+            list(flatten_keys(keys)),
+            workers=workers,
+            allow_other_workers=allow_other_workers,
+            resources=resources,
+            retries=retries,
+            priority=priority,
+            actors=actors,
+        )
         packed = _pack_keys(keys, futures)
         if not sync:
             return packed
@@ -645,25 +645,35 @@ class Client(
             del futures, packed
 
     def _graph_to_futures(
-        self, dsk: Any, keys: list[Any], options: dict[str, Any]
+        self,
+        dsk: Any,
+        keys: list[Any],
+        *,
+        workers: str | Iterable[str] | None = None,
+        allow_other_workers: bool = False,
+        resources: dict[str, float] | None = None,
+        retries: int | None = None,
+        priority: float = 0,
+        actors: Any = None,
     ) -> dict[Any, Future]:
-        """Send the part of graph ``dsk`` that ``keys`` need; a Future per key.
+        """Send the part of graph ``dsk`` that ``keys`` need; a Future per key. The
+        keywords are the call's task options (see :meth:`get`).
 
         Keys the graph refers to but does not hold are futures this client has
         already (a persisted collection, ``delayed(f)(future)``): they become plain
         dependencies.
         """
-        if options.get("actors"):
+        if actors:
             raise NotImplementedError(
                 "actors= in get/compute/persist is not supported: make an actor with "
                 "client.submit(cls, actor=True)"
             )
         call = task_options(
-            workers=options.get("workers"),
-            allow_other_workers=options.get("allow_other_workers"),
-            retries=options.get("retries"),
-            resources=options.get("resources"),
-            priority=options.get("priority"),
+            workers=workers,
+            allow_other_workers=allow_other_workers,
+            retries=retries,
+            resources=resources,
+            priority=priority,
         )
         flat = [normalize_key(k) for k in keys]
         msgs, blobs = graph_messages(
@@ -675,7 +685,7 @@ class Client(
                 "op": "update-graph",
                 "tasks": msgs,
                 "keys": flat,
-                "priority": options.get("priority") or 0,
+                "priority": priority or 0,
                 "functions": blobs,
             }
         )
@@ -779,7 +789,7 @@ class Client(
         hash: bool = True,
     ) -> Any:
         """Move data into the workers' memory; return Futures pointing at it."""
-        return self.sync(self._scatter, data, _as_list(workers), broadcast, hash)
+        return self.sync(self._scatter, data, as_list(workers), broadcast, hash)
 
     async def _scatter(
         self, data: Any, workers: list[str] | None, broadcast: bool, hash: bool
@@ -931,23 +941,6 @@ def _call_safely(fn: Callable[[Future], Any], fut: Future) -> None:
 
 def _short_typename(value: Any) -> str:
     return str(typename(type(value))).rsplit(".", 1)[-1]
-
-
-def _as_list(workers: str | Iterable[str] | None) -> list[str] | None:
-    if workers is None:
-        return None
-    if isinstance(workers, str):
-        return [workers]
-    return list(workers)
-
-
-def _flatten_keys(keys: Any) -> list[Any]:
-    if isinstance(keys, list):
-        out: list[Any] = []
-        for k in keys:
-            out.extend(_flatten_keys(k))
-        return out
-    return [keys]
 
 
 def _pack_keys(keys: Any, futures: dict[Any, Future]) -> Any:

@@ -20,6 +20,7 @@ from dask.delayed import delayed
 
 from conveyor.client.future import Future
 from conveyor.client.options import check_fifo_timeout
+from conveyor.client.structure import flatten_keys
 
 if TYPE_CHECKING:
     from conveyor.client.shape import ClientShape
@@ -64,11 +65,16 @@ class CollectionsMixin:
         names: list[Any] = []
         if found:
             expr = FinalizeCompute(collections_to_expr(found, optimize_graph)).optimize()  # type: ignore[no-untyped-call]
-            names = list(flatten(expr.__dask_keys__()))  # type: ignore[no-untyped-call]
+            names = list(flatten_keys(expr.__dask_keys__()))  # type: ignore[no-untyped-call]
             futures = self._graph_to_futures(
                 expr,
                 names,
-                _options(workers, allow_other_workers, resources, retries, priority, actors),
+                workers=workers,
+                allow_other_workers=allow_other_workers,
+                resources=resources,
+                retries=retries,
+                priority=priority,
+                actors=actors,
             )
         out: list[Any] = []
         position = 0
@@ -114,13 +120,18 @@ class CollectionsMixin:
         keys = expr.__dask_keys__()  # type: ignore[no-untyped-call]
         futures = self._graph_to_futures(
             expr,
-            list(flatten(keys)),
-            _options(workers, allow_other_workers, resources, retries, priority, actors),
+            list(flatten_keys(keys)),
+            workers=workers,
+            allow_other_workers=allow_other_workers,
+            resources=resources,
+            retries=retries,
+            priority=priority,
+            actors=actors,
         )
         rebuilt = []
         for collection, ks in zip(items, keys, strict=True):
             func, args = collection.__dask_postpersist__()
-            rebuilt.append(func({k: futures[k] for k in flatten(ks)}, *args))
+            rebuilt.append(func({k: futures[k] for k in flatten_keys(ks)}, *args))
         return rebuilt[0] if singleton else rebuilt
 
     def futures_of(self: ClientShape, collections: Any) -> list[Future]:
@@ -132,34 +143,6 @@ async def _gathered(results: Any, singleton: bool) -> Any:
     """``compute(sync=True)`` from an asynchronous client: await the gather."""
     values = await results
     return values[0] if singleton else values
-
-
-def flatten(keys: Any) -> Iterator[Any]:
-    """The keys in nested lists of keys, in order."""
-    if isinstance(keys, list):
-        for k in keys:
-            yield from flatten(k)
-    else:
-        yield keys
-
-
-def _options(
-    workers: str | Iterable[str] | None,
-    allow_other_workers: bool,
-    resources: dict[str, float] | None,
-    retries: int | None,
-    priority: int,
-    actors: Any,
-) -> dict[str, Any]:
-    """The task options of a ``compute``/``persist`` call, as keywords of ``get``."""
-    return {
-        "workers": workers,
-        "allow_other_workers": allow_other_workers,
-        "resources": resources,
-        "retries": retries,
-        "priority": priority,
-        "actors": actors,
-    }
 
 
 def futures_of(obj: Any) -> list[Future]:

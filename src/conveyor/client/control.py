@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import cloudpickle
 from dask.utils import funcname
 
+from conveyor.client.structure import as_list
 from conveyor.protocol import dumps_function, unpack_traceback, unpickle_bytes
 from conveyor.rpc import RemoteError
 from conveyor.rpc.versions import mismatches, versions
@@ -39,12 +40,12 @@ class ControlMixin:
 
     def has_what(self: ClientShape, workers: str | Iterable[str] | None = None) -> Any:
         """The keys each worker holds: ``{address: [keys]}`` (all workers by default)."""
-        msg = {"op": "has-what", "workers": _as_list(workers)}
+        msg = {"op": "has-what", "workers": as_list(workers)}
         return self.sync(_lists, self, msg)
 
     def processing(self: ClientShape, workers: str | Iterable[str] | None = None) -> Any:
         """The keys each worker is running or has been sent to run: ``{address: [keys]}``."""
-        msg = {"op": "processing", "workers": _as_list(workers)}
+        msg = {"op": "processing", "workers": as_list(workers)}
         return self.sync(_lists, self, msg)
 
     def nbytes(self: ClientShape, keys: Iterable[Any] | None = None, summary: bool = True) -> Any:
@@ -104,7 +105,7 @@ class ControlMixin:
         if not callable(function):
             raise TypeError(f"run needs a callable, not {type(function).__name__}")
         msg = _call_message("run", function, args, kwargs)
-        return self.sync(_run, self, msg, _as_list(workers), wait, on_error)
+        return self.sync(_run, self, msg, as_list(workers), wait, on_error)
 
     def run_on_scheduler(
         self: ClientShape, function: Callable[..., Any], *args: Any, **kwargs: Any
@@ -191,14 +192,6 @@ class ControlMixin:
 
 
 # ------------------------------------------------------------------- helpers
-
-
-def _as_list(workers: str | Iterable[str] | None) -> list[str] | None:
-    if workers is None:
-        return None
-    if isinstance(workers, str):
-        return [workers]
-    return list(workers)
 
 
 def _pickle(obj: Any) -> bytes:

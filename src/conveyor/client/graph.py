@@ -222,7 +222,7 @@ def map_batches(
     kwargs: Mapping[str, Any],
     keys: MapKeys,
     options: Msg,
-    chunk_size: int = MAP_CHUNK,
+    chunk_size: int | None = None,
 ) -> Iterator[tuple[Msg, str, bytes, list[Any]]]:
     """The batches of a ``map`` of function ``fid``, made as ``rows`` are read: each with
     its argument chunk's id and bytes, and the keys of its tasks.
@@ -235,7 +235,8 @@ def map_batches(
     shared = _dependencies(parsed_kwargs.values())
     rows = iter(rows)
     start = 0
-    while part := list(islice(rows, chunk_size)):
+    size = chunk_size or MAP_CHUNK
+    while part := list(islice(rows, size)):
         row_deps: list[list[Any]] | None = None
         args: list[tuple[Any, ...]] = part
         if not all(type(a) in _PLAIN for row in part for a in row):

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from conveyor import config
-from conveyor.client.structure import collect_futures
+from conveyor.client.structure import as_list, collect_futures
 from conveyor.comm import CommClosedError
 from conveyor.deploy.local import LocalCluster
 
@@ -54,7 +54,7 @@ class MaintenanceMixin:
         if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
             raise ValueError(f"n must be a positive number of copies, not {n!r}")
         keys = [f.key for f in collect_futures(futures)]
-        msg = {"op": "replicate", "keys": keys, "n": n, "workers": _as_list(workers)}
+        msg = {"op": "replicate", "keys": keys, "n": n, "workers": as_list(workers)}
         return self.sync(_settled_request, self, msg, keys)
 
     def rebalance(
@@ -65,7 +65,7 @@ class MaintenanceMixin:
         workers above the mean to those holding the least; a move happens only if it
         narrows the gap. Returns once the data moved."""
         keys = None if futures is None else [f.key for f in collect_futures(futures)]
-        msg = {"op": "rebalance", "keys": keys, "workers": _as_list(workers)}
+        msg = {"op": "rebalance", "keys": keys, "workers": as_list(workers)}
         return self.sync(_settled_request, self, msg, keys or [])
 
     def retire_workers(
@@ -93,7 +93,7 @@ class MaintenanceMixin:
             names = [names]
         msg = {
             "op": "retire-workers",
-            "workers": _as_list(workers),
+            "workers": as_list(workers),
             "names": None if names is None else list(names),
             "close_workers": bool(close_workers),
         }
@@ -131,14 +131,6 @@ class MaintenanceMixin:
             return _shutdown_then_close(self)
         self.sync(_shutdown, self)
         return self.close()  # a synchronous client also lets go of its event loop
-
-
-def _as_list(workers: str | Iterable[str] | None) -> list[str] | None:
-    if workers is None:
-        return None
-    if isinstance(workers, str):
-        return [workers]
-    return list(workers)
 
 
 async def _settled_request(client: ClientShape, msg: dict[str, Any], keys: list[Any]) -> None:

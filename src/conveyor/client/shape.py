@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -43,7 +43,16 @@ class ClientShape(Protocol):
     def submit(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Future: ...
 
     def _graph_to_futures(
-        self, dsk: Any, keys: list[Any], options: dict[str, Any]
+        self,
+        dsk: Any,
+        keys: list[Any],
+        *,
+        workers: str | Iterable[str] | None = None,
+        allow_other_workers: bool = False,
+        resources: dict[str, float] | None = None,
+        retries: int | None = None,
+        priority: float = 0,
+        actors: Any = None,
     ) -> dict[Any, Future]: ...
 
     async def _request(self, msg: Msg) -> Any: ...

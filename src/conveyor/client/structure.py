@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from conveyor.client.future import Future
@@ -47,3 +48,21 @@ def _sub(obj: Any, data: dict[Any, Any], skip: set[Any]) -> Any:
         out = {k: _sub(v, data, skip) for k, v in obj.items()}
         return {k: v for k, v in out.items() if v is not _MISSING}
     return obj
+
+
+def as_list(workers: str | Iterable[str] | None) -> list[str] | None:
+    """``workers=`` as a list: one name or address, or several, or None for any."""
+    if workers is None:
+        return None
+    if isinstance(workers, str):
+        return [workers]
+    return list(workers)
+
+
+def flatten_keys(keys: Any) -> Iterator[Any]:
+    """The keys inside nested lists of keys, in order (a key may be a tuple)."""
+    if isinstance(keys, list):
+        for k in keys:
+            yield from flatten_keys(k)
+    else:
+        yield keys
