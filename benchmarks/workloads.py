@@ -6,7 +6,8 @@ budget the parent enforces), ``value`` (a measured figure), ``done`` and ``faile
 workload checks its result; a failure is reported and the next workload runs.
 
 ``rawsock`` needs no cluster; ``map``, ``latency``, ``array`` and ``transfer`` share one
-LocalCluster; ``submit`` and ``scale`` start a scheduler and a worker from the command line.
+LocalCluster; each DataFrame workload (``frames.py``) starts a LocalCluster of its own;
+``submit`` and ``scale`` start a scheduler and a worker from the command line.
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ from types import ModuleType
 from typing import Any, TextIO
 
 import dask.array as da
+import frames
 import numpy as np
 from bench_tasks import fingerprint, ident, inc, make_random
-from catalog import CLUSTER_SHAPE, CLUSTER_WORKLOADS, Sizes, budget
+from catalog import CLUSTER_SHAPE, CLUSTER_WORKLOADS, FRAME_WORKLOADS, Sizes, budget
 from dask.base import compute
 from processes import BenchError, CliCluster, expect
 
@@ -87,12 +89,15 @@ class Runner:
     # ---------------------------------------------------------------------- runs
 
     def run(self, workloads: list[str]) -> None:
-        """Run ``workloads``: rawsock, then the LocalCluster ones, then the CLI ones."""
+        """Run ``workloads``: rawsock, the LocalCluster ones, the DataFrame ones, the CLI ones."""
         if "rawsock" in workloads:
             self.attempt("rawsock", self.rawsock)
         on_cluster = [w for w in CLUSTER_WORKLOADS if w in workloads]
         if on_cluster:
             self.run_on_local_cluster(on_cluster)
+        for w in FRAME_WORKLOADS:
+            if w in workloads:
+                self.attempt(w, functools.partial(frames.measure, self, w))
         if "submit" in workloads:
             self.attempt("submit", self.submit)
         if "scale" in workloads:
@@ -102,7 +107,7 @@ class Runner:
         self.phase("setup", workloads)
         with contextlib.ExitStack() as stack:
             try:
-                client = self._start_local_cluster(stack)
+                client = self.start_local_cluster(stack)
                 _warm_up(client)
             except Exception as e:
                 self.fail(workloads, f"cluster setup: {_describe(e)}")
@@ -117,7 +122,8 @@ class Runner:
             for w in workloads:
                 self.attempt(w, functools.partial(steps[w], client))
 
-    def _start_local_cluster(self, stack: contextlib.ExitStack) -> Any:
+    def start_local_cluster(self, stack: contextlib.ExitStack) -> Any:
+        """A LocalCluster of the standard shape and a client of it, both closed by ``stack``."""
         cluster = self.mod.LocalCluster(**CLUSTER_SHAPE, host="127.0.0.1")
         stack.callback(_quietly, cluster.close)
         client = self.mod.Client(cluster)

@@ -8,6 +8,11 @@ from collections.abc import Iterator
 import dask.config
 import pytest
 
+# Some test modules import dask.dataframe, so every LocalCluster's worker processes would
+# import it at start (``local.warm-imports-if-loaded``): about a second per cluster that
+# no test measures. Tests of that setting set it themselves.
+dask.config.set({"conveyor.local.warm-imports-if-loaded": []})
+
 
 @pytest.fixture(autouse=True)
 def _validate_and_check_threads() -> Iterator[None]:

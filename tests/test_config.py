@@ -50,7 +50,10 @@ def test_defaults_are_registered_with_dask() -> None:
         "retry": {"count": 0},
     }
     assert d["client"] == {"heartbeat": "5s"}
-    assert d["local"] == {"directory": None}
+    assert d["local"] == {
+        "directory": None,
+        "warm-imports-if-loaded": ["pandas", "dask.array", "dask.dataframe"],
+    }
 
 
 def test_defaults_are_readable_through_get() -> None:

@@ -11,10 +11,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from dask.sizeof import sizeof
 from dask.utils import typename
 
 from conveyor.protocol import FunctionStore, build_task, pack_exception
+from conveyor.rpc.sizes import nbytes as size_of
 
 logger = logging.getLogger("conveyor.worker")
 
@@ -63,7 +63,7 @@ def run_task(
     start = time.time()
     try:
         value = build_task(key, run_spec, functions)(deps)
-        nbytes, kind = sizeof(value), typename(type(value))
+        nbytes, kind = size_of(value), typename(type(value))
     except BaseException as e:  # SystemExit from a task fails the task, not the thread
         stop = time.time()
         user_tb = e.__traceback__.tb_next if e.__traceback__ is not None else None

@@ -15,8 +15,6 @@ import uuid
 from collections.abc import Generator
 from typing import Any
 
-from dask.sizeof import sizeof
-
 from conveyor import config
 from conveyor.comm import Listener, connect, get_address_host, listen
 from conveyor.core import worker_events as we
@@ -27,6 +25,7 @@ from conveyor.protocol.messages import worker_event_from_msg, worker_instruction
 from conveyor.rpc import Handler, Msg, Peer, PeerPool, read_scheduler_file, serve_peer
 from conveyor.rpc.context import current_task
 from conveyor.rpc.data import INLINE_RESULT_BYTES, pack_data, unpack_data
+from conveyor.rpc.sizes import nbytes
 from conveyor.server.actors import ActorHost
 from conveyor.server.execute import Outcome, warm_imports
 from conveyor.server.resources import parse_resources
@@ -357,7 +356,7 @@ class Worker:
         value = self.data[key]
         # in band: a batch of thousands of completions must not become thousands of frames
         with contextlib.suppress(Exception):  # unpicklable: the client fetches it instead
-            if sizeof(value) <= INLINE_RESULT_BYTES:
+            if (ts.nbytes if ts.nbytes >= 0 else nbytes(value)) <= INLINE_RESULT_BYTES:
                 msg["result"] = pickle_bytes(value)
 
     def _execute(self, key: Key) -> None:
@@ -413,7 +412,10 @@ class Worker:
         self.apply(we.GatherDepDone(time.time(), instr.worker, received, missing, failed))
 
     def _get_data(self, peer: Peer, msg: Msg) -> dict[str, Any]:
-        return pack_data(self.data, msg["keys"])
+        keys = msg["keys"]
+        tasks = self.state.tasks if self.state is not None else {}
+        sizes = {key: ts.nbytes for key in keys if (ts := tasks.get(key)) is not None}
+        return pack_data(self.data, keys, sizes)  # sized when made: not measured again
 
     def _update_data(self, peer: Peer, msg: Msg) -> dict[str, Any]:
         sizes: dict[Key, int] = {}
