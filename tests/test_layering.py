@@ -1,4 +1,4 @@
-"""The layering rules of DESIGN.md, checked on the source: imports flow downwards only."""
+"""The layering rules of docs/architecture.md, checked on the source: imports flow downwards only."""
 
 from __future__ import annotations
 
