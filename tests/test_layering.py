@@ -1,4 +1,4 @@
-"""The layering rules of docs/architecture.md, checked on the source: imports flow downwards only."""
+"""The layering rules of docs/architecture.md, checked on the source: imports flow down."""
 
 from __future__ import annotations
 
