@@ -48,6 +48,10 @@ _IDENTITY = "compares results by object identity; results from worker processes 
 
 #: not run: they fail whatever the scheduler, or are not about the scheduler at all
 DESELECT: dict[str, str] = {
+    "dask/bag/tests/test_bag.py::test_temporary_directory": (
+        "asserts that a disk shuffle wrote partd files into the test process's temporary "
+        "directory; on a cluster bag groupby uses the task shuffle, in worker processes"
+    ),
     "dask/dataframe/tests/test_groupby.py::test_groupby_aggregate_categorical_observed"
     "[cov-*-observed-groupby1-*]": _STALE_XFAIL,
     "dask/dataframe/tests/test_groupby.py::test_groupby_aggregate_categorical_observed"
