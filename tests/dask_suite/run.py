@@ -56,8 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         "--modules",
         nargs="+",
         metavar="PATH",
-        help="run these dask test modules (relative to the dask package, e.g. "
-        "array/tests/test_slicing.py) instead of the selection",
+        help="run these dask test modules or tests (relative to the dask package, e.g. "
+        "array/tests/test_slicing.py or ...py::test_name) instead of the selection",
     )
     parser.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
     args = parser.parse_args(argv)
