@@ -12,14 +12,13 @@ from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 from dask.base import tokenize
-from dask.utils import funcname, typename
+from dask.utils import funcname
 
 from conveyor import config
 from conveyor.client import current
 from conveyor.client.actor import Actor
 from conveyor.client.collections import CollectionsMixin
 from conveyor.client.control import ControlMixin
-from conveyor.client.coordination import Lock
 from conveyor.client.datasets import DatasetsMixin
 from conveyor.client.debugging import DebuggingMixin
 from conveyor.client.events import EventsMixin
@@ -31,18 +30,17 @@ from conveyor.client.graph import (
     call_options,
     check_fifo_timeout,
     function_entry,
-    graph_messages,
     map_batches,
     normalize_key,
     submit_key,
-    task_options,
 )
 from conveyor.client.maintenance import MaintenanceMixin
+from conveyor.client.scatter import ScatterMixin
 from conveyor.client.secession import seceding_if_in_task
-from conveyor.client.structure import as_list, collect_futures, flatten_keys, substitute
+from conveyor.client.structure import collect_futures, substitute
 from conveyor.comm import connect
 from conveyor.deploy.local import LocalCluster
-from conveyor.protocol import dumps, unpickle_bytes
+from conveyor.protocol import unpickle_bytes
 from conveyor.rpc import Msg, Peer, PeerPool, read_scheduler_file, serve_peer
 from conveyor.rpc.actor_instance import make_actor
 from conveyor.rpc.data import unpack_data
@@ -62,6 +60,7 @@ class Client(
     EventsMixin,
     ExplainMixin,
     MaintenanceMixin,
+    ScatterMixin,
 ):
     """Connect to a cluster (or start a LocalCluster) and run work on it.
 
@@ -601,96 +600,6 @@ class Client(
             self._wait_sent()
         return futures
 
-    def get(
-        self,
-        dsk: Any,
-        keys: Any,
-        *,
-        sync: bool = True,
-        workers: str | Iterable[str] | None = None,
-        allow_other_workers: bool = False,
-        resources: dict[str, float] | None = None,
-        retries: int | None = None,
-        priority: float = 0,
-        fifo_timeout: Any = "60s",
-        actors: Any = None,
-    ) -> Any:
-        """Compute ``keys`` of a task graph (dict, HighLevelGraph or dask expression).
-
-        This is what ``dask.compute(..., scheduler=client)`` calls. ``keys`` may be one
-        key or nested lists of keys; the results come back in the same structure. With
-        ``sync=False``, returns Futures in that structure instead of waiting.
-
-        The task options (``workers``, ``allow_other_workers``, ``resources``,
-        ``retries``, ``priority``) apply to every task, under each task's own
-        ``dask.annotate`` annotations; ``fifo_timeout`` has no effect (see :meth:`submit`).
-        """
-        check_fifo_timeout(fifo_timeout)
-        futures = self._graph_to_futures(
-            dsk,
-            list(flatten_keys(keys)),
-            workers=workers,
-            allow_other_workers=allow_other_workers,
-            resources=resources,
-            retries=retries,
-            priority=priority,
-            actors=actors,
-        )
-        packed = _pack_keys(keys, futures)
-        if not sync:
-            return packed
-        try:
-            return self.gather(packed)
-        finally:
-            del futures, packed
-
-    def _graph_to_futures(
-        self,
-        dsk: Any,
-        keys: list[Any],
-        *,
-        workers: str | Iterable[str] | None = None,
-        allow_other_workers: bool = False,
-        resources: dict[str, float] | None = None,
-        retries: int | None = None,
-        priority: float = 0,
-        actors: Any = None,
-    ) -> dict[Any, Future]:
-        """Send the part of graph ``dsk`` that ``keys`` need; a Future per key. The
-        keywords are the call's task options (see :meth:`get`).
-
-        Keys the graph refers to but does not hold are futures this client has
-        already (a persisted collection, ``delayed(f)(future)``): they become plain
-        dependencies.
-        """
-        if actors:
-            raise NotImplementedError(
-                "actors= in get/compute/persist is not supported: make an actor with "
-                "client.submit(cls, actor=True)"
-            )
-        call = task_options(
-            workers=workers,
-            allow_other_workers=allow_other_workers,
-            retries=retries,
-            resources=resources,
-            priority=priority,
-        )
-        flat = [normalize_key(k) for k in keys]
-        msgs, blobs = graph_messages(
-            dsk, keys, known=self.futures, options=call, make_lock=_cluster_lock
-        )
-        futures = {k: Future(k, self) for k in flat}
-        self._send(
-            {
-                "op": "update-graph",
-                "tasks": msgs,
-                "keys": flat,
-                "priority": priority or 0,
-                "functions": blobs,
-            }
-        )
-        return futures
-
     # ---------------------------------------------------------------- gather
 
     def gather(self, futures: Any, errors: str = "raise", direct: bool | None = None) -> Any:
@@ -779,76 +688,6 @@ class Client(
             if st.status != "finished":
                 raise st.make_exception()
 
-    # --------------------------------------------------------------- scatter
-
-    def scatter(
-        self,
-        data: Any,
-        workers: str | Iterable[str] | None = None,
-        broadcast: bool = False,
-        hash: bool = True,
-    ) -> Any:
-        """Move data into the workers' memory; return Futures pointing at it."""
-        return self.sync(self._scatter, data, as_list(workers), broadcast, hash)
-
-    async def _scatter(
-        self, data: Any, workers: list[str] | None, broadcast: bool, hash: bool
-    ) -> Any:
-        assert self.scheduler is not None and self.pool is not None
-        single = not isinstance(data, (list, tuple, set, frozenset, dict))
-        if isinstance(data, dict):
-            items = list(data.items())
-        else:
-            values = [data] if single else list(data)
-            items = [
-                (f"{_short_typename(v)}-{tokenize(v) if hash else uuid.uuid4().hex}", v)
-                for v in values
-            ]
-        targets = await self._scatter_targets(workers)
-        placement: dict[str, dict[Any, Any]] = {w: {} for w in targets}
-        for i, (key, value) in enumerate(items):
-            ser = dumps(value)
-            for w in targets if broadcast else [targets[i % len(targets)]]:
-                placement[w][key] = ser
-        futures = {key: Future(key, self) for key, _ in items}
-        replies = await asyncio.gather(
-            *(self._update_worker(w, d) for w, d in placement.items() if d)
-        )
-        who_has: dict[Any, list[str]] = {}
-        nbytes: dict[Any, int] = {}
-        for w, sizes in replies:
-            for key, n in sizes.items():
-                who_has.setdefault(key, []).append(w)
-                nbytes[key] = n
-        await self.scheduler.request({"op": "update-data", "who_has": who_has, "nbytes": nbytes})
-        if single:
-            return futures[items[0][0]]
-        if isinstance(data, dict):
-            return futures
-        out = [futures[k] for k, _ in items]
-        return type(data)(out) if isinstance(data, (tuple, set, frozenset)) else out
-
-    async def _scatter_targets(self, workers: list[str] | None) -> list[str]:
-        assert self.scheduler is not None
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._timeout
-        while True:
-            ncores = await self.scheduler.request({"op": "ncores"})
-            targets = sorted(ncores)
-            if workers:
-                targets = [w for w in targets if w in workers]
-            if targets:
-                return targets
-            if loop.time() > deadline:
-                raise TimeoutError(f"no worker to scatter to after {self._timeout} s")
-            await asyncio.sleep(0.05)
-
-    async def _update_worker(self, worker: str, data: dict[Any, Any]) -> tuple[str, dict[Any, int]]:
-        assert self.pool is not None
-        peer = await self.pool.get(worker)
-        reply = await peer.request({"op": "update-data", "data": data})
-        return worker, dict(reply["nbytes"])
-
     # --------------------------------------------------------- cancel, info
 
     def cancel(self, futures: Any, force: bool = False) -> Any:
@@ -926,27 +765,11 @@ class _Release(NamedTuple):
     key: Any
 
 
-def _cluster_lock(name: str) -> Lock:
-    """The lock a ``da.store`` takes on the cluster: bound, wherever it is unpickled, to
-    the client there (the worker's, inside a task)."""
-    return Lock(name=name)
-
-
 def _call_safely(fn: Callable[[Future], Any], fut: Future) -> None:
     try:
         fn(fut)
     except Exception:
         logger.exception("Error in the done-callback %r of %r", fn, fut)
-
-
-def _short_typename(value: Any) -> str:
-    return str(typename(type(value))).rsplit(".", 1)[-1]
-
-
-def _pack_keys(keys: Any, futures: dict[Any, Future]) -> Any:
-    if isinstance(keys, list):
-        return [_pack_keys(k, futures) for k in keys]
-    return futures[keys]
 
 
 def default_client() -> Client:

@@ -18,8 +18,10 @@ from dask._task_spec import TaskRef
 from dask.base import collections_to_expr, is_dask_collection
 from dask.delayed import delayed
 
+from conveyor.client.coordination import Lock
 from conveyor.client.future import Future
-from conveyor.client.options import check_fifo_timeout
+from conveyor.client.graph import graph_messages, normalize_key
+from conveyor.client.options import check_fifo_timeout, task_options
 from conveyor.client.structure import flatten_keys
 
 if TYPE_CHECKING:
@@ -134,6 +136,96 @@ class CollectionsMixin:
             rebuilt.append(func({k: futures[k] for k in flatten_keys(ks)}, *args))
         return rebuilt[0] if singleton else rebuilt
 
+    def get(
+        self: ClientShape,
+        dsk: Any,
+        keys: Any,
+        *,
+        sync: bool = True,
+        workers: str | Iterable[str] | None = None,
+        allow_other_workers: bool = False,
+        resources: dict[str, float] | None = None,
+        retries: int | None = None,
+        priority: float = 0,
+        fifo_timeout: Any = "60s",
+        actors: Any = None,
+    ) -> Any:
+        """Compute ``keys`` of a task graph (dict, HighLevelGraph or dask expression).
+
+        This is what ``dask.compute(..., scheduler=client)`` calls. ``keys`` may be one
+        key or nested lists of keys; the results come back in the same structure. With
+        ``sync=False``, returns Futures in that structure instead of waiting.
+
+        The task options (``workers``, ``allow_other_workers``, ``resources``,
+        ``retries``, ``priority``) apply to every task, under each task's own
+        ``dask.annotate`` annotations; ``fifo_timeout`` has no effect (see :meth:`submit`).
+        """
+        check_fifo_timeout(fifo_timeout)
+        futures = self._graph_to_futures(
+            dsk,
+            list(flatten_keys(keys)),
+            workers=workers,
+            allow_other_workers=allow_other_workers,
+            resources=resources,
+            retries=retries,
+            priority=priority,
+            actors=actors,
+        )
+        packed = _pack_keys(keys, futures)
+        if not sync:
+            return packed
+        try:
+            return self.gather(packed)
+        finally:
+            del futures, packed
+
+    def _graph_to_futures(
+        self: ClientShape,
+        dsk: Any,
+        keys: list[Any],
+        *,
+        workers: str | Iterable[str] | None = None,
+        allow_other_workers: bool = False,
+        resources: dict[str, float] | None = None,
+        retries: int | None = None,
+        priority: float = 0,
+        actors: Any = None,
+    ) -> dict[Any, Future]:
+        """Send the part of graph ``dsk`` that ``keys`` need; a Future per key. The
+        keywords are the call's task options (see :meth:`get`).
+
+        Keys the graph refers to but does not hold are futures this client has
+        already (a persisted collection, ``delayed(f)(future)``): they become plain
+        dependencies.
+        """
+        if actors:
+            raise NotImplementedError(
+                "actors= in get/compute/persist is not supported: make an actor with "
+                "client.submit(cls, actor=True)"
+            )
+        call = task_options(
+            workers=workers,
+            allow_other_workers=allow_other_workers,
+            retries=retries,
+            resources=resources,
+            priority=priority,
+        )
+        flat = [normalize_key(k) for k in keys]
+        msgs, blobs = graph_messages(
+            dsk, keys, known=self.futures, options=call, make_lock=_cluster_lock
+        )
+        futures = dict(zip(flat, self._futures(flat), strict=True))
+        self._send(
+            {
+                "op": "update-graph",
+                "tasks": msgs,
+                "keys": flat,
+                "priority": priority or 0,
+                "functions": blobs,
+            }
+        )
+        return futures
+
     def futures_of(self: ClientShape, collections: Any) -> list[Future]:
         """The futures inside ``collections`` (see :func:`futures_of`)."""
         return futures_of(collections)
@@ -176,3 +268,15 @@ def fire_and_forget(obj: Any) -> None:
         entry[1].append(fut.key)
     for client, keys in by_client.values():
         client._send({"op": "fire-and-forget", "keys": keys})
+
+
+def _cluster_lock(name: str) -> Lock:
+    """The lock a ``da.store`` takes on the cluster: bound, wherever it is unpickled, to
+    the client there (the worker's, inside a task)."""
+    return Lock(name=name)
+
+
+def _pack_keys(keys: Any, futures: dict[Any, Future]) -> Any:
+    if isinstance(keys, list):
+        return [_pack_keys(k, futures) for k in keys]
+    return futures[keys]

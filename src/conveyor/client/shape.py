@@ -27,6 +27,7 @@ class ClientShape(Protocol):
     loop: asyncio.AbstractEventLoop | None
     scheduler: Peer | None
     pool: PeerPool | None
+    _timeout: float
     futures: dict[Any, FutureState]
     #: the cluster object given to (or started by) the client, if any
     cluster: Any
@@ -60,6 +61,8 @@ class ClientShape(Protocol):
     async def _gather(self, futures: Any, errors: str = "raise") -> Any: ...
 
     def _adopt_future(self, key: Any) -> Future: ...
+
+    def _futures(self, keys: list[Any]) -> list[Future]: ...
 
     def _send(self, msg: Msg) -> None: ...
 
