@@ -3,7 +3,7 @@
 from conveyor.protocol.codec import decode, encode
 from conveyor.protocol.errors import ProtocolError
 from conveyor.protocol.framing import FrameDecoder, encode_frames
-from conveyor.protocol.runspec import CallChunk, FunctionStore, build_task
+from conveyor.protocol.runspec import CallChunk, FunctionStore, build_task, unpickle_call
 from conveyor.protocol.serialize import (
     Serialized,
     dumps,
@@ -35,4 +35,5 @@ __all__ = [
     "pickle_bytes",
     "unpack_traceback",
     "unpickle_bytes",
+    "unpickle_call",
 ]

@@ -17,7 +17,7 @@ from typing import Any
 
 from dask._task_spec import GraphNode, Task
 
-from conveyor.protocol.serialize import unpickle_bytes
+from conveyor.protocol.serialize import loads_function, unpickle_bytes
 
 
 class CallChunk:
@@ -142,3 +142,16 @@ def build_task(
         raise TypeError("a call's run spec must be (args, kwargs)")
     args, kwargs = call
     return Task(key, func, *args, **kwargs)
+
+
+def unpickle_call(
+    function: bytes, args: bytes, kwargs: bytes, what: str
+) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
+    """A function sent to run on a server (``Client.run``, ``run_on_scheduler``) and its
+    arguments, unpickled; TypeError naming ``what`` if they are not a call."""
+    func = loads_function(function)
+    call_args = unpickle_bytes(args)
+    call_kwargs = unpickle_bytes(kwargs)
+    if not isinstance(call_args, tuple) or not isinstance(call_kwargs, dict):
+        raise TypeError(f"{what} needs args as a tuple and kwargs as a dict")
+    return func, call_args, call_kwargs

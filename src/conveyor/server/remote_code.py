@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from conveyor.protocol import loads_function, unpickle_bytes
+from conveyor.protocol import unpickle_bytes, unpickle_call
 from conveyor.server.calls import accepts_keyword, call_packed, error_reply
 from conveyor.server.plugin import SchedulerPlugin
 
@@ -49,11 +49,9 @@ async def run_function(scheduler: Scheduler, msg: dict[str, Any]) -> dict[str, A
     (with ``dask_scheduler=scheduler`` if it takes that keyword); pack the outcome."""
     require_enabled(scheduler, "run_on_scheduler")
     try:
-        func = loads_function(msg["function"])
-        args = unpickle_bytes(msg["args"])
-        kwargs = unpickle_bytes(msg["kwargs"])
-        if not isinstance(args, tuple) or not isinstance(kwargs, dict):
-            raise TypeError("run_on_scheduler needs args as a tuple and kwargs as a dict")
+        func, args, kwargs = unpickle_call(
+            msg["function"], msg["args"], msg["kwargs"], "run_on_scheduler"
+        )
     except Exception as e:
         return error_reply(e)
     if accepts_keyword(func, "dask_scheduler"):

@@ -23,7 +23,7 @@ import zipfile
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
-from conveyor.protocol import loads_function, unpickle_bytes
+from conveyor.protocol import unpickle_bytes, unpickle_call
 from conveyor.rpc import Msg, Peer
 from conveyor.rpc.versions import versions
 from conveyor.server.calls import accepts_keyword, call_packed, error_reply
@@ -106,11 +106,7 @@ class WorkerControl:
 
     async def _run(self, peer: Peer, msg: Msg) -> dict[str, Any]:
         try:
-            func = loads_function(msg["function"])
-            args = unpickle_bytes(msg["args"])
-            kwargs = unpickle_bytes(msg["kwargs"])
-            if not isinstance(args, tuple) or not isinstance(kwargs, dict):
-                raise TypeError("run needs args as a tuple and kwargs as a dict")
+            func, args, kwargs = unpickle_call(msg["function"], msg["args"], msg["kwargs"], "run")
         except Exception as e:
             return error_reply(e)
         if accepts_keyword(func, "dask_worker"):
