@@ -8,6 +8,7 @@ import struct
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+import dask
 import numpy as np
 import pytest
 
@@ -257,15 +258,72 @@ def test_connect_timeout_bounds_the_handshake_too(run: Runner) -> None:
     run(main())
 
 
-def test_sending_a_frame_over_the_limit_fails_locally(run: Runner) -> None:
+def test_data_larger_than_the_frame_limit_travels_in_shards(run: Runner) -> None:
+    limit = 1 << 20
+
+    async def main() -> None:
+        arr = np.random.default_rng(2).random(5 * limit // 8 + 3)  # 5 MiB and a bit
+        async with listen(LOCAL, echo, max_frame_size=limit) as listener:
+            comm = await connect(listener.contact_address, timeout=5, max_frame_size=limit)
+            await comm.write({"x": dumps(arr), "small": dumps(b"tiny")})
+            msg = await comm.read()
+            await comm.close()
+        assert isinstance(msg, dict)
+        np.testing.assert_array_equal(loads(msg["x"]), arr)
+        assert loads(msg["small"]) == b"tiny"
+
+    run(main())
+
+
+def test_a_control_message_over_the_frame_limit_travels_in_shards(run: Runner) -> None:
+    async def main() -> None:
+        blob = bytes(range(256)) * 1000
+        async with listen(LOCAL, echo, max_frame_size=100_000) as listener:
+            comm = await connect(listener.contact_address, timeout=5, max_frame_size=100_000)
+            await comm.write({"x": blob})  # inline bytes: frame 0 itself is too large
+            assert await comm.read() == {"x": blob}
+            await comm.close()
+
+    run(main())
+
+
+def test_message_over_the_message_limit_fails_locally(run: Runner) -> None:
     async def main() -> None:
         async with listen(LOCAL, echo) as listener:
-            comm = await connect(listener.contact_address, timeout=5, max_frame_size=100_000)
-            with pytest.raises(ValueError, match="exceeds max_frame_size"):
+            comm = await connect(listener.contact_address, timeout=5, max_message_size=100_000)
+            with pytest.raises(ValueError, match=r"exceeds conveyor\.comm\.max-message-size"):
                 await comm.write({"x": dumps(np.zeros(100_000))})
             await comm.write("still usable")
             assert await comm.read() == "still usable"
             await comm.close()
+
+    run(main())
+
+
+def test_limits_default_to_the_config(caplog: pytest.LogCaptureFixture, run: Runner) -> None:
+    async def main() -> None:
+        async with listen(LOCAL, echo, handshake=False) as listener:
+            reader, writer = await asyncio.open_connection(*host_port(listener.listen_address))
+            writer.write(struct.pack("<IQ", 1, 3 << 20))
+            await read_until_closed(reader)
+            writer.close()
+            reader, writer = await asyncio.open_connection(*host_port(listener.listen_address))
+            writer.write(struct.pack("<IQQ", 2, 1 << 20, 1 << 20))
+            await read_until_closed(reader)
+            writer.close()
+
+    settings = {"conveyor.comm.max-frame-size": "2MiB", "conveyor.comm.max-message-size": "1.5MiB"}
+    with caplog.at_level(logging.WARNING, logger="conveyor.comm"), dask.config.set(settings):
+        run(main())
+    frame, message = warnings_from(caplog)
+    assert frame.endswith("frame of 3.00 MiB exceeds limit 2.00 MiB")
+    assert "1.50 MiB" in message
+
+
+def test_unknown_tcp_option_is_refused(run: Runner) -> None:
+    async def main() -> None:
+        with pytest.raises(TypeError, match="max_frame_sise"):
+            listen(LOCAL, echo, max_frame_sise=10)
 
     run(main())
 

@@ -464,11 +464,30 @@ def test_a_long_running_task_freed_is_cancelled_and_resumable() -> None:
     compute(ws, "a")
     ws.handle(we.SecedeEvent(1.0, "a"))
     free(ws, "a")
-    assert states(ws) == {"a": "cancelled"} and ws.executing_keys == {"a"}
-    assert ws.handle(we.RejoinEvent(2.0, "a")) == [we.Rejoined("a")]
+    assert states(ws) == {"a": "cancelled"} and ws.long_running == {"a"}
+    assert ws.handle(we.RejoinEvent(2.0, "a")) == [we.Rejoined("a")]  # a slot is free
+    assert ws.executing_keys == {"a"} and not ws.long_running
     compute(ws, "a")  # asked for again while it still runs: it resumes
     assert states(ws) == {"a": "executing"}
     assert [type(i) for i in success(ws, "a")] == [we.TaskFinishedMsg]
+
+
+def test_a_freed_seceded_task_stays_outside_the_thread_budget() -> None:
+    ws = make(nthreads=1, prefetch_per_thread=1)
+    compute(ws, "a", priority=(0, 1, 0))
+    compute(ws, "b", priority=(0, 1, 1))
+    ws.handle(we.SecedeEvent(1.0, "a"))  # b takes the thread
+    free(ws, "a")  # validate (on every event) held the thread budget
+    assert states(ws) == {"a": "cancelled", "b": "executing"}
+    assert ws.executing_keys == {"b"} and ws.long_running == {"a"}
+    compute(ws, "a")  # asked again: still seceded
+    assert states(ws)["a"] == "long-running"
+    free(ws, "a")
+    assert ws.handle(we.RejoinEvent(2.0, "a")) == []  # it waits for b's thread
+    assert we.Rejoined("a") in success(ws, "b")
+    assert ws.executing_keys == {"a"} and not ws.long_running
+    assert success(ws, "a") == [we.DeleteData(["a"])]  # cancelled: its result is dropped
+    assert states(ws) == {"b": "memory"}
 
 
 def test_secede_of_a_task_no_longer_executing_is_ignored() -> None:

@@ -97,12 +97,7 @@ XFAIL_MULTIPROCESS: dict[str, str] = {
 
 #: conveyor bugs this suite found: expected to fail on conveyor only, strictly, so that
 #: a fix shows up as XPASS(strict) until its entry goes
-CONVEYOR_BUGS: dict[str, str] = {
-    "dask/array/tests/test_routines.py::test_tensordot_more_than_26_dims": (
-        "a graph holding a 1 GiB array: the client refuses frames over 512 MiB (the comm "
-        "default, not conveyor.comm.max-frame-size), as a TypeError; distributed shards it"
-    ),
-}
+CONVEYOR_BUGS: dict[str, str] = {}
 
 #: conveyor differs from dask's local schedulers on purpose (the lead's call)
 CONVEYOR_BY_DESIGN: dict[str, str] = {

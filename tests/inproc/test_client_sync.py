@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import gc
 import socket
 import time
@@ -146,3 +147,11 @@ def test_map_batch_size_sets_the_tasks_per_message(client: Client) -> None:
     assert client.scheduler.messages_sent - sent_before >= 4  # ceil(10 / 3) update-graphs
     with pytest.raises(ValueError, match="batch_size"):
         client.map(inc, range(3), batch_size=0)
+
+
+def test_copies_of_a_client_share_its_connection(client: Client) -> None:
+    holder = {"scheduler": client, "n": [1]}
+    deep = copy.deepcopy(holder)
+    assert deep["scheduler"] is client and deep["n"] is not holder["n"]
+    assert copy.copy(client) is client
+    assert client.submit(lambda: 5).result() == 5

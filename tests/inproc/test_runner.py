@@ -23,12 +23,15 @@ def _store(func: Any, rows: list[tuple[Any, ...]]) -> FunctionStore:
 
 
 _GATE = threading.Event()
+_FAST_DONE = threading.Semaphore(0)
 
 
 def slow_then_fast(x: int) -> int:
-    """Task 0 waits for the gate; the others return at once."""
+    """Task 0 waits for the gate; the others return at once (and say so)."""
     if x == 0:
         _GATE.wait(10)
+    else:
+        _FAST_DONE.release()
     return x * 10
 
 
@@ -58,7 +61,9 @@ def test_outcomes_return_on_the_loop_thread_several_per_wake_up() -> None:
         runner._drain = counting_drain  # type: ignore[method-assign]
         for i in range(50):
             runner.submit(f"k-{i}", ("c", i), {})
-        await asyncio.sleep(0)  # the other thread finishes tasks 1..49 while 0 blocks
+        # block the loop (no await) while the other thread finishes tasks 1..49 and task 0
+        # waits: their outcomes pile up for the loop to take together
+        assert all(_FAST_DONE.acquire(timeout=10) for _ in range(49))
         _GATE.set()
         await asyncio.wait_for(all_done.wait(), 10)
         assert sorted(o.value for _, o, _ in got) == [i * 10 for i in range(50)]

@@ -120,3 +120,52 @@ def ext(code: int, ref: object) -> bytes:
 def test_bad_frames_raise_protocol_error(frames: list[bytes]) -> None:
     with pytest.raises(ProtocolError):
         decode(frames)
+
+
+def test_frames_over_the_limit_are_sharded_and_joined() -> None:
+    arr = np.arange(10_000, dtype="u8")  # 80,000 bytes
+    frames = encode({"x": dumps(arr), "y": dumps(b"ab")}, max_frame_size=30_000)
+    assert max(len(memoryview(f).cast("B")) for f in frames) <= 30_000
+    out = decode(through_wire(frames))
+    assert isinstance(out, dict)
+    np.testing.assert_array_equal(loads(out["x"]), arr)
+    assert loads(out["y"]) == b"ab"
+
+
+def test_frames_within_the_limit_are_not_sharded() -> None:
+    msg = {"x": dumps(np.arange(10, dtype="u8"))}
+    assert len(encode(msg, max_frame_size=1 << 20)) == len(encode(msg))
+
+
+@pytest.mark.parametrize(
+    "ref",
+    [(1, 1, [1]), (1, 0, [5]), (1, 1, [1, -1]), (1, 0, "x"), (1, 0, [1.5])],
+)
+def test_bad_shard_references_are_protocol_errors(ref: tuple[object, ...]) -> None:
+    frame0 = msgpack.packb({"x": msgpack.ExtType(1, msgpack.packb(ref))})
+    with pytest.raises(ProtocolError, match="Bad frame reference"):
+        decode([frame0, b"h", b"b"])
+
+
+def test_a_large_frame_0_is_sharded_and_joined() -> None:
+    arr = np.arange(1000, dtype="u8")
+    msg = {"blob": bytes(range(256)) * 400, "x": dumps(arr), "key": ("k", 1)}
+    frames = encode(msg, max_frame_size=30_000)
+    assert max(len(memoryview(f).cast("B")) for f in frames) <= 30_000
+    out = decode(through_wire(frames))
+    assert isinstance(out, dict)
+    assert out["blob"] == msg["blob"] and out["key"] == ("k", 1)
+    np.testing.assert_array_equal(loads(out["x"]), arr)
+
+
+@pytest.mark.parametrize(
+    "frame0",
+    [
+        msgpack.packb([msgpack.ExtType(2, msgpack.packb(1))]),  # not the whole of frame 0
+        msgpack.packb(msgpack.ExtType(2, msgpack.packb(5))),  # more shards than frames
+        msgpack.packb(msgpack.ExtType(2, msgpack.packb("x"))),
+    ],
+)
+def test_bad_frame_0_shard_markers_are_protocol_errors(frame0: bytes) -> None:
+    with pytest.raises(ProtocolError, match="shard"):
+        decode([frame0, msgpack.packb(msgpack.ExtType(2, msgpack.packb(1))), b"b"])

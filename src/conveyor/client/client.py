@@ -9,7 +9,7 @@ import random
 import threading
 import uuid
 from collections.abc import Callable, Iterable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Self
 
 from dask.base import tokenize
 from dask.utils import funcname
@@ -242,8 +242,17 @@ class Client(
     async def __aexit__(self, *exc: object) -> None:
         await self._close()
 
+    def __copy__(self) -> Self:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, object]) -> Self:
+        """A client is a handle on one connection: copies (say, of a dask config that
+        names it) share it rather than half-copy its threads and sockets."""
+        return self
+
     def __del__(self) -> None:
-        if self._runner is not None and self.status == "running":
+        # getattr: a half-built client (its __init__ raised, or a copy) has no _runner
+        if getattr(self, "_runner", None) is not None and self.status == "running":
             with contextlib.suppress(Exception):
                 self.close()
 

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
+from conveyor import config
 from conveyor.comm.addressing import (
     get_ip,
     parse_address,
@@ -59,6 +60,21 @@ class _Limits:
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
     max_frames: int = 1_000_000
     max_message_size: int | None = None
+
+    @classmethod
+    def from_config(cls, **overrides: Any) -> _Limits:
+        """Limits from ``conveyor.comm`` config, with keyword arguments taking precedence."""
+        unknown = set(overrides) - {"max_frame_size", "max_frames", "max_message_size"}
+        if unknown:
+            raise TypeError(f"Unknown tcp comm options: {sorted(unknown)}")
+        frame = config.parse_size(config.get("comm.max-frame-size", None))
+        message = config.parse_size(config.get("comm.max-message-size", None))
+        values: dict[str, Any] = {
+            "max_frame_size": frame if frame is not None else DEFAULT_MAX_FRAME_SIZE,
+            "max_message_size": message,
+        }
+        values.update(overrides)
+        return cls(**values)
 
     def decoder(self) -> FrameDecoder:
         return FrameDecoder(
@@ -320,13 +336,15 @@ class TCPComm(Comm):
 
     async def write(self, msg: object) -> int:
         self._check_open()
-        frames = encode(msg)
+        limits = self._limits
+        frames = encode(msg, limits.max_frame_size)
         lengths = frame_lengths(frames)
-        biggest = max(lengths)
-        if biggest > self._limits.max_frame_size:
+        biggest = max(lengths)  # at most max_frame_size: encode shards larger frames
+        if limits.max_message_size is not None and sum(lengths) > limits.max_message_size:
             raise ValueError(
-                f"Cannot send a frame of {format_bytes(biggest)} to {self.peer_address}: "
-                f"it exceeds max_frame_size {format_bytes(self._limits.max_frame_size)}"
+                f"Cannot send a message of {format_bytes(sum(lengths))} to "
+                f"{self.peer_address}: it exceeds conveyor.comm.max-message-size "
+                f"{format_bytes(limits.max_message_size)}"
             )
         header = pack_header(lengths)
         await self._protocol.write_message(header, frames, biggest)
@@ -398,11 +416,14 @@ class TCPBackend(Backend):
     """The ``tcp://`` transport.
 
     Keyword arguments: ``max_frame_size``, ``max_frames`` and ``max_message_size``
-    bound what a peer may send (see :class:`~conveyor.protocol.FrameDecoder`).
+    bound what a peer may send (see :class:`~conveyor.protocol.FrameDecoder`); the
+    first and last default to ``conveyor.comm.max-frame-size`` and
+    ``conveyor.comm.max-message-size``. Larger user data is sent in shards of at most
+    ``max_frame_size`` (see :mod:`conveyor.protocol.codec`).
     """
 
     async def connect(self, loc: str, **kwargs: Any) -> TCPComm:
-        limits = _Limits(**kwargs)
+        limits = _Limits.from_config(**kwargs)
         host, port = parse_host_port(loc)
         loop = asyncio.get_running_loop()
         decoder = limits.decoder()
@@ -412,4 +433,4 @@ class TCPBackend(Backend):
         return TCPComm(protocol, limits)
 
     def listen(self, loc: str, handler: Handler, **kwargs: Any) -> TCPListener:
-        return TCPListener(loc, handler, _Limits(**kwargs))
+        return TCPListener(loc, handler, _Limits.from_config(**kwargs))

@@ -44,14 +44,16 @@ reschedule). A ``fetch`` or ``missing`` key the scheduler asks to compute here g
 
 A task freed while its thread or transfer runs is ``cancelled``::
 
-    executing, long-running, flight -> cancelled -> executing | flight   (asked again)
+    executing, long-running, flight -> cancelled -> executing | long-running | flight
+                                                               (asked again)
     cancelled -> memory -> released    (the dropped result arrived)
     cancelled -> released              (it failed, or the transfer brought nothing)
 
 Its thread or transfer is allowed to finish and the result is dropped, unless a new
 compute request (or a new dependent) arrives first, which resumes it where it was: a
-running one ``executing`` (a seceded one too, now counted against ``nthreads``), a
-transfer ``flight``.
+running one ``executing``, a seceded one ``long-running`` (a cancelled task that had
+seceded stays outside the ``nthreads`` budget, and its rejoin waits for a slot as any
+other), a transfer ``flight``.
 
 Letting go::
 
@@ -122,7 +124,7 @@ class WorkerState(WorkerTransitions):
         if state in ("executing", "long-running", "waiting", "ready"):
             return
         if state == "cancelled" and ts.coming_from is None:
-            self._transition(ts, "executing")  # its thread still runs: keep its result
+            self._resume(ts)  # its thread still runs (seceded or not): keep its result
             return
         if state in ("flight", "cancelled"):
             # A transfer of the key is under way: let it finish. Should it bring nothing,
@@ -170,7 +172,14 @@ class WorkerState(WorkerTransitions):
                 # the scheduler knows newer holders than the ones that failed us
                 self._find_holders(dts, set(addresses))
             elif dts.state == "cancelled":
-                self._transition(dts, "flight" if dts.coming_from is not None else "executing")
+                self._resume(dts)
+
+    def _resume(self, ts: WTask) -> None:
+        """A ``cancelled`` task is wanted again: back to what its thread or transfer is."""
+        if ts.coming_from is not None:
+            self._transition(ts, "flight")
+        else:
+            self._transition(ts, "long-running" if ts.key in self.long_running else "executing")
 
     def _refuse_resources(self, ts: WTask, need: dict[str, float]) -> bool:
         """Fail ``ts`` at once if this worker could never give it ``need``."""
@@ -311,12 +320,10 @@ class WorkerState(WorkerTransitions):
         self._transition(ts, "long-running")
 
     def _rejoin(self, e: we.RejoinEvent) -> None:
-        ts = self.tasks.get(e.key)
-        if ts is None or ts.state != "long-running":
-            # freed (it counts as executing again) or gone: nothing to wait for
+        if e.key not in self.long_running:  # gone, or never seceded: nothing to wait for
             self._out.append(we.Rejoined(e.key))
             return
-        self.rejoining.append(e.key)
+        self.rejoining.append(e.key)  # long-running, or cancelled while seceded
 
     def _grant_rejoins(self) -> None:
         """Seceded tasks asking to rejoin take free slots before any ready task."""
@@ -325,6 +332,10 @@ class WorkerState(WorkerTransitions):
             ts = self.tasks.get(key)
             if ts is not None and ts.state == "long-running":
                 self._transition(ts, "executing")
+            elif ts is not None and ts.state == "cancelled" and key in self.long_running:
+                # cancelled stays cancelled; its thread comes back under the budget
+                self.long_running.discard(key)
+                self.executing_keys.add(key)
             self._out.append(we.Rejoined(key))
 
     # -------------------------------------------------------------- dispatch
@@ -418,7 +429,10 @@ class WorkerState(WorkerTransitions):
             assert (state == "missing") == (ts in self.missing), ts
             if state == "executing":
                 assert key in self.executing_keys, ts
-            assert (state == "long-running") == (key in self.long_running), ts
+            if state == "long-running":
+                assert key in self.long_running, ts
+            elif key in self.long_running:
+                assert state == "cancelled" and ts.coming_from is None, ts
             if state == "fetch":
                 assert any(ts in self.data_needed.get(w, ()) for w in ts.who_has), ts
             if state == "flight":

@@ -18,14 +18,16 @@ Containers kept in step by these functions, one per state that has one:
   that need resources (``task_resources`` says how much, until they start);
 * ``executing_keys``: tasks holding a thread (``executing``, and ``cancelled`` ones whose
   thread still runs); ``held_resources`` and ``available_resources`` the amounts they hold;
-* ``long_running``: tasks that seceded; they run outside the thread budget;
+* ``long_running``: tasks that seceded; they run outside the thread budget (``cancelled``
+  ones too, until they rejoin or end);
 * ``data_needed``: per peer, the ``fetch`` tasks it holds, in priority order;
 * ``in_flight_workers``: per peer, the keys of the transfer under way (``coming_from``
   names the peer on each task, ``flight`` or ``cancelled``);
 * ``missing``: dependencies with no known holder.
 
 A ``cancelled`` task tells where it came from by ``coming_from``: set, a transfer is
-under way; ``None``, it still holds its thread (and its resources).
+under way; ``None``, it still holds its thread (and its resources), or runs seceded when
+its key is in ``long_running``.
 """
 
 from __future__ import annotations
@@ -289,8 +291,9 @@ class WorkerTransitions:
 
     def _thread_done(self, ts: WTask) -> None:
         """Leaving ``cancelled``: the thread or transfer it kept is over."""
-        if ts.coming_from is None:  # it held a thread (a long-running one, too)
+        if ts.coming_from is None:  # it held a thread, or ran seceded
             self.executing_keys.discard(ts.key)
+            self.long_running.discard(ts.key)
             if self.held_resources:
                 self._release_held(ts.key)
         else:
@@ -394,11 +397,9 @@ class WorkerTransitions:
         self.long_running.discard(ts.key)
         self.executing_keys.add(ts.key)
 
-    def _long_running_cancelled(self, ts: WTask, _: None) -> None:
-        # still running: counted as executing again, so that resuming it (a new compute
-        # request) finds it where an executing task would be
-        self.long_running.discard(ts.key)
-        self.executing_keys.add(ts.key)
+    def _cancelled_long_running(self, ts: WTask, _: None) -> None:
+        # asked for again while it runs seceded: it never left ``long_running``
+        assert ts.key in self.long_running, ts
 
     def _cancelled_memory(self, ts: WTask, _: None) -> None:
         # the late result was stored by the shell; the caller releases it at once
@@ -540,9 +541,10 @@ TRANSITIONS: dict[tuple[str, str], _Fn] = {
     ("missing", "memory"): _T._missing_memory,
     # freed while its thread or transfer runs, and resumed or finished
     ("executing", "cancelled"): _T._no_bookkeeping,
-    ("long-running", "cancelled"): _T._long_running_cancelled,
+    ("long-running", "cancelled"): _T._no_bookkeeping,  # still seceded: stays in long_running
     ("flight", "cancelled"): _T._no_bookkeeping,
     ("cancelled", "executing"): _T._no_bookkeeping,
+    ("cancelled", "long-running"): _T._cancelled_long_running,
     ("cancelled", "flight"): _T._no_bookkeeping,
     ("cancelled", "memory"): _T._cancelled_memory,
     ("cancelled", "released"): _T._cancelled_released,

@@ -241,13 +241,11 @@ class Scheduler:
         if self.status == "running":
             return self
         self.loop = asyncio.get_running_loop()
-        max_frame = config.parse_size(config.get("comm.max-frame-size"))
         handshake_timeout = config.parse_duration(config.get("comm.timeouts.handshake")) or 10.0
         self._listener = listen(
             self._listen_at,
             self._handle_comm,
             role="scheduler",
-            max_frame_size=max_frame,
             handshake_timeout=handshake_timeout,
         )
         await self._listener.start()

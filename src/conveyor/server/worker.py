@@ -169,7 +169,6 @@ class Worker:
             self._listen_at,
             self._handle_comm,
             role="worker",
-            max_frame_size=config.parse_size(config.get("comm.max-frame-size")),
         )
         await self._listener.start()
         self.address = self._listener.contact_address
