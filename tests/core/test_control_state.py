@@ -148,6 +148,18 @@ def test_plan_replicate_fills_the_emptiest_workers_and_drops_surplus() -> None:
     assert plan_replicate(s, ["a"], 2, None, {"a": [W2]}) == ({}, {})
 
 
+def test_plan_replicate_spreads_as_a_tree_under_a_branching_factor() -> None:
+    s = make()
+    scatter(s, {"a": ([W1], 10)})
+    # one holder, factor 1: one copy at a time
+    assert plan_replicate(s, ["a"], None, branching_factor=1) == ({W2: ["a"]}, {})
+    # while that copy is under way, nothing more
+    assert plan_replicate(s, ["a"], None, None, {"a": [W2]}, 1) == ({}, {})
+    # once it landed, two holders feed the last worker
+    scatter(s, {"a": ([W1, W2], 10)})
+    assert plan_replicate(s, ["a"], None, branching_factor=1) == ({W3: ["a"]}, {})
+
+
 def test_plan_rebalance_evens_out_and_never_widens_a_gap() -> None:
     s = make()
     scatter(s, {f"k{i}": ([W1], 100) for i in range(6)})

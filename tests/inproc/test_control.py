@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from conveyor import Client, SchedulerPlugin, Worker, WorkerPlugin
+from conveyor.core import events as se
 from conveyor.server.scheduler import Scheduler
 from conveyor.testing.cluster import in_process_cluster, until
 
@@ -436,6 +437,29 @@ def test_replicate_to_n_and_to_all_then_back_down() -> None:
             c.replicate(fut, n=0)
 
     run(body, n_workers=3)
+
+
+def test_replicate_spreads_as_a_tree_with_branching_factor() -> None:
+    async def body(s: Scheduler, workers: list[Worker], c: Client) -> None:
+        fut = c.submit(inc, 1, workers=[workers[0].address])
+        await fut
+        asked: list[int] = []
+        apply = s.apply
+
+        def recording(event: Any) -> Any:
+            if isinstance(event, se.CopyReplicas):
+                asked.append(sum(len(keys) for keys in event.copies.values()))
+            return apply(event)
+
+        s.apply = recording  # type: ignore[method-assign]
+        await c.replicate(fut, branching_factor=1)
+        assert all(fut.key in w.data for w in workers)
+        # one holder feeds one recipient; then two feed the last two
+        assert asked[:2] == [1, 2]
+        with pytest.raises(ValueError, match="branching_factor must be a positive integer"):
+            c.replicate(fut, branching_factor=0)
+
+    run(body, n_workers=4)
 
 
 def test_rebalance_evens_out_data() -> None:

@@ -4,6 +4,7 @@ tcp, against in-process servers."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import pickle
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -231,6 +232,29 @@ def test_variable_set_get_delete_with_timeouts(protocol: str) -> None:
             assert "v" not in coordination(s).variables
 
     run(body, protocol=protocol)
+
+
+def test_variable_set_honours_its_timeout() -> None:
+    async def body(s, workers, c):  # type: ignore[no-untyped-def]
+        stored = s.handlers["variable-set"]
+        release = asyncio.Event()
+
+        async def slow_set(peer: Any, msg: Any) -> Any:
+            await release.wait()
+            result = stored(peer, msg)
+            return await result if inspect.isawaitable(result) else result
+
+        s.handlers["variable-set"] = slow_set
+        v = Variable("slow", client=c)
+        with pytest.raises(TimeoutError):
+            await v.set(1, timeout=0.2)
+        release.set()
+        await v.set(2, timeout=None)
+        assert await v.get() == 2
+        with pytest.raises(ValueError, match="Invalid duration"):
+            v.set(3, timeout="soon")
+
+    run(body)
 
 
 def test_variable_holding_a_future_keeps_its_data() -> None:

@@ -266,15 +266,15 @@ class Variable(_Primitive):
     _prefix = "variable"
 
     def set(self, value: Any, timeout: float | str | None = "30 s") -> Any:
-        """Store ``value``; the previous value is dropped.
+        """Store ``value``; the previous value is dropped. Raises ``TimeoutError`` if the
+        scheduler has not stored it within ``timeout`` seconds (None: no limit).
 
-        ``timeout`` is there for compatibility: distributed waits that long for a
-        future's key to reach the scheduler, and conveyor never has to (messages keep
-        their order), so a future the scheduler does not know (cancelled, released)
-        fails at once with ValueError.
+        A future's key needs no wait to reach the scheduler (messages keep their order),
+        so a future the scheduler does not know (cancelled, released) fails at once with
+        ValueError.
         """
-        config.parse_duration(timeout)  # still refuse nonsense
-        return self._sync(self._set, _pack(value))
+        seconds = config.parse_duration(timeout)
+        return self.client.sync(self._set, _pack(value), timeout=seconds)
 
     async def _set(self, packed: Msg) -> None:
         await self._request("variable-set", **packed)

@@ -42,19 +42,25 @@ class MaintenanceMixin:
         futures: Any,
         n: int | None = None,
         workers: str | Iterable[str] | None = None,
-        **kwargs: Any,
+        branching_factor: int = 2,
     ) -> Any:
         """Copy the results of ``futures`` onto ``n`` workers (all of ``workers``, or
         of the cluster, by default), dropping surplus copies among those workers.
-        Returns once the copies are made. ``branching_factor`` is accepted and ignored
-        (each new copy is fetched from the workers holding it)."""
-        unknown = set(kwargs) - {"branching_factor"}
-        if unknown:
-            raise TypeError(f"replicate() got unexpected keyword arguments {sorted(unknown)}")
-        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-            raise ValueError(f"n must be a positive number of copies, not {n!r}")
+        Copies spread as a tree: each worker holding a key sends it to at most
+        ``branching_factor`` others at a time. Returns once the copies are made."""
+        for name, value in (("n", n), ("branching_factor", branching_factor)):
+            if value is None and name == "n":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, not {value!r}")
         keys = [f.key for f in collect_futures(futures)]
-        msg = {"op": "replicate", "keys": keys, "n": n, "workers": as_list(workers)}
+        msg = {
+            "op": "replicate",
+            "keys": keys,
+            "n": n,
+            "workers": as_list(workers),
+            "branching_factor": branching_factor,
+        }
         return self.sync(_settled_request, self, msg, keys)
 
     def rebalance(

@@ -54,11 +54,17 @@ def plan_replicate(
     n: int | None,
     workers: Iterable[str] | None = None,
     pending: Pending | None = None,
+    branching_factor: int | None = None,
 ) -> tuple[Plan, Plan]:
     """Copies and drops that leave each key in memory on ``n`` of ``workers`` (all of
     them when ``n`` is None; at most as many as there are). New copies go to the workers
     holding the least data; surplus copies among ``workers`` are dropped from those
-    holding the most. Copies outside ``workers`` are left alone."""
+    holding the most. Copies outside ``workers`` are left alone.
+
+    With ``branching_factor``, copies of a key under way never outnumber its holders
+    times that factor: the copies spread as a tree, each holder feeding a few recipients
+    at a time, and a caller that plans again as copies land (with ``pending``) gets the
+    next level."""
     pending = pending or {}
     pool = running_workers(s, workers)
     in_pool = {ws.address for ws in pool}
@@ -73,8 +79,13 @@ def plan_replicate(
         size = max(ts.nbytes, 0)
         holders = _holders(s, ts, pending) & in_pool
         if len(holders) < target:
+            wanted = target - len(holders)
+            if branching_factor is not None:
+                sources = sum(1 for ws in ts.who_has if ws.status == "running")
+                under_way = len(pending.get(key, ()))
+                wanted = min(wanted, max(sources * branching_factor - under_way, 0))
             lacking = sorted((a for a in in_pool if a not in holders), key=lambda a: (load[a], a))
-            for address in lacking[: target - len(holders)]:
+            for address in lacking[:wanted]:
                 copies.setdefault(address, []).append(key)
                 load[address] += size
         elif n is not None and len(holders) > target:

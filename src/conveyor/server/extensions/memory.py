@@ -51,18 +51,23 @@ class MemoryExtension:
 
     async def replicate(self, peer: Peer, msg: Msg) -> None:
         """Copy ``keys`` onto ``n`` of ``workers`` (all of them by default), dropping
-        surplus copies among them; return once the copies are made."""
+        surplus copies among them; return once the copies are made. Each holder feeds
+        at most ``branching_factor`` new copies of a key at a time (all at once: None)."""
         keys = list(msg["keys"])
         n = msg.get("n")
         if n is not None and (not isinstance(n, int) or n < 1):
             raise ValueError(f"n must be a positive number of copies, not {n!r}")
+        branching = msg.get("branching_factor")
+        if branching is not None and (not isinstance(branching, int) or branching < 1):
+            raise ValueError(f"branching_factor must be a positive integer, not {branching!r}")
         workers = self._addresses(msg.get("workers"))
         state = self.scheduler.state
-        copies, drops = plan_replicate(state, keys, n, workers)
+        copies, drops = plan_replicate(state, keys, n, workers, None, branching)
         if drops:
             self.scheduler.apply(se.DropReplicas(time.time(), drops))
         await self._copy(
-            copies, lambda pending: plan_replicate(state, keys, n, workers, pending)[0]
+            copies,
+            lambda pending: plan_replicate(state, keys, n, workers, pending, branching)[0],
         )
 
     async def rebalance(self, peer: Peer, msg: Msg) -> dict[str, int]:
