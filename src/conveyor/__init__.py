@@ -16,7 +16,8 @@ from conveyor.client.waiting import (
 from conveyor.client.worker_client import get_client, worker_client
 from conveyor.deploy.local import LocalCluster
 from conveyor.rpc import RemoteError
-from conveyor.server.plugin import SchedulerPlugin, WorkerPlugin
+from conveyor.server.nanny import Nanny
+from conveyor.server.plugin import NannyPlugin, SchedulerPlugin, WorkerPlugin
 from conveyor.server.scheduler import Scheduler
 from conveyor.server.worker import Worker, get_worker
 
@@ -35,6 +36,8 @@ __all__ = [
     "KilledWorker",
     "LocalCluster",
     "Lock",
+    "Nanny",
+    "NannyPlugin",
     "Queue",
     "RemoteError",
     "Scheduler",

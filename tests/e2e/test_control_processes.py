@@ -147,9 +147,7 @@ def _conveyor(*args: str) -> subprocess.Popen[bytes]:
 
 
 @pytest.mark.parametrize("allow", [True, False])
-def test_cli_scheduler_remote_code_switch_restart_refusal_and_shutdown(
-    tmp_path: Path, allow: bool
-) -> None:
+def test_cli_scheduler_remote_code_switch_restart_and_shutdown(tmp_path: Path, allow: bool) -> None:
     sched_file = str(tmp_path / "scheduler.json")
     flag = "--allow-remote-code" if allow else "--no-allow-remote-code"
     common = ["--host", "127.0.0.1", "--scheduler-file", sched_file]
@@ -163,11 +161,14 @@ def test_cli_scheduler_remote_code_switch_restart_refusal_and_shutdown(
             else:
                 with pytest.raises(PermissionError, match="--allow-remote-code"):
                     client.run_on_scheduler(os.getpid)
-            with pytest.raises(RuntimeError, match="no nanny"):
-                client.restart()
+            before = set(client.run(os.getpid).values())
+            client.restart(timeout=60)  # through the worker's nanny
+            after = set(client.run(os.getpid).values())
+            assert len(after) == 1 and not after & before
             assert client.submit(inc, 1).result(timeout=30) == 2
             client.shutdown()
-        # the scheduler closed, and so its worker: both exit by themselves
+        # the scheduler closed, and so its worker, then the worker's nanny: all exit
+        # by themselves
         assert [p.wait(30) for p in procs] == [0, 0]
     finally:
         for p in procs:

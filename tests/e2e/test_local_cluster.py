@@ -18,10 +18,10 @@ import dask.config
 import psutil
 import pytest
 
-from conveyor import Client
+from conveyor import Client, Nanny
 from conveyor.deploy.local import LocalCluster, WorkerProcess
 from conveyor.server.worker import Worker
-from conveyor.testing.cluster import until
+from conveyor.testing.cluster import until, until_sync
 
 pytestmark = pytest.mark.e2e
 
@@ -50,6 +50,44 @@ def registered(cluster: LocalCluster) -> dict[str, tuple[int, int | None]]:
         str(info.name): (info.nthreads, info.memory_limit)
         for info in list(cluster.scheduler.workers.values())
     }
+
+
+@pytest.mark.usefixtures("no_leaks")
+def test_worker_processes_run_under_nannies_that_restart_them(scratch: Path) -> None:
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1) as cluster,
+        Client(cluster, set_as_default=False) as client,
+    ):
+        nannies = {p.pid for p in cluster.workers.values() if isinstance(p, WorkerProcess)}
+        pids = client.run(os.getpid)
+        assert set(client.run(os.getppid).values()) == nannies  # each worker's parent
+        victim, *_ = pids.values()
+        os.kill(victim, 9)
+
+        def replaced() -> bool:
+            now = client.run(os.getpid, on_error="ignore")
+            return len(now) == 2 and victim not in now.values()
+
+        until_sync(replaced, timeout=30, what="the nanny replaced the killed worker")
+        assert client.submit(sum, [1, 2]).result(timeout=30) == 3
+
+
+@pytest.mark.usefixtures("no_leaks")
+def test_worker_class_worker_runs_processes_without_nannies(scratch: Path) -> None:
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=1, worker_class=Worker) as cluster,
+        Client(cluster, set_as_default=False) as client,
+    ):
+        [proc] = cluster.workers.values()
+        assert isinstance(proc, WorkerProcess)
+        assert list(client.run(os.getpid).values()) == [proc.pid]
+
+
+def test_worker_class_is_checked() -> None:
+    with pytest.raises(ValueError, match="needs processes=True"):
+        LocalCluster(n_workers=1, processes=False, worker_class=Nanny)
+    with pytest.raises(TypeError, match="Nanny or Worker"):
+        LocalCluster(n_workers=1, worker_class=dict)
 
 
 @pytest.mark.usefixtures("no_leaks")

@@ -17,7 +17,7 @@ import dask.array as da
 import numpy as np
 import pytest
 
-from conveyor import Client, SchedulerPlugin, Worker, WorkerPlugin
+from conveyor import Client, NannyPlugin, RemoteError, SchedulerPlugin, Worker, WorkerPlugin
 from conveyor.core import events as se
 from conveyor.server.scheduler import Scheduler
 from conveyor.testing.cluster import in_process_cluster, until
@@ -138,8 +138,8 @@ def test_run_on_every_worker_and_on_some() -> None:
         assert await c.run(lambda x, y=0: x + y, 1, y=2, workers=[a0]) == {a0: 3}
         with pytest.raises(ValueError, match="no worker at or named 'nope'"):
             await c.run(inc, 1, workers=["nope"])
-        with pytest.raises(ValueError, match="no nanny"):
-            c.run(inc, 1, nanny=True)
+        with pytest.raises(ValueError, match="without a nanny"):
+            await c.run(inc, 1, nanny=True)
 
     run(body)
 
@@ -264,18 +264,17 @@ def test_worker_plugin_setup_errors_are_raised() -> None:
     run(body)
 
 
-def test_nanny_plugins_and_non_plugins_are_refused() -> None:
-    class NannyPlugin:
-        pass
-
-    class Mine(NannyPlugin):
-        pass
-
+def test_nanny_plugins_wait_for_nannies_and_non_plugins_are_refused() -> None:
     async def body(s: Scheduler, workers: list[Worker], c: Client) -> None:
-        with pytest.raises(ValueError, match="no nanny"):
-            c.register_plugin(Mine())
-        with pytest.raises(TypeError, match="not a SchedulerPlugin or WorkerPlugin"):
+        # in-process workers have no nanny: the plugin is kept for nannies to come
+        assert await c.register_plugin(NannyPlugin(), name="later") == {}
+        assert "later" in s.extensions["nannies"].plugins
+        await c.unregister_worker_plugin("later", nanny=True)
+        assert "later" not in s.extensions["nannies"].plugins
+        with pytest.raises(TypeError, match="not a SchedulerPlugin, WorkerPlugin or NannyPlugin"):
             c.register_plugin(object())
+        with pytest.raises(TypeError, match="not a NannyPlugin"):
+            c.register_worker_plugin(WorkerPlugin(), nanny=True)
 
     run(body)
 
@@ -521,12 +520,12 @@ def test_retry_runs_failed_tasks_again() -> None:
     run(body)
 
 
-def test_restart_needs_a_local_cluster() -> None:
+def test_restart_needs_nannies_or_a_local_cluster() -> None:
     async def body(s: Scheduler, workers: list[Worker], c: Client) -> None:
         fut = c.submit(inc, 1)
         await fut
-        with pytest.raises(RuntimeError, match="no nanny"):
-            c.restart()
+        with pytest.raises(RemoteError, match="cannot restart workers without a nanny"):
+            await c.restart()
         assert s.tasks[fut.key].state == "memory"  # nothing was changed
 
     run(body)

@@ -22,6 +22,7 @@ from conveyor import config
 from conveyor.cli.demo import run_demo
 from conveyor.rpc.gcpause import tune_server_gc
 from conveyor.rpc.loop import new_event_loop
+from conveyor.server.nanny import Nanny, WorkerStartError
 from conveyor.server.resources import parse_resources
 from conveyor.server.scheduler import Scheduler
 from conveyor.server.worker import Worker
@@ -141,7 +142,19 @@ def scheduler(
     help="Amounts of resources each worker offers to tasks that need them, e.g. "
     "'GPU=2,MEM=10e9' (default: the worker.resources configuration).",
 )
-@click.option("--dashboard/--no-dashboard", default=False, help="Accepted; no worker dashboard.")
+@click.option(
+    "--dashboard/--no-dashboard",
+    default=False,
+    help="Workers serve no dashboard (the scheduler's shows them): --dashboard is refused.",
+)
+@click.option(
+    "--nanny/--no-nanny",
+    default=True,
+    show_default=True,
+    help="Run each worker in a process of its own under a nanny, which restarts it when "
+    "it dies or crosses the memory terminate threshold.",
+)
+@click.option("--nanny-address", default=None, hidden=True, help="Set by the nanny.")
 def worker(
     address: str | None,
     scheduler_file: str | None,
@@ -155,13 +168,23 @@ def worker(
     local_directory: str | None,
     resources: str | None,
     dashboard: bool,
+    nanny: bool,
+    nanny_address: str | None,
 ) -> None:
-    """Start NWORKERS workers connected to the scheduler at ADDRESS."""
+    """Start NWORKERS workers connected to the scheduler at ADDRESS (each under a
+    nanny unless --no-nanny)."""
     _configure_logging()
     if (address is None) == (scheduler_file is None):
         raise click.ClickException(
             "give the scheduler's ADDRESS or --scheduler-file (exactly one of them)"
         )
+    if dashboard:
+        raise click.BadParameter(
+            "conveyor workers serve no dashboard; the scheduler's shows every worker",
+            param_hint="--dashboard",
+        )
+    if nanny and nanny_address is not None:
+        raise click.BadParameter("is set by a nanny for --no-nanny", param_hint="--nanny-address")
     cpus = config.cpu_count()
     threads = nthreads or max(1, cpus // nworkers)
     try:
@@ -173,6 +196,27 @@ def worker(
         offered = None if resources is None else parse_resources(resources)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--resources") from None
+
+    def make_nannies() -> list[Nanny]:
+        return [
+            Nanny(
+                address,
+                scheduler_file=scheduler_file,
+                nthreads=threads,
+                name=worker_name,
+                memory_limit=limit or 0,
+                host=host,
+                interface=interface,
+                protocol=protocol,
+                local_directory=local_directory,
+                resources=resources,
+            )
+            for worker_name in names
+        ]
+
+    if nanny:
+        _run(_serve(make_nannies))
+        return
 
     def make_servers() -> list[Worker]:
         return [
@@ -187,6 +231,7 @@ def worker(
                 protocol=protocol,
                 local_directory=local_directory,
                 resources=offered,
+                nanny=nanny_address,
             )
             for worker_name in names
         ]
@@ -240,6 +285,9 @@ async def _serve(
             raise CommandError(_error_line(e)) from e
         try:
             done = await _unless_stopped(stop, _start_all(servers))
+        except WorkerStartError as e:  # the worker process printed its own error line
+            await _close_all(servers)
+            raise click.exceptions.Exit(e.code) from e
         except Exception as e:
             await _close_all(servers)
             raise CommandError(_error_line(e)) from e

@@ -27,10 +27,6 @@ if TYPE_CHECKING:
     from conveyor.client.shape import ClientShape
 
 _ON_ERROR = ("raise", "return", "ignore")
-_NO_NANNY = (
-    "conveyor has no nanny (worker processes are not supervised), so there is nothing "
-    "for {what} to act on; use a WorkerPlugin, or Client.run without nanny=True"
-)
 
 
 class ControlMixin:
@@ -97,15 +93,16 @@ class ControlMixin:
         ``{address: result}``. A function taking ``dask_worker`` gets the Worker; a
         coroutine function is awaited. ``on_error``: "raise" the first exception,
         "return" exceptions as results, or "ignore" (leave those workers out). With
-        ``wait=False``, return None at once without waiting for the calls."""
-        if nanny:
-            raise ValueError(_NO_NANNY.format(what="run(nanny=True)"))
+        ``wait=False``, return None at once without waiting for the calls. With
+        ``nanny=True`` the function runs in the nannies of those workers instead
+        (``dask_worker`` gets the Nanny) and results are keyed by nanny address;
+        ValueError if one of them has no nanny."""
         if on_error not in _ON_ERROR:
             raise ValueError(f"on_error must be one of {_ON_ERROR}, not {on_error!r}")
         if not callable(function):
             raise TypeError(f"run needs a callable, not {type(function).__name__}")
         msg = _call_message("run", function, args, kwargs)
-        return self.sync(_run, self, msg, as_list(workers), wait, on_error)
+        return self.sync(_run, self, msg, as_list(workers), wait, on_error, nanny)
 
     def run_on_scheduler(
         self: ClientShape, function: Callable[..., Any], *args: Any, **kwargs: Any
@@ -124,26 +121,28 @@ class ControlMixin:
     def register_plugin(
         self: ClientShape, plugin: Any, name: str | None = None, idempotent: bool | None = None
     ) -> Any:
-        """Register a scheduler or worker plugin, by its base class.
+        """Register a scheduler, worker or nanny plugin, by its base class.
 
         A :class:`~conveyor.WorkerPlugin` is set up on every worker, and on workers
         that join later; returns ``{address: {"status": "OK"}}`` and raises what a
-        worker's ``setup`` raised. A :class:`~conveyor.SchedulerPlugin` is added to the
-        scheduler, which must allow remote code. A plugin of the same name replaces
-        the old one, unless ``idempotent``, which keeps the old one. There is no nanny,
-        so nanny plugins are refused.
+        worker's ``setup`` raised. A :class:`~conveyor.NannyPlugin` is set up the same
+        way in every nanny (keyed by nanny address). A :class:`~conveyor.SchedulerPlugin`
+        is added to the scheduler, which must allow remote code. A plugin of the same
+        name replaces the old one, unless ``idempotent``, which keeps the old one.
         """
         kind = _plugin_kind(plugin)
-        if kind == "nanny":
-            raise ValueError(_NO_NANNY.format(what="a NannyPlugin"))
         if kind is None:
             raise TypeError(
-                f"{type(plugin).__name__} is not a SchedulerPlugin or WorkerPlugin subclass"
+                f"{type(plugin).__name__} is not a SchedulerPlugin, WorkerPlugin or "
+                "NannyPlugin subclass"
             )
         name = name or getattr(plugin, "name", None) or f"{funcname(type(plugin))}-{uuid.uuid4()}"
         msg = {"name": name, "plugin": _pickle(plugin), "idempotent": bool(idempotent)}
         if kind == "scheduler":
             return self.sync(_scheduler_request, self, {"op": "register-scheduler-plugin", **msg})
+        if kind == "nanny":
+            nanny_msg = {"op": "register-nanny-plugin", **msg}
+            return self.sync(_worker_plugin_request, self, nanny_msg)
         return self.sync(
             _worker_plugin_request, self, {"op": "register-worker-plugin", "kind": "pickle", **msg}
         )
@@ -151,19 +150,21 @@ class ControlMixin:
     def register_worker_plugin(
         self: ClientShape, plugin: Any, name: str | None = None, nanny: bool | None = None
     ) -> Any:
-        """Register a worker plugin (distributed's older spelling of ``register_plugin``)."""
-        if nanny:
-            raise ValueError(_NO_NANNY.format(what="register_worker_plugin(nanny=True)"))
-        if _plugin_kind(plugin) != "worker":
-            raise TypeError(f"{type(plugin).__name__} is not a WorkerPlugin subclass")
+        """Register a worker plugin, or with ``nanny=True`` a nanny plugin
+        (distributed's older spelling of ``register_plugin``)."""
+        wanted = "nanny" if nanny else "worker"
+        if _plugin_kind(plugin) != wanted:
+            raise TypeError(
+                f"{type(plugin).__name__} is not a {wanted.capitalize()}Plugin subclass"
+            )
         return ControlMixin.register_plugin(self, plugin, name)
 
     def unregister_worker_plugin(self: ClientShape, name: str, nanny: bool | None = None) -> Any:
-        """Tear the worker plugin ``name`` down on every worker and forget it (ValueError
-        if there is none); returns ``{address: {"status": "OK"}}``."""
-        if nanny:
-            raise ValueError(_NO_NANNY.format(what="unregister_worker_plugin(nanny=True)"))
-        msg = {"op": "unregister-worker-plugin", "name": name}
+        """Tear the worker plugin ``name`` (with ``nanny=True``, the nanny plugin) down
+        everywhere and forget it (ValueError if there is none); returns
+        ``{address: {"status": "OK"}}``."""
+        op = "unregister-nanny-plugin" if nanny else "unregister-worker-plugin"
+        msg = {"op": op, "name": name}
         return self.sync(_worker_plugin_request, self, msg)
 
     def unregister_scheduler_plugin(self: ClientShape, name: str) -> Any:
@@ -294,9 +295,16 @@ async def _run(
     workers: list[str] | None,
     wait: bool,
     on_error: str,
+    nanny: bool = False,
 ) -> dict[str, Any] | None:
     assert client.pool is not None
     addresses = await worker_addresses(client, workers)
+    if nanny:
+        nannies = await client._request({"op": "nannies"})
+        orphans = [a for a in addresses if a not in nannies]
+        if orphans:
+            raise ValueError(f"run(nanny=True): workers without a nanny: {orphans}")
+        addresses = list(dict.fromkeys(nannies[a] for a in addresses))
     if not wait:
         for address in addresses:
             peer = await client.pool.get(address)

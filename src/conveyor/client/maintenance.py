@@ -3,8 +3,8 @@
 (``retry``), start afresh (``restart``) and stop everything (``shutdown``).
 
 The scheduler does the work through its state machine's events (see
-``conveyor.core.control``); only ``restart`` needs the client too, to start the worker
-processes again, which it can do for a LocalCluster only (there is no nanny).
+``conveyor.core.control``); ``restart`` replaces the workers through their nannies, or,
+for the client's own LocalCluster, through the cluster.
 """
 
 from __future__ import annotations
@@ -25,13 +25,6 @@ if TYPE_CHECKING:
     from conveyor.client.shape import ClientShape
 
 logger = logging.getLogger("conveyor.client")
-
-_CANNOT_RESTART = (
-    "Client.restart() restarts the workers of a LocalCluster that this client knows "
-    "(Client() or Client(cluster)); conveyor has no nanny, so it cannot restart workers "
-    "started elsewhere (conveyor worker ...). Restart them with the tool that started "
-    "them; to drop every task meanwhile, cancel the futures or close the clients."
-)
 
 
 class MaintenanceMixin:
@@ -115,17 +108,16 @@ class MaintenanceMixin:
     ) -> Any:
         """Forget every task on the cluster and start fresh workers.
 
-        Every client's futures are cancelled, published datasets are dropped, and the
-        workers of this client's LocalCluster are stopped and started again (new
-        processes; with ``processes=False``, new in-process workers). Returns once they
-        registered, within ``timeout`` if given. Without a LocalCluster there is no way
-        to restart workers (no nanny): RuntimeError, and nothing is changed.
-        ``wait_for_workers=False`` is refused: the restart always waits for them.
+        Every client's futures are cancelled, published datasets are dropped, and every
+        worker is replaced: by its nanny (a new process), or for this client's
+        LocalCluster by the cluster (new processes; with ``processes=False``, new
+        in-process workers). Returns once the new workers registered, within
+        ``timeout`` if given. If a worker has no nanny and is not this client's
+        LocalCluster's, ValueError, and nothing is changed. ``wait_for_workers=False``
+        is refused: the restart always waits for them.
         """
         if not wait_for_workers:
             raise ValueError("restart(wait_for_workers=False) is not supported: it waits")
-        if not isinstance(self.cluster, LocalCluster):
-            raise RuntimeError(_CANNOT_RESTART)
         return self.sync(_restart, self, timeout=config.parse_duration(timeout))
 
     def shutdown(self: ClientShape) -> Any:
@@ -159,8 +151,11 @@ async def _retry(client: ClientShape, futures: list[Any]) -> None:
 
 
 async def _restart(client: ClientShape) -> None:
-    await client._request({"op": "restart"})
     cluster = client.cluster
+    if not isinstance(cluster, LocalCluster):
+        await client._request({"op": "restart-workers"})  # forgets every task first
+        return
+    await client._request({"op": "restart"})
     restarted = cluster.restart_workers()
     if inspect.isawaitable(restarted):
         await restarted

@@ -33,6 +33,8 @@ from dask.utils import format_bytes
 
 from conveyor import config
 from conveyor.rpc.loop import LoopRunner
+from conveyor.server.nanny import Nanny
+from conveyor.server.process import STOP_GRACE, WorkerProcess
 from conveyor.server.resources import format_resources, parse_resources
 from conveyor.server.scheduler import Scheduler
 from conveyor.server.worker import Worker
@@ -42,86 +44,13 @@ __all__ = ["LocalCluster", "WorkerProcess"]
 logger = logging.getLogger(__name__)
 
 DEFAULT_START_TIMEOUT = 60.0  # seconds for the scheduler to see every worker start
-STOP_GRACE = 10.0  # seconds a worker process may take to exit after SIGTERM
 REGISTRATION_POLL = 0.01  # seconds between looks at the scheduler's workers
-STDERR_TAIL_LINES = 20
 # worker keyword arguments that have a ``conveyor worker`` option, for processes=True
 _PROCESS_WORKER_OPTIONS = {
     "local_directory": "--local-directory",
     "interface": "--interface",
     "resources": "--resources",
 }
-
-
-class WorkerProcess:
-    """A ``conveyor worker`` subprocess in its own process group, logging to a file."""
-
-    def __init__(
-        self, name: int, args: list[str], log_path: Path, env: dict[str, str] | None = None
-    ) -> None:
-        self.name = name
-        self.log_path = log_path
-        with log_path.open("wb") as log:
-            self.popen = subprocess.Popen(
-                args,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                process_group=0,
-            )
-
-    @property
-    def pid(self) -> int:
-        """The worker's process id (also its process group id)."""
-        return self.popen.pid
-
-    @property
-    def returncode(self) -> int | None:
-        """The exit status once the process exited and was reaped, else ``None``."""
-        return self.popen.poll()
-
-    def signal(self, signum: int) -> None:
-        """Send ``signum`` to the worker's process group unless it was reaped already."""
-        if self.popen.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.popen.pid, signum)
-
-    async def wait(self, timeout: float | None) -> bool:
-        """Wait up to ``timeout`` seconds for the process to exit; reap it; return if it did."""
-        if self.popen.poll() is not None:
-            return True
-        try:
-            await asyncio.wait_for(_process_exit(self.popen.pid), timeout)
-        except TimeoutError:
-            return self.popen.poll() is not None
-        self.popen.wait()
-        return True
-
-    async def stop(self, grace: float = STOP_GRACE) -> None:
-        """SIGTERM the process group, SIGKILL it after ``grace`` seconds, and reap it."""
-        self.signal(signal.SIGTERM)
-        if not await self.wait(grace):
-            logger.warning("Worker process %s ignored SIGTERM; killing it", self.pid)
-            self.signal(signal.SIGKILL)
-            await self.wait(None)
-
-    def kill_now(self) -> None:
-        """SIGKILL the process group and reap the process, blocking (for finalizers)."""
-        self.signal(signal.SIGKILL)
-        with contextlib.suppress(ChildProcessError):
-            self.popen.wait()
-
-    def output_tail(self, lines: int = STDERR_TAIL_LINES) -> str:
-        """The last ``lines`` lines the worker wrote to stdout/stderr."""
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.rstrip().splitlines()[-lines:])
-
-    def __repr__(self) -> str:
-        return f"<WorkerProcess name={self.name} pid={self.pid} returncode={self.returncode}>"
 
 
 def _worker_process_config() -> dict[str, Any]:
@@ -143,37 +72,6 @@ def _worker_process_config() -> dict[str, Any]:
         base, {"conveyor": {"worker": {"warm-imports": warm + extra}}}
     )
     return merged
-
-
-async def _process_exit(pid: int) -> None:
-    """Return once process ``pid`` (a child, not yet reaped) has exited."""
-    try:
-        fd = os.pidfd_open(pid)
-    except (AttributeError, OSError):  # no pidfd (not Linux >= 5.3): poll instead
-        while not _exited(pid):
-            await asyncio.sleep(0.05)
-        return
-    loop = asyncio.get_running_loop()
-    exited: asyncio.Future[None] = loop.create_future()
-
-    def on_readable() -> None:
-        if not exited.done():
-            exited.set_result(None)
-
-    loop.add_reader(fd, on_readable)
-    try:
-        await exited
-    finally:
-        loop.remove_reader(fd)
-        os.close(fd)
-
-
-def _exited(pid: int) -> bool:
-    """Whether child ``pid`` is a zombie or gone, without reaping it."""
-    try:
-        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
-    except ChildProcessError:
-        return True
 
 
 class _Resources:
@@ -208,8 +106,10 @@ class LocalCluster:
     """A scheduler and ``n_workers`` workers on this machine.
 
     Parameters follow ``distributed.LocalCluster``. With ``processes=True`` (default) each
-    worker is a subprocess; with ``processes=False`` workers run in this process on the
-    scheduler's event loop. ``memory_limit`` is per worker ("auto": system memory divided
+    worker is a subprocess run by a nanny, which restarts it when it dies or crosses its
+    memory terminate threshold (``worker_class=Worker``: a worker process without a
+    nanny); with ``processes=False`` workers run in this process on the scheduler's
+    event loop. ``memory_limit`` is per worker ("auto": system memory divided
     among the workers; "4GB"; a fraction; 0/None for none). Extra keyword arguments go to
     the workers, e.g. ``resources={"GPU": 1}`` (amounts each worker offers to tasks that
     need them; ``"GPU=1"`` also works). With ``asynchronous=True``, ``await`` the cluster
@@ -232,9 +132,11 @@ class LocalCluster:
         name: str | None = None,
         protocol: str | None = None,
         timeout: float | str | None = None,
+        worker_class: type | None = None,
         **kwargs: Any,
     ) -> None:
         self.processes = processes
+        self.nanny = _uses_nanny(worker_class, processes)
         self.n_workers, self.threads_per_worker = _cluster_shape(
             n_workers, threads_per_worker, processes
         )
@@ -455,6 +357,8 @@ class LocalCluster:
         ]
         if self.host is not None:
             args += ["--host", self.host]
+        if not self.nanny:
+            args.append("--no-nanny")
         options = {"local_directory": self._directory(), **self._worker_kwargs}
         for key, value in options.items():
             if key == "resources" and value is not None:
@@ -588,6 +492,20 @@ def _protocol_and_host(
     if protocol == "inproc":
         return protocol, None
     return protocol, host or "127.0.0.1"
+
+
+def _uses_nanny(worker_class: type | None, processes: bool) -> bool:
+    """Whether each worker runs under a nanny: ``worker_class`` Nanny (the default with
+    processes) or Worker (the default without)."""
+    if worker_class is None:
+        return processes
+    if worker_class is Nanny:
+        if not processes:
+            raise ValueError("worker_class=Nanny needs processes=True: a nanny runs a process")
+        return True
+    if worker_class is Worker:
+        return False
+    raise TypeError(f"worker_class must be conveyor's Nanny or Worker, not {worker_class!r}")
 
 
 def _check_process_worker_options(options: dict[str, Any]) -> None:

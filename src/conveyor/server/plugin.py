@@ -8,7 +8,9 @@ primitives, published datasets, ...) and may be a plugin too.
 Both are the operator's code (constructor arguments, preloads): the scheduler never
 unpickles a plugin sent by a peer unless its operator allowed remote code
 (:mod:`conveyor.server.remote_code`). A :class:`WorkerPlugin` runs on workers: clients
-register it, the scheduler keeps its pickle unopened and hands it to every worker.
+register it, the scheduler keeps its pickle unopened and hands it to every worker. A
+:class:`NannyPlugin` runs the same way in every nanny (the process that keeps a worker
+process running).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from conveyor.server.nanny import Nanny
     from conveyor.server.scheduler import Scheduler
     from conveyor.server.worker import Worker
 
@@ -76,3 +79,28 @@ class WorkerPlugin:
 def plugin_name(plugin: SchedulerPlugin) -> str:
     """The name a plugin is registered under."""
     return plugin.name or type(plugin).__name__
+
+
+class NannyPlugin:
+    """Base class of nanny plugins: override the hooks you need.
+
+    ``Client.register_plugin(plugin)`` pickles the plugin; the scheduler keeps the bytes
+    unopened and hands them to every nanny, including those that join later. Each nanny
+    unpickles its own copy and calls ``setup(nanny=...)``; with ``restart = True`` it
+    then restarts its worker process, so that what ``setup`` changed (environment
+    variables, files) is in place before the new worker starts. ``teardown(nanny=...)``
+    runs when the plugin is unregistered or replaced, and when the nanny closes. Hooks
+    run on the nanny's event loop and may be coroutines; an exception in ``setup`` is
+    raised by ``register_plugin``.
+    """
+
+    #: the plugin's name (default: the class name and a unique suffix)
+    name: str | None = None
+    #: restart the worker process after ``setup``
+    restart: bool = False
+
+    def setup(self, nanny: Nanny) -> Any:
+        """The plugin arrived on ``nanny``."""
+
+    def teardown(self, nanny: Nanny) -> Any:
+        """The plugin is leaving ``nanny`` (unregistered, replaced, or the nanny closes)."""

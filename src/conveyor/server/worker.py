@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import threading
 import time
 import uuid
@@ -67,7 +68,7 @@ class Worker:
         heartbeat_interval: float | str | None = None,
         validate: bool | None = None,
         resources: dict[str, float] | str | None = None,
-        **kwargs: Any,
+        nanny: str | None = None,
     ) -> None:
         if scheduler_address is None and scheduler_file is None:
             raise ValueError("Worker needs a scheduler address or a scheduler_file")
@@ -78,6 +79,8 @@ class Worker:
         )
         self._scheduler_address = scheduler_address
         self.scheduler_file = scheduler_file
+        #: the address of the nanny that runs this worker process, if one does
+        self.nanny = nanny
         self.nthreads = nthreads or config.cpu_count()
         self.name = name
         self.memory_limit = config.memory_limit(memory_limit) or 0
@@ -197,6 +200,8 @@ class Worker:
             await self.close("failed to register")
             raise
         self._spawn(self._heartbeat_loop())
+        if self.nanny is not None:
+            await self._report_to_nanny(self.nanny, timeout)
         logger.info("Worker started at %s, registered to %s", self.address, self.scheduler_address)
         return self
 
@@ -214,8 +219,23 @@ class Worker:
                 "host": get_address_host(self.address) if "://" in self.address else "",
                 "keys": {},
                 "resources": self.resources,
+                "nanny": self.nanny,
             }
         )
+
+    async def _report_to_nanny(self, address: str, timeout: float) -> None:
+        """Tell the nanny this worker is up, and close when the nanny goes away."""
+        comm = await connect(address, timeout, role="worker")
+        peer = Peer(comm, asyncio.get_running_loop())
+        peer.send({"op": "worker-up", "address": self.address, "pid": os.getpid()})
+
+        async def watch() -> None:
+            await serve_peer(peer, {})
+            if self.status == "running":
+                logger.warning("Connection to nanny %s closed: closing worker", address)
+                self._spawn(self.close("nanny connection closed"))
+
+        self._spawn(watch())
 
     def __await__(self) -> Generator[Any, None, Worker]:
         return self.start().__await__()
@@ -301,7 +321,12 @@ class Worker:
         self.apply(worker_event_from_msg(msg, time.time()))
 
     def apply(self, event: we.WorkerEvent) -> None:
-        """Hand one event to the state machine and carry out its instructions."""
+        """Hand one event to the state machine and carry out its instructions.
+
+        If the state machine raises, nothing it produced for the event is carried out
+        and the exception propagates to the caller: ``serve_peer`` closes the connection
+        whose message caused it, the task runner reports the task as failed.
+        """
         if self.state is None or self.status != "running":
             return
         for instr in self.state.handle(event):

@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import inspect
 import logging
 import os
 import shutil
 import sys
 import tempfile
 import zipfile
-from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 from conveyor.protocol import unpickle_bytes, unpickle_call
@@ -28,6 +26,7 @@ from conveyor.rpc import Msg, Peer
 from conveyor.rpc.versions import versions
 from conveyor.server.calls import accepts_keyword, call_packed, error_reply
 from conveyor.server.plugin import WorkerPlugin
+from conveyor.server.plugin_host import PluginHost
 
 if TYPE_CHECKING:
     from conveyor.server.worker import Worker
@@ -88,13 +87,29 @@ def _top_level_modules(path: str) -> list[str]:
     return sorted(names)
 
 
+async def run_call(msg: Msg, host: object) -> dict[str, Any]:
+    """Run the function of a ``Client.run`` message here; a function taking
+    ``dask_worker`` gets ``host`` (the Worker, or the Nanny for ``nanny=True``)."""
+    try:
+        func, args, kwargs = unpickle_call(msg["function"], msg["args"], msg["kwargs"], "run")
+    except Exception as e:
+        return error_reply(e)
+    if accepts_keyword(func, "dask_worker"):
+        kwargs["dask_worker"] = host
+    outcome = await call_packed(func, args, kwargs)
+    if outcome["status"] != "OK" and msg.get("reply") is None:  # nobody waits for it
+        logger.warning("Client.run(%r, wait=False) failed: %s", func, outcome["text"])
+    return outcome
+
+
 class WorkerControl:
     """Made by each Worker: adds its handlers and keeps its plugins."""
 
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
+        self._plugins = PluginHost(worker, "worker")
         #: installed plugins by name
-        self.plugins: dict[str, Any] = {}
+        self.plugins: dict[str, Any] = self._plugins.plugins
         self._directory: str | None = None
         self._paths: list[str] = []
         worker._handlers.update({"run": self._run, "versions": lambda p, m: versions()})
@@ -105,16 +120,7 @@ class WorkerControl:
     # ------------------------------------------------------------------ run
 
     async def _run(self, peer: Peer, msg: Msg) -> dict[str, Any]:
-        try:
-            func, args, kwargs = unpickle_call(msg["function"], msg["args"], msg["kwargs"], "run")
-        except Exception as e:
-            return error_reply(e)
-        if accepts_keyword(func, "dask_worker"):
-            kwargs["dask_worker"] = self.worker
-        outcome = await call_packed(func, args, kwargs)
-        if outcome["status"] != "OK" and msg.get("reply") is None:  # nobody waits for it
-            logger.warning("Client.run(%r, wait=False) failed: %s", func, outcome["text"])
-        return outcome
+        return await run_call(msg, self.worker)
 
     # -------------------------------------------------------------- plugins
 
@@ -130,48 +136,10 @@ class WorkerControl:
         except Exception as e:
             logger.exception("Could not load worker plugin %r", name)
             return error_reply(e)
-        old = self.plugins.pop(name, None)
-        self.plugins[name] = plugin
-        if old is None:
-            return self._hook(name, plugin, "setup")
-        torn_down = self._hook(name, old, "teardown")
-        if not inspect.isawaitable(torn_down):
-            return self._hook(name, plugin, "setup")
-
-        async def then_setup() -> Any:
-            await torn_down
-            outcome = self._hook(name, plugin, "setup")
-            return await outcome if inspect.isawaitable(outcome) else outcome
-
-        return then_setup()
+        return self._plugins.add(name, plugin)
 
     def _plugin_remove(self, peer: Peer, msg: Msg) -> Any:
-        name = str(msg["name"])
-        plugin = self.plugins.pop(name, None)
-        return {"status": "OK"} if plugin is None else self._hook(name, plugin, "teardown")
-
-    def _hook(self, name: str, plugin: Any, hook: str) -> Any:
-        """Call ``plugin.<hook>(worker=...)``: its outcome (``{"status": "OK"}`` or an
-        error reply), or an awaitable of it when the hook is a coroutine."""
-        method = getattr(plugin, hook, None)
-        if method is None:
-            return {"status": "OK"}
-        try:
-            result = method(worker=self.worker)
-        except Exception as e:
-            logger.exception("Worker plugin %r failed in %s", name, hook)
-            return error_reply(e)
-        if inspect.isawaitable(result):
-            return self._await_hook(name, hook, result)
-        return {"status": "OK"}
-
-    async def _await_hook(self, name: str, hook: str, result: Awaitable[Any]) -> dict[str, Any]:
-        try:
-            await result
-        except Exception as e:
-            logger.exception("Worker plugin %r failed in %s", name, hook)
-            return error_reply(e)
-        return {"status": "OK"}
+        return self._plugins.remove(str(msg["name"]))
 
     # ------------------------------------------------------------- uploads
 
@@ -194,11 +162,7 @@ class WorkerControl:
 
     async def close(self) -> None:
         """Tear the plugins down, then take the uploads off ``sys.path`` and disk."""
-        for name, plugin in reversed(list(self.plugins.items())):
-            outcome = self._hook(name, plugin, "teardown")
-            if inspect.isawaitable(outcome):
-                await outcome
-        self.plugins.clear()
+        await self._plugins.close()
         for path in self._paths:
             with contextlib.suppress(ValueError):
                 sys.path.remove(path)

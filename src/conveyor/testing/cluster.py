@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -47,3 +48,15 @@ async def until(predicate: Callable[[], bool], timeout: float = 5.0, what: str =
         if loop.time() > deadline:
             raise TimeoutError(f"condition not met within {timeout} s: {what or predicate}")
         await asyncio.sleep(0.005)
+
+
+def until_sync(
+    predicate: Callable[[], bool], timeout: float = 5.0, what: str = "", interval: float = 0.05
+) -> None:
+    """:func:`until` for synchronous code (tests driving real processes): polls every
+    ``interval`` seconds, bounded by ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"condition not met within {timeout} s: {what or predicate}")
+        time.sleep(interval)

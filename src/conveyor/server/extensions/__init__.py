@@ -16,6 +16,7 @@ from conveyor.server.extensions.events import EventsExtension
 from conveyor.server.extensions.explain import ExplainExtension
 from conveyor.server.extensions.memory import MemoryExtension
 from conveyor.server.extensions.metadata import MetadataExtension
+from conveyor.server.extensions.nannies import NannyExtension
 
 if TYPE_CHECKING:
     from conveyor.server.scheduler import Scheduler
@@ -28,4 +29,5 @@ DEFAULT_EXTENSIONS: dict[str, Callable[[Scheduler], Any]] = {
     "datasets": DatasetsExtension,
     "memory": MemoryExtension,
     "metadata": MetadataExtension,
+    "nannies": NannyExtension,
 }
