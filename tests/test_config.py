@@ -40,7 +40,13 @@ def test_defaults_are_registered_with_dask() -> None:
         "warm-imports": ["numpy"],
         "resources": {},
         "connections": {"outgoing": 50, "incoming": 10},
-        "memory": {"target": 0.6, "spill": 0.7, "pause": 0.8, "terminate": 0.95},
+        "memory": {
+            "target": 0.6,
+            "spill": 0.7,
+            "pause": 0.8,
+            "terminate": 0.95,
+            "monitor-interval": "100ms",
+        },
         "transfer": {"message-bytes-limit": "50MB"},
     }
     assert d["comm"] == {

@@ -20,7 +20,12 @@ from conveyor.core.instructions import (
     KeyInMemory,
     KeysCancelled,
 )
-from conveyor.core.replicas import plan_rebalance, plan_replicate, plan_retire
+from conveyor.core.replicas import (
+    plan_rebalance,
+    plan_replicate,
+    plan_retire,
+    workers_to_close,
+)
 from conveyor.core.scheduler import SchedulerState
 from conveyor.core.types import Key
 from conveyor.core.worker import WorkerState
@@ -177,6 +182,36 @@ def test_plan_rebalance_evens_out_and_never_widens_a_gap() -> None:
     # restricted to keys and workers
     moves = plan_rebalance(s, keys=["k0"], workers=[W1, W3])
     assert moves == [("k0", W1, W3)]
+
+
+def addresses(workers: list[Any]) -> list[str]:
+    return [ws.address for ws in workers]
+
+
+def test_workers_to_close_picks_idle_workers_holding_the_least() -> None:
+    s = make()  # three workers of 1 GiB each
+    scatter(s, {"a": ([W1], 300), "b": ([W2], 100)})
+    s.handle(ev.UpdateGraph(0.0, C, [ev.TaskSpec("busy", b"x", workers=(W3,))], ["busy"]))
+    assert s.tasks["busy"].processing_on is s.workers[W3]
+    # W3 runs a task: never chosen; W2 holds less than W1
+    assert addresses(workers_to_close(s, n=1)) == [W2]
+    assert addresses(workers_to_close(s, n=5)) == [W2, W1]
+    assert addresses(workers_to_close(s, target=2)) == [W2]
+    assert addresses(workers_to_close(s, n=2, minimum=2)) == [W2]
+    # neither n nor target: keep room for memory_ratio x the 400 bytes held
+    assert addresses(workers_to_close(s)) == [W2, W1]
+    assert addresses(workers_to_close(s, memory_ratio=2**30 * 3 / 400)) == []
+    # a group closes whole or not at all
+    by_host = workers_to_close(s, n=1, key=lambda ws: "h" if ws.address != W1 else ws.address)
+    assert addresses(by_host) == [W1]
+
+
+def test_workers_to_close_leaves_one_holder_when_room_is_unknown() -> None:
+    s = SchedulerState(validate=True)
+    for address in (W1, W2):
+        s.handle(ev.AddWorker(0.0, address, address, 1, 0, "host", {}))  # no memory limit
+    scatter(s, {"a": ([W1], 10)})
+    assert addresses(workers_to_close(s)) == [W2]
 
 
 # ---------------------------------------------------------------- retry

@@ -488,10 +488,30 @@ def test_retire_workers_moves_their_data_first() -> None:
         assert all(f.key in w1.data for f in futs)
         assert await c.gather(futs) == [1, 2, 3, 4, 5]
         assert await c.retire_workers(workers=["tcp://127.0.0.1:1"]) == {}
-        with pytest.raises(ValueError, match=r"workers= .* or names="):
-            c.retire_workers()
+        with pytest.raises(TypeError, match="without workers/names"):
+            c.retire_workers(workers=[w1.address], n=1)
+        with pytest.raises(TypeError, match="must be a number"):
+            c.retire_workers(n="one")
 
     run(body)
+
+
+def test_retire_workers_without_names_lets_the_scheduler_choose() -> None:
+    async def body(s: Scheduler, workers: list[Worker], c: Client) -> None:
+        w0, w1, w2 = workers
+        big = c.submit(np.ones, 10_000, workers=[w0.address])
+        small = c.submit(np.ones, 10, workers=[w1.address])
+        await c.gather([big, small])
+        assert s.workers_to_close(n=2, attribute="name") == ["w2", "w1"]  # least data first
+        retired = await c.retire_workers(n=2)
+        assert sorted(retired) == sorted([w1.address, w2.address])
+        assert set(s.workers) == {w0.address}
+        assert s.tasks[small.key].state == "memory"  # moved, not recomputed
+        assert (await small).sum() == 10
+        # the scheduler keeps at least one worker holding data
+        assert await s.retire_workers() == {}
+
+    run(body, n_workers=3)
 
 
 def test_the_last_worker_keeps_data_that_has_nowhere_to_go() -> None:

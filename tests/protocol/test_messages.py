@@ -43,7 +43,7 @@ def test_compute_task_round_trip_with_function_and_run_id() -> None:
     assert isinstance(event, we.ComputeTaskEvent)
     assert event.key == ("x", 1) and event.run_spec == ("chunk", b"spec")
     assert event.priority == (0, 1, 2) and event.run_id == 7
-    assert event.who_has == {"d": ("tcp://v",)} and event.nbytes == {"d": 8}
+    assert event.who_has == {"d": ["tcp://v"]} and event.nbytes == {"d": 8}
 
 
 def test_acquire_replicas_and_cancelled_keys_round_trip() -> None:
@@ -181,3 +181,54 @@ def test_a_claimed_group_is_checked_key_by_key(keys: list[object], one_group: bo
     assert got.one_group is one_group
     if one_group:  # the check agrees with dask: every key splits to the same group
         assert len({key_split(k) for k in keys}) == 1
+
+
+@pytest.mark.parametrize(
+    "msg",
+    [
+        {"op": "free-keys", "keys": [{"a": "map"}]},
+        {"op": "refresh-who-has", "who_has": {"x": "tcp://a"}},
+        {"op": "acquire-replicas", "who_has": {"x": [1]}, "nbytes": {"x": 8}},
+        {"op": "acquire-replicas", "who_has": {"x": ["tcp://a"]}, "nbytes": {"x": "8 bytes"}},
+        {"op": "compute-task", "key": ["a", "list"], "run_spec": b"", "priority": [0]},
+    ],
+)
+def test_malformed_scheduler_message_is_refused_before_the_worker_sees_it(
+    msg: dict[str, object],
+) -> None:
+    with pytest.raises((TypeError, ValueError)):
+        worker_event_from_msg(msg, now=1.0)
+
+
+@pytest.mark.parametrize(
+    "op, msg",
+    [
+        ("task-finished", {"key": "x", "nbytes": 8, "start": "soon", "stop": 1.0}),
+        ("task-erred", {"key": {"a": "map"}}),
+        ("add-keys", {"keys": {"x": None}}),
+        ("missing-data", {"key": ["a"], "errant_worker": "tcp://a"}),
+        ("long-running", {"key": {"a": "map"}}),
+    ],
+)
+def test_malformed_worker_message_is_refused_before_the_scheduler_sees_it(
+    op: str, msg: dict[str, object]
+) -> None:
+    with pytest.raises((TypeError, ValueError)):
+        WORKER_STREAM_OPS[op]("tcp://w", msg, 1.0)
+
+
+@pytest.mark.parametrize(
+    "op, msg",
+    [
+        ("client-desires-keys", {"keys": ["x", {"a": "map"}]}),
+        ("client-releases-keys", {"keys": [["a", "list"]]}),
+        ("cancel-keys", {"keys": [{"a": "map"}]}),
+        ("update-data", {"who_has": {"x": [3]}, "nbytes": {"x": 8}}),
+        ("update-data", {"who_has": {"x": ["tcp://a"]}, "nbytes": {"x": [8]}}),
+    ],
+)
+def test_malformed_client_message_is_refused_before_the_scheduler_sees_it(
+    op: str, msg: dict[str, object]
+) -> None:
+    with pytest.raises((TypeError, ValueError)):
+        CLIENT_STREAM_OPS[op]("client-1", msg, 1.0)

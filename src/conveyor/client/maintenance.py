@@ -27,6 +27,15 @@ if TYPE_CHECKING:
 logger = logging.getLogger("conveyor.client")
 
 
+#: keywords with which the scheduler chooses workers to retire, and their types
+_CHOOSING: dict[str, type | tuple[type, ...]] = {
+    "n": int,
+    "target": int,
+    "minimum": int,
+    "memory_ratio": (int, float),
+}
+
+
 class MaintenanceMixin:
     """The Client's calls that change where data lives and which workers run."""
 
@@ -78,16 +87,19 @@ class MaintenanceMixin:
         them no more tasks, moves their running tasks elsewhere, copies the data only
         they hold to other workers, then closes them (``close_workers=False`` only
         drops them from the scheduler; a conveyor worker whose scheduler connection
-        closes shuts down by itself). Returns ``{address: info}`` (as in
-        ``scheduler_info()``) for each worker retired; a worker whose data has nowhere
-        to go is not retired."""
-        if kwargs:
-            raise TypeError(f"retire_workers() got unexpected keyword arguments {sorted(kwargs)}")
-        if workers is None and names is None:
-            raise ValueError(
-                "retire_workers needs workers= (addresses) or names=; conveyor does not "
-                "choose workers to retire by itself"
-            )
+        closes shuts down by itself). With neither, the scheduler chooses idle workers
+        holding the least data (``Scheduler.workers_to_close``), steered by the keywords
+        ``n``, ``target``, ``memory_ratio`` and ``minimum``. Returns ``{address: info}``
+        (as in ``scheduler_info()``) for each worker retired; a worker whose data has
+        nowhere to go is not retired."""
+        unknown = set(kwargs) - set(_CHOOSING)
+        if unknown:
+            raise TypeError(f"retire_workers() got unexpected keyword arguments {sorted(unknown)}")
+        if kwargs and (workers is not None or names is not None):
+            raise TypeError(f"{sorted(kwargs)} choose workers: give them without workers/names")
+        for name, value in kwargs.items():
+            if value is not None and not isinstance(value, _CHOOSING[name]):
+                raise TypeError(f"retire_workers({name}=...) must be a number, not {value!r}")
         if names is not None and isinstance(names, (str, int)):
             names = [names]
         msg = {
@@ -95,6 +107,7 @@ class MaintenanceMixin:
             "workers": as_list(workers),
             "names": None if names is None else list(names),
             "close_workers": bool(close_workers),
+            **{k: v for k, v in kwargs.items() if v is not None},
         }
         return self.sync(self._request, msg)
 

@@ -1,4 +1,5 @@
-"""Plans for moving data between workers: replicate, rebalance and retire.
+"""Plans for moving data between workers: replicate, rebalance and retire, and which
+workers to retire (``workers_to_close``).
 
 Pure functions of the scheduler's state: they read it and return which copies to make
 (recipient address -> keys) and which to drop (worker address -> keys); the shell
@@ -13,7 +14,7 @@ the sum of its keys' sizes as the scheduler knows them (``ws.nbytes``).
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import TYPE_CHECKING
 
 from conveyor.core.types import Key
@@ -165,3 +166,50 @@ def plan_retire(
             load[recipient] += max(ts.nbytes, 0)
             planned.add(ts.key)
     return copies, stuck
+
+
+def workers_to_close(
+    s: SchedulerState,
+    n: int | None = None,
+    target: int | None = None,
+    memory_ratio: float | None = None,
+    minimum: int = 0,
+    key: Callable[[WorkerInfo], object] | None = None,
+) -> list[WorkerInfo]:
+    """Workers that can be retired cheaply: idle ones (nothing processing), those
+    holding the least data first.
+
+    Workers are taken in groups (``key(worker)``, say the host: a group closes whole, or
+    not at all; default: each worker alone). With ``n``, up to ``n`` workers are chosen;
+    with ``target``, enough to leave ``target`` workers; with neither, as many as leave
+    the remaining workers room for ``memory_ratio`` (default 2) times all the data the
+    cluster holds (with a worker without a memory limit, room is unknown: all idle
+    workers but one that holds data). At least ``minimum`` workers are always left, and a
+    worker with unfinished tasks is never chosen.
+    """
+    pool = running_workers(s)
+    groups: dict[object, list[WorkerInfo]] = {}
+    for ws in pool:
+        groups.setdefault(key(ws) if key is not None else ws.address, []).append(ws)
+    idle = [g for g in groups.values() if all(not ws.processing for ws in g)]
+    idle.sort(key=lambda g: (sum(ws.nbytes for ws in g), min(ws.address for ws in g)))
+    remaining = len(pool)
+    keep = max(minimum, 0, target if target is not None else 0)
+    held = sum(ws.nbytes for ws in pool)
+    room = sum(ws.memory_limit for ws in pool) if all(ws.memory_limit for ws in pool) else None
+    ratio = 2.0 if memory_ratio is None else memory_ratio
+    if n is None and target is None and held > 0:
+        keep = max(keep, 1)  # never all: the data must stay somewhere
+    chosen: list[WorkerInfo] = []
+    for group in idle:
+        if n is not None and len(chosen) + len(group) > n:
+            break
+        if remaining - len(group) < keep:
+            break
+        if n is None and target is None and room is not None:
+            if room - sum(ws.memory_limit for ws in group) < ratio * held:
+                break
+            room -= sum(ws.memory_limit for ws in group)
+        chosen.extend(group)
+        remaining -= len(group)
+    return chosen

@@ -71,11 +71,20 @@ class SchedulerState(SchedulerTransitions):
     # ------------------------------------------------------------------ entry
 
     def handle(self, event: ev.SchedulerEvent) -> list[Instruction]:
-        """Apply one event; return the instructions it produced, in order."""
+        """Apply one event; return the instructions it produced, in order.
+
+        If handling it raises, the instructions produced so far are dropped (they must
+        not go out with the next event's) and the exception propagates. The state is not
+        rolled back: what the handler changed before it failed stays changed.
+        """
         self.event_counter += 1
         self._now = event.now
         self._stimulus = f"{type(event).__name__}-{self.event_counter}"
-        self._handlers[type(event)](event)
+        try:
+            self._handlers[type(event)](event)
+        except BaseException:
+            self._out = []
+            raise
         out, self._out = self._out, []
         if len(out) > 1:
             out = merge_free_keys(out)

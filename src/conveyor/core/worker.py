@@ -92,12 +92,21 @@ class WorkerState(WorkerTransitions):
     # ------------------------------------------------------------------ entry
 
     def handle(self, event: we.WorkerEvent) -> list[we.WorkerInstruction]:
-        """Apply one event; return the instructions it produced, in order."""
+        """Apply one event; return the instructions it produced, in order.
+
+        If handling it raises, the instructions produced so far are dropped (they must
+        not go out with the next event's) and the exception propagates; the state is not
+        rolled back.
+        """
         self._now = event.now
-        _HANDLERS[type(event)](self, event)
-        if self.data_needed:
-            self._ensure_communicating()
-        self._ensure_computing()
+        try:
+            _HANDLERS[type(event)](self, event)
+            if self.data_needed:
+                self._ensure_communicating()
+            self._ensure_computing()
+        except BaseException:
+            self._out = []
+            raise
         out, self._out = self._out, []
         if self.validate_state:
             self.validate()

@@ -88,24 +88,42 @@ def worker_event_from_msg(msg: Msg, now: float) -> we.WorkerEvent:
     if op == "compute-task":
         return we.ComputeTaskEvent(
             now,
-            msg["key"],
+            _hashable(msg["key"]),
             (msg.get("function"), msg["run_spec"]),
             tuple(msg["priority"]),
-            dict(msg.get("who_has") or {}),
-            dict(msg.get("nbytes") or {}),
+            _who_has(msg.get("who_has")),
+            _sizes(msg.get("nbytes")),
             float(msg.get("duration", 0.5)),
             int(msg.get("run_id", 0)),
             bool(msg.get("inline", False)),
             resource_amounts(msg.get("resources")),
         )
     if op == "free-keys":
-        return we.FreeKeysEvent(now, list(msg["keys"]))
+        return we.FreeKeysEvent(now, list(_keys(msg["keys"])))
     if op == "refresh-who-has":
-        return we.RefreshWhoHasEvent(now, dict(msg["who_has"]))
+        return we.RefreshWhoHasEvent(now, _who_has(msg["who_has"]))
     if op == "acquire-replicas":
-        who_has = {k: list(v) for k, v in dict(msg["who_has"]).items()}
-        return we.AcquireReplicasEvent(now, who_has, dict(msg.get("nbytes") or {}))
+        return we.AcquireReplicasEvent(now, _who_has(msg["who_has"]), _sizes(msg.get("nbytes")))
     raise ValueError(f"unknown worker op {op!r}")
+
+
+# Decoders check what they can up front (keys hashable, numbers numbers, addresses
+# strings), so that a malformed message is refused whole before any state changes.
+
+
+def _who_has(value: Any) -> dict[Any, list[str]]:
+    """Where each key is: a map of keys to lists of addresses. TypeError if malformed."""
+    out: dict[Any, list[str]] = {}
+    for key, addresses in dict(value or {}).items():
+        if isinstance(addresses, (str, bytes)) or not all(isinstance(a, str) for a in addresses):
+            raise TypeError(f"addresses of {key!r} must be a list of strings: {addresses!r}")
+        out[key] = list(addresses)
+    return out
+
+
+def _sizes(value: Any) -> dict[Any, int]:
+    """A map of keys to byte counts. TypeError or ValueError if malformed."""
+    return {key: int(n) for key, n in dict(value or {}).items()}
 
 
 # ------------------------------------------------------------ worker -> scheduler
@@ -148,11 +166,11 @@ def _task_finished(w: str, m: Msg, now: float) -> se.SchedulerEvent:
     return se.TaskFinished(
         now,
         w,
-        m["key"],
+        _hashable(m["key"]),
         int(m["nbytes"]),
         m.get("type"),
-        m["start"],
-        m["stop"],
+        float(m["start"]),
+        float(m["stop"]),
         int(m.get("run_id", 0)),
         m.get("result"),
     )
@@ -162,27 +180,27 @@ def _task_erred(w: str, m: Msg, now: float) -> se.SchedulerEvent:
     return se.TaskErred(
         now,
         w,
-        m["key"],
+        _hashable(m["key"]),
         m.get("exception"),
         m.get("traceback"),
         str(m.get("exception_text", "")),
         str(m.get("traceback_text", "")),
-        m.get("start", 0.0),
-        m.get("stop", 0.0),
+        float(m.get("start", 0.0)),
+        float(m.get("stop", 0.0)),
         int(m.get("run_id", 0)),
     )
 
 
 def _add_keys(w: str, m: Msg, now: float) -> se.SchedulerEvent:
-    return se.WorkerAddKeys(now, w, dict(m["keys"]))
+    return se.WorkerAddKeys(now, w, _sizes(m["keys"]))
 
 
 def _missing_data(w: str, m: Msg, now: float) -> se.SchedulerEvent:
-    return se.MissingData(now, w, m["key"], str(m["errant_worker"]))
+    return se.MissingData(now, w, _hashable(m["key"]), str(m["errant_worker"]))
 
 
 def _long_running(w: str, m: Msg, now: float) -> se.SchedulerEvent:
-    return se.TaskLongRunning(now, w, m["key"], int(m.get("run_id", 0)))
+    return se.TaskLongRunning(now, w, _hashable(m["key"]), int(m.get("run_id", 0)))
 
 
 def _heartbeat(w: str, m: Msg, now: float) -> se.SchedulerEvent:
@@ -337,20 +355,19 @@ def _update_graph(c: str, m: Msg, now: float) -> se.SchedulerEvent:
 
 
 def _desires(c: str, m: Msg, now: float) -> se.SchedulerEvent:
-    return se.ClientDesiresKeys(now, c, list(m["keys"]))
+    return se.ClientDesiresKeys(now, c, list(_keys(m["keys"])))
 
 
 def _releases(c: str, m: Msg, now: float) -> se.SchedulerEvent:
-    return se.ClientReleasesKeys(now, c, list(m["keys"]))
+    return se.ClientReleasesKeys(now, c, list(_keys(m["keys"])))
 
 
 def _cancel(c: str, m: Msg, now: float) -> se.SchedulerEvent:
-    return se.CancelKeys(now, c, list(m["keys"]), bool(m.get("force", False)))
+    return se.CancelKeys(now, c, list(_keys(m["keys"])), bool(m.get("force", False)))
 
 
 def _update_data(c: str, m: Msg, now: float) -> se.SchedulerEvent:
-    who_has = {k: list(v) for k, v in dict(m["who_has"]).items()}
-    return se.UpdateData(now, c, who_has, dict(m.get("nbytes") or {}))
+    return se.UpdateData(now, c, _who_has(m["who_has"]), _sizes(m.get("nbytes")))
 
 
 #: op -> constructor of the scheduler event for a message from a client

@@ -7,6 +7,7 @@ imports neither.
 """
 
 from conveyor.rpc.peer import (
+    EventFailed,
     Handler,
     Msg,
     Peer,
@@ -18,6 +19,7 @@ from conveyor.rpc.peer import (
 from conveyor.rpc.schedfile import read_scheduler_file, write_scheduler_file
 
 __all__ = [
+    "EventFailed",
     "Handler",
     "Msg",
     "Peer",

@@ -5,6 +5,11 @@ while handling one batch are coalesced and flushed when the event loop next turn
 (``loop.call_soon``): an idle system answers at once, a busy one batches by itself.
 A map with a ``"reply"`` id is a request; the answer comes back on the same
 connection as ``{"op": "reply", "id": ..., "result": ...}`` or ``..."error": text}``.
+
+A request whose handler raises is answered with the error: the caller's mistake. A
+stream message whose handler raises (it may have left work half-done), or any message
+whose handler raises :class:`ProtocolViolation`, closes that connection with one log line
+naming the peer, the op and the error; every other connection goes on.
 """
 
 from __future__ import annotations
@@ -31,6 +36,12 @@ class RemoteError(Exception):
 
 class ProtocolViolation(Exception):
     """The peer sent something it may not: the connection is closed with one log line."""
+
+
+class EventFailed(ProtocolViolation):
+    """A state machine raised on an event a peer's message caused. Its partial output
+    was dropped, but what it changed before failing stays changed: the connection is
+    closed, so that the peer's loss cleans up after it as after any lost peer."""
 
 
 class Peer:
@@ -214,6 +225,8 @@ async def serve_peer(
                     logger.warning("Message from %r: %s", peer, text)
                 continue
             _dispatch(peer, handler, msg, rid)
+            if peer.closed:  # the message closed the connection: the rest goes unread
+                break
         if on_batch_done is not None:
             on_batch_done()
     peer.abort()
@@ -222,12 +235,8 @@ async def serve_peer(
 def _dispatch(peer: Peer, handler: Handler, msg: Msg, rid: Any) -> None:
     try:
         result = handler(peer, msg)
-    except ProtocolViolation as e:
-        logger.warning("Closing connection from %s: %s", peer.address, e)
-        peer.abort()
-        return
     except Exception as e:
-        _reply_error(peer, msg, rid, e)
+        _failed(peer, msg, rid, e)
         return
     if isinstance(result, Awaitable):
         peer.loop.create_task(_finish(peer, msg, rid, result))
@@ -241,19 +250,28 @@ async def _finish(peer: Peer, msg: Msg, rid: Any, result: Awaitable[Any]) -> Non
     except asyncio.CancelledError:
         raise
     except Exception as e:
-        _reply_error(peer, msg, rid, e)
+        _failed(peer, msg, rid, e)
         return
     if rid is not None:
         peer.send({"op": "reply", "id": rid, "result": value})
 
 
-def _reply_error(peer: Peer, msg: Msg, rid: Any, e: Exception) -> None:
+def _failed(peer: Peer, msg: Msg, rid: Any, e: Exception) -> None:
+    """The handler of ``msg`` raised ``e``: reply with the error to a request, close the
+    connection after a protocol violation or a failed stream message."""
+    op = msg.get("op")
     text = f"{type(e).__name__}: {e}"
-    if rid is not None:
-        peer.send({"op": "reply", "id": rid, "error": text})
-        logger.debug("Request %r from %r failed: %s", msg.get("op"), peer, text, exc_info=True)
+    debug = logger.isEnabledFor(logging.DEBUG)  # one line; the traceback when debugging
+    if isinstance(e, ProtocolViolation):
+        level = logging.ERROR if isinstance(e, EventFailed) else logging.WARNING
+        logger.log(level, "Closing %r after %r: %s", peer, op, e, exc_info=debug)
+        peer.abort()
+    elif rid is None:
+        logger.error("Closing %r after %r failed: %s", peer, op, text, exc_info=debug)
+        peer.abort()
     else:
-        logger.error("Handling %r from %r failed: %s", msg.get("op"), peer, text, exc_info=True)
+        peer.send({"op": "reply", "id": rid, "error": text})
+        logger.debug("Request %r from %r failed: %s", op, peer, text, exc_info=True)
 
 
 class PeerPool:

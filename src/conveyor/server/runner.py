@@ -135,5 +135,21 @@ class TaskRunner:
                 continue
             try:
                 self._on_done(key, outcome)
-            except Exception:  # one bad outcome must not strand the others
-                logger.exception("Handling the outcome of task %r failed", key)
+            except Exception as e:  # one bad outcome must not strand the others
+                self._handling_failed(key, outcome, e)
+
+    def _handling_failed(self, key: Any, outcome: Outcome, error: Exception) -> None:
+        """``on_done`` raised for ``key``: report the task as failed, so that it does not
+        stay executing with its client waiting forever."""
+        text = f"{type(error).__name__}: {error}"
+        logger.error("Handling the outcome of task %r failed: %s", key, text, exc_info=True)
+        failed = Outcome(
+            False,
+            outcome.start,
+            outcome.stop,
+            exception_text=f"the worker could not handle the outcome of task {key!r}: {text}",
+        )
+        try:
+            self._on_done(key, failed)
+        except Exception as e:
+            logger.error("Reporting task %r as failed failed too: %s: %s", key, type(e).__name__, e)

@@ -20,6 +20,7 @@ from conveyor.comm import Listener, get_ip_interface, listen, unparse_host_port
 from conveyor.core import events as se
 from conveyor.core.instructions import KeyErred, KeyInMemory, ToWorker
 from conveyor.core.records import ClientInfo, TaskState, WorkerInfo
+from conveyor.core.replicas import workers_to_close as plan_workers_to_close
 from conveyor.core.scheduler import SchedulerState
 from conveyor.protocol.messages import (
     CLIENT_STREAM_OPS,
@@ -28,6 +29,7 @@ from conveyor.protocol.messages import (
     scheduler_instruction_to_msg,
 )
 from conveyor.rpc import (
+    EventFailed,
     Handler,
     Msg,
     Peer,
@@ -234,6 +236,37 @@ class Scheduler:
         """What happened to these keys, from the transition log."""
         return self.state.story(*keys)
 
+    def workers_to_close(
+        self,
+        n: int | None = None,
+        memory_ratio: float | None = None,
+        key: Callable[[WorkerInfo], Any] | None = None,
+        minimum: int | None = None,
+        target: int | None = None,
+        attribute: str = "address",
+    ) -> list[Any]:
+        """Workers that can be retired cheaply: idle ones holding the least data, in
+        groups by ``key(worker_info)`` (say the host); up to ``n``, or down to
+        ``target`` workers, or (neither) as many as leave room for ``memory_ratio``
+        (default 2) times the data held; never fewer than ``minimum`` left. Returns
+        each one's ``attribute`` (``"address"``, ``"name"``, ...)."""
+        chosen = plan_workers_to_close(self.state, n, target, memory_ratio, minimum or 0, key)
+        return [getattr(ws, attribute) for ws in chosen]
+
+    async def retire_workers(
+        self,
+        workers: list[str] | None = None,
+        names: list[Any] | None = None,
+        close_workers: bool = True,
+        **choosing: Any,
+    ) -> dict[str, Any]:
+        """Retire workers gracefully (see ``Client.retire_workers``); without
+        ``workers`` or ``names``, those ``workers_to_close(**choosing)`` picks."""
+        memory = self.extensions["memory"]
+        msg = {"workers": workers, "names": names, "close_workers": close_workers, **choosing}
+        result: dict[str, Any] = await memory.retire_workers(None, msg)
+        return result
+
     # --------------------------------------------------------------- lifecycle
 
     async def start(self) -> Scheduler:
@@ -344,16 +377,32 @@ class Scheduler:
         task.add_done_callback(self._tasks.discard)
 
     async def _tick_loop(self) -> None:
+        """Worker-ttl, collector pauses and idle-timeout, every ``interval``; a step
+        that raises is logged and the loop goes on."""
         interval = min(0.5, (self.worker_ttl or 5.0) / 10)
         while True:
             await asyncio.sleep(interval)
             now = time.time()
-            self.apply(se.Tick(now))
-            self._gc.tick(time.monotonic(), self.state.is_idle())
-            if self.idle_timeout is not None and self._check_idle(now):
+            self._guarded("tick", self.apply, se.Tick(now))
+            self._guarded("collector tick", self._gc_tick)
+            if self.idle_timeout is not None and self._guarded("idle check", self._check_idle, now):
                 logger.info("Scheduler idle for %.1f s: closing", self.idle_timeout)
                 self.loop.create_task(self.close())  # type: ignore[union-attr]
                 return
+
+    @staticmethod
+    def _guarded(what: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)``, or None (and one log line) if it raises."""
+        try:
+            return fn(*args)
+        except Exception as e:
+            text = str(e) if isinstance(e, EventFailed) else f"{type(e).__name__}: {e}"
+            debug = logger.isEnabledFor(logging.DEBUG)  # the traceback when debugging
+            logger.error("Scheduler %s failed: %s", what, text, exc_info=debug)
+            return None
+
+    def _gc_tick(self) -> None:
+        self._gc.tick(time.monotonic(), self.state.is_idle())
 
     def _check_idle(self, now: float) -> bool:
         if self.state.clients or not self.state.is_idle():
@@ -366,9 +415,19 @@ class Scheduler:
     # -------------------------------------------------------------- messages
 
     def apply(self, event: se.SchedulerEvent) -> None:
-        """Hand one event to the state machine and send what it says to send."""
+        """Hand one event to the state machine and send what it says to send.
+
+        EventFailed if the state machine raised: nothing it produced for the event is
+        sent, and the connection whose message caused it is to close (``serve_peer``
+        closes it when a handler lets the error through).
+        """
+        try:
+            instructions = self.state.handle(event)
+        except Exception as e:
+            name = type(event).__name__
+            raise EventFailed(f"{name} failed: {type(e).__name__}: {e}") from e
         settled: list[Any] = []
-        for instr in self.state.handle(event):
+        for instr in instructions:
             if isinstance(instr, ToWorker):
                 peer = self.stream_comms.get(instr.worker)
             elif instr.client_id == FIRE_AND_FORGET:
@@ -431,12 +490,14 @@ class Scheduler:
         if peer.role == "worker" and self.stream_comms.get(peer.ident) is peer:
             del self.stream_comms[peer.ident]
             logger.info("Remove worker %s", peer.ident)
-            self.apply(se.RemoveWorker(time.time(), peer.ident, "connection closed"))
+            gone = se.RemoveWorker(time.time(), peer.ident, "connection closed")
+            self._guarded("removal of a worker", self.apply, gone)
             self._notify("remove_worker", peer.ident)
         elif peer.role == "client" and self.client_comms.get(peer.ident) is peer:
             del self.client_comms[peer.ident]
             logger.info("Remove client %s", peer.ident)
-            self.apply(se.RemoveClient(time.time(), peer.ident))
+            left = se.RemoveClient(time.time(), peer.ident)
+            self._guarded("removal of a client", self.apply, left)
             self._notify("remove_client", peer.ident)
 
     def _register_worker(self, peer: Peer, msg: Msg) -> dict[str, Any]:

@@ -95,11 +95,18 @@ class MemoryExtension:
     async def retire_workers(self, peer: Peer, msg: Msg) -> dict[str, Any]:
         """Retire workers gracefully: no new tasks, their running tasks and the data
         only they hold moved to other workers, then closed (``close_workers``) or just
-        dropped from the scheduler. Returns ``{address: info}`` of those retired; a
-        worker whose data has nowhere to go is kept (and logged)."""
+        dropped from the scheduler. Without ``workers`` or ``names``, the scheduler
+        chooses (``Scheduler.workers_to_close`` with ``n``, ``target``, ``memory_ratio``,
+        ``minimum``). Returns ``{address: info}`` of those retired; a worker whose data
+        has nowhere to go is kept (and logged)."""
         state = self.scheduler.state
-        wanted = self._addresses(msg.get("workers")) or []
-        wanted += self._by_name(msg.get("names") or ())
+        if msg.get("workers") is None and msg.get("names") is None:
+            chooser = ("n", "target", "memory_ratio", "minimum", "key")
+            choice = {k: msg[k] for k in chooser if k in msg}
+            wanted = self.scheduler.workers_to_close(**choice)
+        else:
+            wanted = self._addresses(msg.get("workers")) or []
+            wanted += self._by_name(msg.get("names") or ())
         addresses = [a for a in dict.fromkeys(wanted) if a in state.workers]
         if not addresses:
             return {}
