@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 from collections.abc import Iterator
 
@@ -182,3 +183,24 @@ def test_release_from_the_loop_thread_does_not_deadlock() -> None:
     finally:
         again.release()
     assert loop_threads() == []
+
+
+class _Gone(asyncio.CancelledError):
+    """An error that subclasses CancelledError, as a cancelled future's does."""
+
+
+def test_run_sync_raises_cancelled_error_subclasses_with_their_message(
+    runner: LoopRunner,
+) -> None:
+    async def fails() -> None:
+        raise _Gone("the key was lost")
+
+    with pytest.raises(_Gone, match="the key was lost"):
+        runner.run_sync(fails)
+
+    async def cancelled() -> None:
+        asyncio.current_task().cancel()  # type: ignore[union-attr]
+        await asyncio.sleep(1)
+
+    with pytest.raises(concurrent.futures.CancelledError):
+        runner.run_sync(cancelled)

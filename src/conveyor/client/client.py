@@ -52,6 +52,11 @@ logger = logging.getLogger("conveyor.client")
 _GATHER_ATTEMPTS = 5
 
 
+#: seconds between attempts to reach a lost scheduler: the first, and at most
+_FIRST_RECONNECT_DELAY = 0.1
+_MAX_RECONNECT_DELAY = 2.0
+
+
 class Client(
     CollectionsMixin,
     ControlMixin,
@@ -115,6 +120,9 @@ class Client(
         self.loop: asyncio.AbstractEventLoop | None = None
         self._runner: LoopRunner | None = None
         self._serve_task: asyncio.Task[None] | None = None
+        #: while reconnecting after the scheduler connection was lost: why calls fail
+        self._lost: str | None = None
+        self._reconnecting: asyncio.Task[None] | None = None
         self._handlers: dict[str, Callable[[Peer, Msg], Any]] = {
             "key-in-memory": self._on_key_in_memory,
             "task-erred": self._on_task_erred,
@@ -179,12 +187,55 @@ class Client(
 
     async def _serve(self, peer: Peer) -> None:
         await serve_peer(peer, self._handlers)
+        if peer is not self.scheduler:
+            return  # replaced already
+        lost = f"the connection to the scheduler at {peer.address} was lost"
         if self.status == "running":
-            self.status = "closed"
-            logger.warning("Lost connection to the scheduler at %s", peer.address)
+            self.status = "connecting"
+            self._lost = lost
+            logger.warning("Lost connection to the scheduler at %s; reconnecting", peer.address)
+            with self._lock:  # meant for the lost scheduler: a new one knows none of it
+                self._outbox = []
+            self._reconnecting = asyncio.ensure_future(self._reconnect(peer.address))
         for st in list(self.futures.values()):
             if not st.done():
-                st.cancel("the connection to the scheduler was lost")
+                st.cancel(lost)
+
+    async def _reconnect(self, address: str) -> None:
+        """Connect again to the scheduler at ``address`` (a restarted one, say) until
+        the client closes. The new scheduler knows none of the old futures: those were
+        cancelled when the connection was lost."""
+        delay = _FIRST_RECONNECT_DELAY
+        while self.status == "connecting":
+            try:
+                comm = await connect(address, min(self._timeout, 2.0), role="client")
+            except OSError:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _MAX_RECONNECT_DELAY)
+                continue
+            peer = Peer(comm, asyncio.get_running_loop())
+            peer.on_unsendable = self._on_unsendable
+            old, self.scheduler = self.scheduler, peer
+            if old is not None:
+                old.abort()
+            self._serve_task = asyncio.ensure_future(self._serve(peer))
+            try:
+                await peer.request({"op": "register-client", "client": self.id})
+            except Exception as e:
+                logger.info("Registering again with %s failed: %s", address, e)
+                continue
+            if self.status == "connecting":
+                self.status = "running"
+                self._lost = None
+                logger.info("Reconnected to the scheduler at %s", address)
+
+    def _check_connected(self) -> None:
+        """Raise a clear error if calls cannot reach the scheduler now."""
+        if self.status == "running" and self.scheduler is not None:
+            return
+        if self._lost is not None:
+            raise ConnectionError(f"{self._lost}; reconnecting (calls fail meanwhile)")
+        raise RuntimeError(f"this client is not connected (status {self.status})")
 
     def close(self, timeout: float | str | None = None) -> Any:
         """Disconnect, and stop the LocalCluster if this client started it."""
@@ -202,6 +253,8 @@ class Client(
         if self.status in ("closing", "closed") and self.scheduler is None:
             return
         self.status = "closing"
+        if self._reconnecting is not None:
+            self._reconnecting.cancel()
         current.unset_default(self)
         if self.pool is not None:
             await self.pool.close()
@@ -252,7 +305,7 @@ class Client(
 
     def __del__(self) -> None:
         # getattr: a half-built client (its __init__ raised, or a copy) has no _runner
-        if getattr(self, "_runner", None) is not None and self.status == "running":
+        if getattr(self, "_runner", None) is not None and self.status in ("running", "connecting"):
             with contextlib.suppress(Exception):
                 self.close()
 
@@ -273,10 +326,10 @@ class Client(
 
     def _send(self, msg: Msg) -> None:
         """Send ``msg`` to the scheduler, after everything sent or released before it."""
-        if self.scheduler is None:
-            raise RuntimeError("this client is not connected")
+        self._check_connected()
         if self.asynchronous or self._in_loop_thread():
             self._drain_outbox()
+            assert self.scheduler is not None
             self.scheduler.send(msg)
         else:
             self._enqueue(msg)
@@ -734,8 +787,8 @@ class Client(
         return self.sync(self._request, {"op": "story", "keys": list(keys)})  # type: ignore[no-any-return]
 
     async def _request(self, msg: Msg) -> Any:
-        if self.scheduler is None:
-            raise RuntimeError("this client is not connected")
+        self._check_connected()
+        assert self.scheduler is not None
         return await self.scheduler.request(msg)
 
     def wait_for_workers(self, n_workers: int = 1, timeout: float | str | None = None) -> Any:

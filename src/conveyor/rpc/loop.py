@@ -44,6 +44,14 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
+class _Raised(Exception):
+    """Carries a CancelledError subclass raised as an error out of a loop task."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(repr(error))
+        self.error = error
+
+
 class LoopRunner:
     """One event loop running in a daemon thread, started on demand.
 
@@ -177,14 +185,24 @@ class LoopRunner:
             )
 
         async def call() -> T:
-            result = async_fn(*args, **kwargs)
-            if inspect.isawaitable(result):
-                return await result
-            return result
+            try:
+                result = async_fn(*args, **kwargs)
+                if inspect.isawaitable(result):
+                    return await result
+                return result
+            except asyncio.CancelledError as e:
+                task = asyncio.current_task()
+                if type(e) is asyncio.CancelledError or (task is not None and task.cancelling()):
+                    raise  # really cancelled
+                # an error that subclasses CancelledError (a cancelled future's): the
+                # calling thread must see it, with its message, not a bare cancellation
+                raise _Raised(e) from None
 
         future = asyncio.run_coroutine_threadsafe(call(), self.loop)
         try:
             return future.result(timeout)
+        except _Raised as carried:
+            raise carried.error from None
         except concurrent.futures.TimeoutError:
             if future.done():  # finished meanwhile, or raised TimeoutError itself
                 return future.result()
