@@ -136,8 +136,13 @@ class Peer:
         else:
             logger.error("Dropped a message to %r: %s", self, text)
 
-    async def request(self, msg: Msg) -> Any:
-        """Send a request and wait for its reply; raise RemoteError if it failed there."""
+    async def request(self, msg: Msg, timeout: float | None = None) -> Any:
+        """Send a request and wait for its reply; raise RemoteError if it failed there.
+
+        With ``timeout``, a peer that has not answered within that many seconds is
+        taken for stuck: the connection is aborted (a late reply must not arrive on a
+        connection reused for something else) and ``TimeoutError`` raised.
+        """
         if self.closed:
             raise CommClosedError(f"connection to {self.address} is closed")
         rid = next(self._ids)
@@ -146,7 +151,21 @@ class Peer:
         msg["reply"] = rid
         self.send(msg)
         try:
-            return await fut
+            if timeout is None:
+                return await fut
+            try:
+                return await asyncio.wait_for(fut, timeout)
+            except TimeoutError:  # a remote failure arrives as RemoteError: this is ours
+                logger.warning(
+                    "No reply to %r from %s within %.1f s: closing the connection",
+                    msg.get("op"),
+                    self.address,
+                    timeout,
+                )
+                self.abort()
+                raise TimeoutError(
+                    f"{self.address} did not answer {msg.get('op')!r} within {timeout:.1f} s"
+                ) from None
         finally:
             self._pending.pop(rid, None)
 

@@ -45,6 +45,10 @@ def get_worker() -> Worker:
     return ctx.worker
 
 
+#: bytes per second below which a transfer is taken for stuck
+SLOWEST_TRANSFER = 10_000_000
+
+
 class Worker:
     """A worker: runs tasks with ``nthreads`` threads and keeps their results.
 
@@ -124,6 +128,9 @@ class Worker:
         self.pool = PeerPool(
             "worker", {}, config.parse_duration(config.get("comm.timeouts.connect")) or 30.0
         )
+        #: seconds a peer may take to answer a request (plus time for the bytes to
+        #: arrive at SLOWEST_TRANSFER), after which it is taken for stuck
+        self._tcp_timeout = config.parse_duration(config.get("comm.timeouts.tcp")) or 30.0
         self._scheduler_handlers: dict[str, Handler] = {
             "compute-task": self._from_scheduler,
             "free-keys": self._from_scheduler,
@@ -424,7 +431,9 @@ class Worker:
         failed = False
         try:
             peer = await self.pool.get(instr.worker)
-            reply = await peer.request({"op": "get-data", "keys": instr.keys})
+            # a stopped peer must not hold the keys forever: past this, fetch elsewhere
+            timeout = self._tcp_timeout + max(instr.total_nbytes, 0) / SLOWEST_TRANSFER
+            reply = await peer.request({"op": "get-data", "keys": instr.keys}, timeout)
             values, received, missing = unpack_data(reply)
             self.data.update(values)
         except (TimeoutError, OSError) as e:
