@@ -46,6 +46,7 @@ def test_defaults_are_registered_with_dask() -> None:
             "pause": 0.8,
             "terminate": 0.95,
             "monitor-interval": "100ms",
+            "spill-compression": None,
         },
         "transfer": {"message-bytes-limit": "50MB"},
     }

@@ -83,8 +83,8 @@ def test_core_has_no_io_threads_clocks_or_pickle(path: Path) -> None:
         assert top_level or module.startswith("typing"), f"{path.name}:{line} local import"
 
 
-#: server modules that run only in worker processes, which unpickle tasks and data, and
-#: in nannies, which unpickle the nanny plugins and Client.run(nanny=True) calls
+#: server modules that run only in worker processes, which unpickle tasks and data (and
+#: spilled values), and in nannies, which unpickle nanny plugins and run(nanny=True) calls
 WORKER_SIDE = {
     "worker.py",
     "worker_control.py",
@@ -92,6 +92,7 @@ WORKER_SIDE = {
     "runner.py",
     "actors.py",
     "nanny.py",
+    "spill.py",
 }
 
 

@@ -10,6 +10,7 @@ import warnings
 from collections.abc import Iterator
 
 import dask
+import dask.array as da
 import pytest
 
 from conveyor import Client, LocalCluster, as_completed, wait
@@ -155,3 +156,11 @@ def test_copies_of_a_client_share_its_connection(client: Client) -> None:
     assert deep["scheduler"] is client and deep["n"] is not holder["n"]
     assert copy.copy(client) is client
     assert client.submit(lambda: 5).result() == 5
+
+
+def test_wait_takes_persisted_collections(client: Client) -> None:
+    x = da.arange(1_000_000, chunks=100_000).persist()
+    done, not_done = wait(x, timeout=30)  # never iterates the array's elements
+    assert len(done) == 10 and not not_done
+    done, _ = wait([x, client.submit(sum, [1, 2])], timeout=30)
+    assert len(done) == 11

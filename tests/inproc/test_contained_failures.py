@@ -191,15 +191,6 @@ def test_scheduler_message_that_breaks_a_worker_closes_it_and_work_goes_on(
 # ---------------------------------------------------------------- task runner
 
 
-class _RefusingStore(dict[Any, Any]):
-    """A worker's data that cannot store the result of the key ``"bad"``."""
-
-    def __setitem__(self, key: Any, value: Any) -> None:
-        if key == "bad":
-            raise OSError("no room for it")
-        super().__setitem__(key, value)
-
-
 @pytest.mark.parametrize("fault", ["storing the result", "state machine"])
 def test_task_whose_outcome_cannot_be_handled_fails_its_client(
     fault: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
@@ -207,7 +198,14 @@ def test_task_whose_outcome_cannot_be_handled_fails_its_client(
     async def main() -> None:
         async with in_process_cluster(n_workers=1) as (s, (w,), c):
             if fault == "storing the result":
-                w.data = _RefusingStore(w.data)
+                put = w.data.put
+
+                def refusing(key: Any, value: Any, weight: int) -> None:
+                    if key == "bad":  # the worker cannot store this result
+                        raise OSError("no room for it")
+                    put(key, value, weight)
+
+                monkeypatch.setattr(w.data, "put", refusing)
             else:
                 success = worker_core._HANDLERS[we.ExecuteSuccess]
 

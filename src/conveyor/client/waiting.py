@@ -8,7 +8,10 @@ import threading
 from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any, NamedTuple
 
+from dask.base import is_dask_collection
+
 from conveyor import config
+from conveyor.client.collections import futures_of
 from conveyor.client.future import Future, FutureState, all_settled
 from conveyor.client.secession import seceding_if_in_task
 
@@ -25,15 +28,22 @@ class DoneAndNotDoneFutures(NamedTuple):
 
 
 def wait(
-    fs: Future | Iterable[Future],
+    fs: Any,
     timeout: float | str | None = None,
     return_when: str = ALL_COMPLETED,
 ) -> Any:
     """Wait until all (or the first, or the first failed) of ``fs`` are done.
 
-    Returns ``(done, not_done)`` sets; raises TimeoutError after ``timeout``.
+    ``fs`` may also be (or hold) dask collections, whose futures are waited on:
+    ``wait(x.persist())``. Returns ``(done, not_done)`` sets; raises TimeoutError after
+    ``timeout``.
     """
-    futures = [fs] if isinstance(fs, Future) else list(fs)
+    if isinstance(fs, Future):
+        futures = [fs]
+    elif is_dask_collection(fs):
+        futures = futures_of(fs)  # never iterate a collection: an array yields slices
+    else:
+        futures = [f for x in fs for f in ([x] if isinstance(x, Future) else futures_of(x))]
     if return_when not in (ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION):
         raise ValueError(f"unknown return_when {return_when!r}")
     if not futures:

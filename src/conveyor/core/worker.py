@@ -101,7 +101,7 @@ class WorkerState(WorkerTransitions):
         self._now = event.now
         try:
             _HANDLERS[type(event)](self, event)
-            if self.data_needed:
+            if self.data_needed and not self.paused:
                 self._ensure_communicating()
             self._ensure_computing()
         except BaseException:
@@ -322,6 +322,9 @@ class WorkerState(WorkerTransitions):
                     self._transition(ts, "missing")
                     self._drop_unwanted_copy(ts)
 
+    def _pause(self, e: we.PauseEvent) -> None:
+        self.paused = e.paused
+
     def _secede(self, e: we.SecedeEvent) -> None:
         ts = self.tasks.get(e.key)
         if ts is None or ts.state != "executing":
@@ -362,6 +365,8 @@ class WorkerState(WorkerTransitions):
             self._grant_rejoins()
             if self.rejoining:
                 return  # slots go to the tasks waiting to rejoin first
+        if self.paused:
+            return  # running tasks (and rejoining ones) go on; no new one starts
         if self.task_resources and self.constrained:
             self._ensure_computing_constrained(self.nthreads * max(self.prefetch_per_thread, 1))
             return
@@ -476,6 +481,7 @@ _HANDLERS: dict[type, Callable[[WorkerState, Any], None]] = {
     we.GatherDepDone: WorkerState._gather_dep_done,
     we.UpdateDataEvent: WorkerState._update_data,
     we.AcquireReplicasEvent: WorkerState._acquire_replicas,
+    we.PauseEvent: WorkerState._pause,
     we.SecedeEvent: WorkerState._secede,
     we.RejoinEvent: WorkerState._rejoin,
 }

@@ -92,6 +92,14 @@ class AcquireReplicasEvent(WorkerEvent):
 
 
 @dataclass(slots=True)
+class PauseEvent(WorkerEvent):
+    """The worker's memory crossed the pause threshold (``paused``) or fell back below
+    it: while paused, no new task starts and no data is fetched; running tasks finish."""
+
+    paused: bool
+
+
+@dataclass(slots=True)
 class SecedeEvent(WorkerEvent):
     """The task ``key`` left the thread budget to wait on other tasks (``secede()``):
     it goes on running, as long-running, and its slot is free for another task."""

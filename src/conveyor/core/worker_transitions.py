@@ -181,6 +181,8 @@ class WorkerTransitions:
         self.long_running: set[Key] = set()
         #: seceded tasks waiting for a slot to rejoin, in the order they asked
         self.rejoining: deque[Key] = deque()
+        #: memory is short: start no task and fetch nothing until it is not
+        self.paused = False
         self.data_needed: dict[str, HeapSet[WTask]] = {}
         self.in_flight_workers: dict[str, list[Key]] = {}
         self.missing: set[WTask] = set()

@@ -32,7 +32,9 @@ from conveyor.server.execute import Outcome, warm_imports
 from conveyor.server.resources import parse_resources
 from conveyor.server.runner import TaskRunner
 from conveyor.server.scheduler import listen_address
+from conveyor.server.spill import SpillBuffer
 from conveyor.server.worker_control import WorkerControl
+from conveyor.server.worker_memory import WorkerMemory
 
 logger = logging.getLogger("conveyor.worker")
 
@@ -103,7 +105,9 @@ class Worker:
         )
         self.validate = bool(config.get("scheduler.validate") if validate is None else validate)
         self.id = f"Worker-{uuid.uuid4()}"
-        self.data: dict[Key, Any] = {}
+        #: memory limit and spilling; ``data`` is its mapping (in memory, and on disk)
+        self.memory = WorkerMemory(self.memory_limit, local_directory)
+        self.data: SpillBuffer = self.memory.data
         #: functions the scheduler sent, shared by the tasks that call them
         self.functions = FunctionStore()
         self.address = ""
@@ -207,6 +211,7 @@ class Worker:
             await self.close("failed to register")
             raise
         self._spawn(self._heartbeat_loop())
+        self._spawn(self.memory.monitor(self.apply, lambda: self.status == "running"))
         if self.nanny is not None:
             await self._report_to_nanny(self.nanny, timeout)
         logger.info("Worker started at %s, registered to %s", self.address, self.scheduler_address)
@@ -272,7 +277,7 @@ class Worker:
         if self.runner is not None:
             self.runner.close()
         self.actors.close()
-        self.data.clear()
+        self.data.close()  # the spill directory too
         for waiting in self._rejoining.values():
             waiting.set()  # the worker is gone: a rejoining task goes on, and its result too
         if self.client is not None:
@@ -344,7 +349,7 @@ class Worker:
                 self._spawn(self._gather_dep(instr))  # type: ignore[arg-type]
             elif kind is we.DeleteData:
                 for key in instr.keys:  # type: ignore[union-attr]
-                    self.data.pop(key, None)
+                    self.data.discard(key)
             elif kind is we.Rejoined:
                 granted = self._rejoining.pop(instr.key, None)  # type: ignore[union-attr]
                 if granted is not None:
@@ -393,6 +398,30 @@ class Worker:
     def _execute(self, key: Key) -> None:
         assert self.state is not None and self.loop is not None
         ts = self.state.tasks[key]
+        if ts.dependencies and self.data.spilled(d.key for d in ts.dependencies):
+            self._spawn(self._execute_after_loading(key))
+            return
+        self._submit(key)
+
+    async def _execute_after_loading(self, key: Key) -> None:
+        """Read spilled dependencies back (off the loop), then run the task."""
+        assert self.state is not None
+        ts = self.state.tasks.get(key)
+        if ts is not None:
+            try:
+                await self.data.load([d.key for d in ts.dependencies])
+            except Exception as e:  # a spill file gone bad: the task fails, clearly
+                now = time.time()
+                text = f"{type(e).__name__}: could not read a spilled dependency: {e}"
+                self.apply(we.ExecuteFailure(now, key, None, None, text, "", now, now))
+                return
+        ts = self.state.tasks.get(key) if self.state is not None else None
+        if ts is not None and ts.state in ("executing", "long-running"):
+            self._submit(key)
+
+    def _submit(self, key: Key) -> None:
+        assert self.state is not None
+        ts = self.state.tasks[key]
         try:
             deps = {d.key: self.data[d.key] for d in ts.dependencies}
         except KeyError as e:
@@ -406,7 +435,9 @@ class Worker:
     def _executed(self, key: Key, outcome: Outcome) -> None:
         now = time.time()
         if outcome.ok:
-            self.data[key] = outcome.value
+            self.data.put(key, outcome.value, outcome.nbytes)
+            if self.memory.pause_bytes is not None:
+                self.memory.stored(self.apply)
             event: we.WorkerEvent = we.ExecuteSuccess(
                 now, key, outcome.nbytes, outcome.type, outcome.start, outcome.stop
             )
@@ -435,7 +466,8 @@ class Worker:
             timeout = self._tcp_timeout + max(instr.total_nbytes, 0) / SLOWEST_TRANSFER
             reply = await peer.request({"op": "get-data", "keys": instr.keys}, timeout)
             values, received, missing = unpack_data(reply)
-            self.data.update(values)
+            for k, value in values.items():
+                self.data.put(k, value, received.get(k, 0))
         except (TimeoutError, OSError) as e:
             logger.info("Could not fetch %d keys from %s: %s", len(instr.keys), instr.worker, e)
             failed = True
@@ -444,16 +476,24 @@ class Worker:
             failed = True
         self.apply(we.GatherDepDone(time.time(), instr.worker, received, missing, failed))
 
-    def _get_data(self, peer: Peer, msg: Msg) -> dict[str, Any]:
+    def _get_data(self, peer: Peer, msg: Msg) -> Any:
         keys = msg["keys"]
+        if self.data.spilled(keys):
+            return self._get_spilled_data(keys)
         tasks = self.state.tasks if self.state is not None else {}
         sizes = {key: ts.nbytes for key in keys if (ts := tasks.get(key)) is not None}
         return pack_data(self.data, keys, sizes)  # sized when made: not measured again
 
+    async def _get_spilled_data(self, keys: list[Key]) -> dict[str, Any]:
+        await self.data.load(keys)  # read off the loop, then served from memory
+        tasks = self.state.tasks if self.state is not None else {}
+        sizes = {key: ts.nbytes for key in keys if (ts := tasks.get(key)) is not None}
+        return pack_data(self.data, keys, sizes)
+
     def _update_data(self, peer: Peer, msg: Msg) -> dict[str, Any]:
         sizes: dict[Key, int] = {}
         for key, ser in msg["data"].items():
-            self.data[key] = loads(ser)
+            self.data.put(key, loads(ser), ser.nbytes)
             sizes[key] = ser.nbytes
         self.apply(we.UpdateDataEvent(time.time(), sizes))
         return {"nbytes": sizes}
