@@ -753,58 +753,10 @@ class Client(
             if st.status != "finished":
                 raise st.make_exception()
 
-    # --------------------------------------------------------- cancel, info
-
-    def cancel(self, futures: Any, force: bool = False) -> Any:
-        """Stop computing these futures and release their results."""
-        return self.sync(self._cancel, collect_futures(futures), force)
-
-    async def _cancel(self, futures: list[Future], force: bool) -> None:
-        assert self.scheduler is not None
-        keys = list({f.key for f in futures})
-        await self.scheduler.request({"op": "cancel-keys", "keys": keys, "force": force})
-        for f in futures:
-            if not f._state.done() or f._state.status == "finished":
-                f._state.cancel()
-            with self._lock:
-                if self.futures.get(f.key) is f._state:
-                    del self.futures[f.key]
-
-    def scheduler_info(self) -> dict[str, Any]:
-        """The scheduler's identity and its workers."""
-        return self.sync(self._request, {"op": "scheduler-info"})  # type: ignore[no-any-return]
-
-    def who_has(self, futures: Any = None) -> dict[Any, list[str]]:
-        """Which workers hold each key."""
-        keys = None if futures is None else [f.key for f in collect_futures(futures)]
-        return self.sync(self._request, {"op": "who-has", "keys": keys})  # type: ignore[no-any-return]
-
-    def nthreads(self) -> dict[str, int]:
-        """Threads per worker."""
-        return self.sync(self._request, {"op": "ncores"})  # type: ignore[no-any-return]
-
-    ncores = nthreads
-
-    def story(self, *keys: Any) -> list[Any]:
-        """The scheduler's transition log for these keys."""
-        return self.sync(self._request, {"op": "story", "keys": list(keys)})  # type: ignore[no-any-return]
-
     async def _request(self, msg: Msg) -> Any:
         self._check_connected()
         assert self.scheduler is not None
         return await self.scheduler.request(msg)
-
-    def wait_for_workers(self, n_workers: int = 1, timeout: float | str | None = None) -> Any:
-        """Block until at least ``n_workers`` workers are connected."""
-        return self.sync(self._wait_for_workers, n_workers, config.parse_duration(timeout))
-
-    async def _wait_for_workers(self, n_workers: int, timeout: float | None) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        while len(await self._request({"op": "ncores"})) < n_workers:
-            if deadline is not None and loop.time() > deadline:
-                raise TimeoutError(f"fewer than {n_workers} workers after {timeout} s")
-            await asyncio.sleep(0.05)
 
     def _add_done_callback(self, fut: Future, fn: Callable[[Future], Any]) -> None:
         def run() -> None:

@@ -18,12 +18,14 @@ from typing import TYPE_CHECKING, Any
 import cloudpickle
 from dask.utils import funcname
 
-from conveyor.client.structure import as_list
+from conveyor import config
+from conveyor.client.structure import as_list, collect_futures
 from conveyor.protocol import dumps_function, unpack_traceback, unpickle_bytes
 from conveyor.rpc import RemoteError
 from conveyor.rpc.versions import mismatches, versions
 
 if TYPE_CHECKING:
+    from conveyor.client.future import Future
     from conveyor.client.shape import ClientShape
 
 _ON_ERROR = ("raise", "return", "ignore")
@@ -33,6 +35,35 @@ class ControlMixin:
     """The Client's introspection calls and the code it runs on the cluster."""
 
     # ------------------------------------------------------------ what is where
+
+    def cancel(self: ClientShape, futures: Any, force: bool = False) -> Any:
+        """Stop computing these futures and release their results."""
+        return self.sync(_cancel, self, collect_futures(futures), force)
+
+    def scheduler_info(self: ClientShape) -> dict[str, Any]:
+        """The scheduler's identity and its workers."""
+        return self.sync(self._request, {"op": "scheduler-info"})  # type: ignore[no-any-return]
+
+    def who_has(self: ClientShape, futures: Any = None) -> dict[Any, list[str]]:
+        """Which workers hold each key."""
+        keys = None if futures is None else [f.key for f in collect_futures(futures)]
+        return self.sync(self._request, {"op": "who-has", "keys": keys})  # type: ignore[no-any-return]
+
+    def nthreads(self: ClientShape) -> dict[str, int]:
+        """Threads per worker."""
+        return self.sync(self._request, {"op": "ncores"})  # type: ignore[no-any-return]
+
+    ncores = nthreads
+
+    def story(self: ClientShape, *keys: Any) -> list[Any]:
+        """The scheduler's transition log for these keys."""
+        return self.sync(self._request, {"op": "story", "keys": list(keys)})  # type: ignore[no-any-return]
+
+    def wait_for_workers(
+        self: ClientShape, n_workers: int = 1, timeout: float | str | None = None
+    ) -> Any:
+        """Block until at least ``n_workers`` workers are connected."""
+        return self.sync(_wait_for_workers, self, n_workers, config.parse_duration(timeout))
 
     def has_what(self: ClientShape, workers: str | Iterable[str] | None = None) -> Any:
         """The keys each worker holds: ``{address: [keys]}`` (all workers by default)."""
@@ -334,6 +365,26 @@ async def _scheduler_request(client: ClientShape, msg: dict[str, Any]) -> Any:
         return await client._request(msg)
     except RemoteError as e:
         raise _refused(e) from None
+
+
+async def _cancel(client: ClientShape, futures: list[Future], force: bool) -> None:
+    keys = list({f.key for f in futures})
+    await client._request({"op": "cancel-keys", "keys": keys, "force": force})
+    for f in futures:
+        if not f._state.done() or f._state.status == "finished":
+            f._state.cancel()
+        with client._lock:
+            if client.futures.get(f.key) is f._state:
+                del client.futures[f.key]
+
+
+async def _wait_for_workers(client: ClientShape, n_workers: int, timeout: float | None) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = None if timeout is None else loop.time() + timeout
+    while len(await client._request({"op": "ncores"})) < n_workers:
+        if deadline is not None and loop.time() > deadline:
+            raise TimeoutError(f"fewer than {n_workers} workers after {timeout} s")
+        await asyncio.sleep(0.05)
 
 
 async def _worker_plugin_request(client: ClientShape, msg: dict[str, Any]) -> dict[str, Any]:
