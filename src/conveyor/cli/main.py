@@ -197,43 +197,22 @@ def worker(
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--resources") from None
 
-    def make_nannies() -> list[Nanny]:
-        return [
-            Nanny(
-                address,
-                scheduler_file=scheduler_file,
-                nthreads=threads,
-                name=worker_name,
-                memory_limit=limit or 0,
-                host=host,
-                interface=interface,
-                protocol=protocol,
-                local_directory=local_directory,
-                resources=resources,
-            )
-            for worker_name in names
-        ]
-
-    if nanny:
-        _run(_serve(make_nannies))
+    common: dict[str, Any] = {
+        "scheduler_file": scheduler_file,
+        "nthreads": threads,
+        "memory_limit": limit or 0,
+        "host": host,
+        "interface": interface,
+        "protocol": protocol,
+        "local_directory": local_directory,
+    }
+    if nanny:  # the nanny passes --resources on as given; each worker parses it
+        _run(_serve(lambda: [Nanny(address, name=n, resources=resources, **common) for n in names]))
         return
 
     def make_servers() -> list[Worker]:
         return [
-            Worker(
-                address,
-                scheduler_file=scheduler_file,
-                nthreads=threads,
-                name=worker_name,
-                memory_limit=limit or 0,
-                host=host,
-                interface=interface,
-                protocol=protocol,
-                local_directory=local_directory,
-                resources=offered,
-                nanny=nanny_address,
-            )
-            for worker_name in names
+            Worker(address, name=n, resources=offered, nanny=nanny_address, **common) for n in names
         ]
 
     def started(server: Worker) -> None:

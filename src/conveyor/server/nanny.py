@@ -32,7 +32,6 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import Generator
 from typing import Any
 
 import psutil
@@ -42,6 +41,7 @@ from conveyor.comm import Listener, get_address_host, listen
 from conveyor.protocol import unpickle_bytes
 from conveyor.rpc import Handler, Msg, Peer, serve_peer
 from conveyor.server.calls import error_reply
+from conveyor.server.lifecycle import Server
 from conveyor.server.plugin_host import PluginHost
 from conveyor.server.process import STOP_GRACE, WorkerProcess, exit_description
 from conveyor.server.scheduler import listen_address
@@ -66,7 +66,7 @@ class WorkerStartError(RuntimeError):
         self.code = code if code > 0 else 1
 
 
-class Nanny:
+class Nanny(Server):
     """Runs one ``conveyor worker`` process for the scheduler at ``scheduler_address``
     (or in ``scheduler_file``) and keeps it running.
 
@@ -176,15 +176,6 @@ class Nanny:
         logger.info("Nanny at %s runs worker %s", self.address, self.worker_address)
         return self
 
-    def __await__(self) -> Generator[Any, None, Nanny]:
-        return self.start().__await__()
-
-    async def __aenter__(self) -> Nanny:
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
     async def close(self) -> None:
         """Stop the worker process (SIGTERM, then SIGKILL after a grace period), tear
         the plugins down and stop listening."""
@@ -202,10 +193,6 @@ class Nanny:
                 task.cancel()
         self.status = "closed"
         self._closed.set()
-
-    async def finished(self) -> None:
-        """Return once the nanny has closed."""
-        await self._closed.wait()
 
     # ---------------------------------------------------------- the worker
 

@@ -12,7 +12,7 @@ import inspect
 import logging
 import time
 import uuid
-from collections.abc import Callable, Generator, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from conveyor import config
@@ -39,6 +39,7 @@ from conveyor.rpc import (
 )
 from conveyor.rpc.gcpause import BurstFreezer, gc_paused
 from conveyor.server.extensions import DEFAULT_EXTENSIONS
+from conveyor.server.lifecycle import Server
 from conveyor.server.plugin import SchedulerPlugin, plugin_name
 
 logger = logging.getLogger("conveyor.scheduler")
@@ -74,7 +75,7 @@ def listen_address(protocol: str, host: str | None, port: int | None, interface:
     return f"{protocol}://{unparse_host_port(host or '0.0.0.0', port or 0)}"
 
 
-class Scheduler:
+class Scheduler(Server):
     """The central scheduler server.
 
     ``async with Scheduler(port=0) as s:`` runs one in-process; ``conveyor scheduler``
@@ -295,15 +296,6 @@ class Scheduler:
         logger.info("Scheduler started at %s", self.address)
         return self
 
-    def __await__(self) -> Generator[Any, None, Scheduler]:
-        return self.start().__await__()
-
-    async def __aenter__(self) -> Scheduler:
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
     async def close(self) -> None:
         """Stop listening and drop every connection; workers then shut down."""
         if self.status in ("closing", "closed"):
@@ -366,10 +358,6 @@ class Scheduler:
                 getattr(plugin, hook)(self, ident)
             except Exception:
                 logger.exception("Scheduler plugin %r failed in %s", name, hook)
-
-    async def finished(self) -> None:
-        """Wait until the scheduler has closed."""
-        await self._closed.wait()
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)

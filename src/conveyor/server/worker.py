@@ -13,7 +13,6 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Generator
 from typing import Any
 
 from conveyor import config
@@ -29,6 +28,7 @@ from conveyor.rpc.data import INLINE_RESULT_BYTES, pack_data, unpack_data
 from conveyor.rpc.sizes import nbytes
 from conveyor.server.actors import ActorHost
 from conveyor.server.execute import Outcome, warm_imports
+from conveyor.server.lifecycle import Server
 from conveyor.server.resources import parse_resources
 from conveyor.server.runner import TaskRunner
 from conveyor.server.scheduler import listen_address
@@ -51,7 +51,7 @@ def get_worker() -> Worker:
 SLOWEST_TRANSFER = 10_000_000
 
 
-class Worker:
+class Worker(Server):
     """A worker: runs tasks with ``nthreads`` threads and keeps their results.
 
     ``async with Worker(scheduler.address) as w:`` runs one in-process;
@@ -249,15 +249,6 @@ class Worker:
 
         self._spawn(watch())
 
-    def __await__(self) -> Generator[Any, None, Worker]:
-        return self.start().__await__()
-
-    async def __aenter__(self) -> Worker:
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
     async def close(self, reason: str = "worker-close") -> None:
         """Leave the scheduler, stop serving, drop the data and the threads."""
         if self.status in ("closing", "closed"):
@@ -288,10 +279,6 @@ class Worker:
         self.status = "closed"
         self._closed.set()
         logger.info("Worker %s closed (%s)", self.address, reason)
-
-    async def finished(self) -> None:
-        """Wait until the worker has closed (for example after the scheduler left)."""
-        await self._closed.wait()
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
