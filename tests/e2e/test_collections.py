@@ -64,22 +64,6 @@ def test_a_default_client_is_dasks_scheduler_until_it_closes(cluster: LocalClust
     assert dask.config.get("dataframe.shuffle.method", None) is None
 
 
-def test_any_open_client_makes_shuffles_use_tasks(cluster: LocalCluster) -> None:
-    """dask picks the shuffle method while building the graph, before it knows where it
-    runs: so any open client, default or not, selects the task method; a user's own
-    choice stays."""
-    with Client(cluster, set_as_default=False) as c:
-        assert dask.config.get("dataframe.shuffle.method") == "tasks"
-        assert dask.config.get("scheduler", None) != "conveyor"
-        pdf = pd.DataFrame({"k": [i % 7 for i in range(700)], "v": range(700)})
-        df = dd.from_pandas(pdf, npartitions=5).shuffle("k")
-        (out,) = dask.compute(df.groupby("k").v.sum(), scheduler=c)
-        pd.testing.assert_series_equal(out.sort_index(), pdf.groupby("k").v.sum())
-    assert dask.config.get("dataframe.shuffle.method", None) is None
-    with dask.config.set({"dataframe.shuffle.method": "disk"}), Client(cluster) as c:
-        assert dask.config.get("dataframe.shuffle.method") == "disk"
-
-
 def test_as_current_scopes_the_default(cluster: LocalCluster) -> None:
     with Client(cluster) as first, Client(cluster, set_as_default=False) as second:
         assert current.default_client() is first

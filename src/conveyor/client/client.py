@@ -130,7 +130,6 @@ class Client(
             "cancelled-keys": self._on_cancelled_keys,
         }
         self._init_events()
-        current.opened(self)
         if set_as_default:
             current.set_default(self)
         self._started: Any = None
@@ -144,7 +143,6 @@ class Client(
             except BaseException:
                 self._release_runner()
                 current.unset_default(self)
-                current.closed(self)
                 raise
 
     def __repr__(self) -> str:
@@ -258,7 +256,6 @@ class Client(
         if self._reconnecting is not None:
             self._reconnecting.cancel()
         current.unset_default(self)
-        current.closed(self)
         if self.pool is not None:
             await self.pool.close()
         if self.scheduler is not None:

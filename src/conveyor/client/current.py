@@ -8,14 +8,11 @@ the default, for :class:`~conveyor.Future` objects made without a client and for
 stands for the default client, so ``scheduler="conveyor"`` works anywhere, and inside
 a task it means the worker's client.
 
-While any conveyor client is open (a default one, or one passed as
-``dask.compute(x, scheduler=client)``: dask chooses the shuffle method while it builds
-the graph, before it knows where it will run), DataFrame shuffles default to dask's
-task-based method: the "disk" method writes partd files that only one process sees,
-and conveyor's workers are processes, possibly on other hosts. A setting the user made
-(``dataframe.shuffle.method``, or ``scheduler`` before the first client) is kept, and
-what conveyor changed is restored when the last client (the last default client, for
-``scheduler``) closes.
+While a conveyor client is dask's scheduler, DataFrame shuffles default to dask's
+task-based method: the "disk" method writes partd files that only one process
+sees, and conveyor's workers are processes, possibly on other hosts. A setting the user
+made (``dataframe.shuffle.method``, or ``scheduler`` before the first client) is
+restored when the last default client closes.
 
 Inside a task on a worker, the default client is the worker's own (``get_client()``):
 see :mod:`conveyor.client.worker_client`.
@@ -36,12 +33,10 @@ if TYPE_CHECKING:
 
 _lock = threading.RLock()
 _stack: list[Client] = []
-#: every client made and not yet closed, by id
-_open: set[int] = set()
-#: the config values conveyor replaced, as they were before it set them
-_saved: dict[str, Any] = {}
+#: the config values conveyor replaced, as they were before the first default client
+_saved: dict[str, Any] | None = None
 _UNSET = object()
-_SHUFFLE = "dataframe.shuffle.method"
+_KEYS = ("scheduler", "dataframe.shuffle.method")
 
 #: the client of the worker running this task, if any (see ``register_task_client``)
 _task_client: Callable[[], Client | None] | None = None
@@ -79,20 +74,6 @@ def _synchronous(client: Client) -> Client:
 
 NAME = "conveyor"
 dask.base.named_schedulers[NAME] = _DefaultScheduler().get
-
-
-def opened(client: Client) -> None:
-    """A client was made: shuffles default to the task method while any is open."""
-    with _lock:
-        _open.add(id(client))
-        _apply()
-
-
-def closed(client: Client) -> None:
-    """A client closed (or failed to start)."""
-    with _lock:
-        _open.discard(id(client))
-        _apply()
 
 
 def set_default(client: Client) -> None:
@@ -143,30 +124,24 @@ def default_client() -> Client:
 
 
 def _apply() -> None:
-    """Point dask's config at the top of the stack (and shuffles at the task method
-    while any client is open), or restore what it was."""
-    _want("scheduler", NAME if _stack else None)
-    _want(_SHUFFLE, "tasks" if _stack or _open else None)
-
-
-def _want(key: str, value: Any) -> None:
-    """Set ``key`` to ``value`` for conveyor (None: conveyor no longer needs it) unless
-    the user had set it; restore the user's value when conveyor is done with it."""
-    if value is not None:
-        if key not in _saved:
-            _saved[key] = dask.config.get(key, _UNSET)
-        before = _saved[key]
-        if key == _SHUFFLE and before not in (_UNSET, None):
-            return  # the user chose a shuffle method: theirs
-        dask.config.set({key: value})
+    """Point dask's config at the top of the stack, or restore what it was."""
+    global _saved
+    if _stack:
+        if _saved is None:
+            _saved = {k: dask.config.get(k, _UNSET) for k in _KEYS}
+        settings: dict[str, Any] = {"scheduler": NAME}
+        if _saved["dataframe.shuffle.method"] in (_UNSET, None):
+            settings["dataframe.shuffle.method"] = "tasks"
+        dask.config.set(settings)
         return
-    if key not in _saved:
+    if _saved is None:
         return
-    before = _saved.pop(key)
-    if before is _UNSET:
-        _unset(key)
-    else:
-        dask.config.set({key: before})
+    saved, _saved = _saved, None
+    for key in _KEYS:
+        if saved[key] is _UNSET:
+            _unset(key)
+        else:
+            dask.config.set({key: saved[key]})
 
 
 def _unset(key: str) -> None:
