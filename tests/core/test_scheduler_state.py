@@ -12,6 +12,7 @@ import pytest
 
 from conveyor.core import events as ev
 from conveyor.core.instructions import (
+    CloseWorker,
     ComputeTask,
     FreeKeys,
     Instruction,
@@ -442,7 +443,9 @@ def test_worker_ttl_removes_a_silent_worker() -> None:
     assert s.handle(ev.Tick(9.0)) == []
     assert set(s.workers) == {W1, W2}
     out = s.handle(ev.Tick(10.5))
-    assert out == [compute(W2, "x", (0, 1, 0), run=2)]
+    # x moves to W2; W1, should it wake up, is told to close (its nanny replaces it)
+    reason = "removed: no heartbeat for 10.5s (worker-ttl 10.0s)"
+    assert out == [compute(W2, "x", (0, 1, 0), run=2), CloseWorker(W1, reason)]
     assert set(s.workers) == {W2}
     assert s.workers[W2].metrics == {"cpu": 5.0}
 

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -209,3 +210,39 @@ def test_shutdown_ends_workers_and_nannies(cluster: Cluster) -> None:
         client.shutdown()
     assert [p.wait(30) for p in [scheduler, *nannies]] == [0, 0, 0]
     assert not any(psutil.pid_exists(pid) for pid in pids)
+
+
+def test_a_silent_worker_is_dropped_its_work_moves_and_its_nanny_replaces_it(
+    cluster: Cluster,
+) -> None:
+    cluster.scheduler(env={**os.environ, "DASK_CONVEYOR__SCHEDULER__WORKER_TTL": "2s"})
+    cluster.worker()
+    cluster.worker()
+    with cluster.client() as client:
+        client.wait_for_workers(2, timeout=30)
+        (silent, silent_pid), (other, _) = sorted(client.run(os.getpid).items())
+        worker = psutil.Process(silent_pid)
+        os.kill(silent_pid, signal.SIGSTOP)
+        try:
+            stopped = time.monotonic()
+            fut = client.submit(inc, 10, workers=[silent], allow_other_workers=True)
+            until_sync(
+                lambda: silent not in client.scheduler_info()["workers"],
+                timeout=15,
+                what="the silent worker dropped",
+            )
+            assert time.monotonic() - stopped < 2 + 2  # worker-ttl + 2 s
+            assert fut.result(timeout=30) == 11  # it ran on the other worker instead
+            assert list(client.who_has(fut)[fut.key]) == [other]
+        finally:
+            os.kill(silent_pid, signal.SIGCONT)
+        worker.wait(30)  # told to close when it woke up (TimeoutExpired otherwise)
+        until_sync(
+            lambda: _two_workers_without(client, silent_pid), timeout=30, what="a replacement"
+        )
+        assert client.submit(inc, 1).result(timeout=30) == 2
+
+
+def _two_workers_without(client: Client, pid: int) -> bool:
+    pids = client.run(os.getpid, on_error="ignore")
+    return len(pids) == 2 and pid not in pids.values()

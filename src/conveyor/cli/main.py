@@ -210,16 +210,22 @@ def worker(
         _run(_serve(lambda: [Nanny(address, name=n, resources=resources, **common) for n in names]))
         return
 
+    workers: list[Worker] = []
+
     def make_servers() -> list[Worker]:
-        return [
+        workers.extend(
             Worker(address, name=n, resources=offered, nanny=nanny_address, **common) for n in names
-        ]
+        )
+        return workers
 
     def started(server: Worker) -> None:
         # the worker logs "Worker started at ..." itself
         logger.info("Registered to: %s", server.scheduler_address)
 
     _run(_serve(make_servers, started))
+    code = max((w.exit_code for w in workers), default=0)
+    if code:  # lost or dropped by its scheduler: a nanny replaces it
+        sys.exit(code)
 
 
 @main.command()

@@ -14,6 +14,7 @@ from typing import Any
 from conveyor.core import control
 from conveyor.core import events as ev
 from conveyor.core.instructions import (
+    CloseWorker,
     FreeKeys,
     Instruction,
     KeysCancelled,
@@ -183,6 +184,9 @@ class SchedulerState(SchedulerTransitions):
         for ws in [w for w in self.workers.values() if e.now - w.last_seen > ttl]:
             reason = f"no heartbeat for {e.now - ws.last_seen:.1f}s (worker-ttl {ttl}s)"
             self._remove_worker(ev.RemoveWorker(e.now, ws.address, reason))
+            # should it wake up, it must not go on as a ghost: it is to close (and be
+            # replaced by its nanny), its late results unwanted
+            self._out.append(CloseWorker(ws.address, f"removed: {reason}"))
 
     # ---------------------------------------------------------------- clients
 

@@ -6,8 +6,10 @@ nanny unless ``--no-nanny``: it listens on an address of its own, starts ``conve
 
 * **restarts the worker when it dies** (a signal, a segfault, ``os._exit``, a non-zero
   exit), after a short back-off that grows while new workers keep dying young. A worker
-  that exits with status 0 closed on purpose (its scheduler told it to, or went away):
-  the nanny then closes too.
+  that exits with status 0 closed on purpose (its scheduler retired it or shut down):
+  the nanny then closes too. Status 3 means the worker lost its scheduler connection
+  or was dropped by it (silent past ``worker-ttl``): the nanny replaces it if the
+  scheduler still accepts a connection, and closes otherwise.
 * **kills the worker before the operating system does** when its resident memory
   crosses ``worker.memory.terminate`` (a fraction of its memory limit), checked every
   ``worker.memory.monitor-interval``; the worker is then restarted like any other.
@@ -37,20 +39,24 @@ from typing import Any
 import psutil
 
 from conveyor import config
-from conveyor.comm import Listener, get_address_host, listen
+from conveyor.comm import Listener, connect, get_address_host, listen
 from conveyor.protocol import unpickle_bytes
 from conveyor.rpc import Handler, Msg, Peer, serve_peer
+from conveyor.rpc.schedfile import read_scheduler_file
 from conveyor.server.calls import error_reply
 from conveyor.server.lifecycle import Server
 from conveyor.server.plugin_host import PluginHost
 from conveyor.server.process import STOP_GRACE, WorkerProcess, exit_description
 from conveyor.server.scheduler import listen_address
+from conveyor.server.worker import EXIT_REPLACE
 from conveyor.server.worker_control import run_call
 
 __all__ = ["Nanny", "WorkerStartError"]
 
 logger = logging.getLogger("conveyor.nanny")
 
+#: seconds to wait for the scheduler when deciding whether to replace a worker that lost it
+_PROBE_TIMEOUT = 2.0
 #: a worker that dies sooner than this after it came up counts as dying young
 _YOUNG = 10.0
 #: seconds before restarting a worker that died young, doubled per young death, capped
@@ -251,6 +257,10 @@ class Nanny(Server):
             logger.info("Worker %s closed; the nanny closes too", self.worker_address)
             self._spawn(self.close())
             return
+        if code == EXIT_REPLACE and not await self._scheduler_answers():
+            logger.info("Worker %s lost its scheduler, which is gone: closing", self.worker_address)
+            self._spawn(self.close())
+            return
         cause = self._kill_cause or exit_description(code)
         self._young_deaths = self._young_deaths + 1 if time.monotonic() - up_at < _YOUNG else 0
         delay = 0.0
@@ -268,6 +278,21 @@ class Nanny(Server):
         async with self._restart_lock:
             if self.status == "running" and proc is self.process:
                 await self._restart_in_place()
+
+    async def _scheduler_answers(self) -> bool:
+        """Whether the scheduler accepts a connection now (one try, a short wait)."""
+        address = self.scheduler_address
+        if address is None:
+            try:
+                address = read_scheduler_file(str(self.scheduler_file), 0.1)
+            except Exception:
+                return False
+        try:
+            comm = await connect(address, _PROBE_TIMEOUT, role="nanny")
+        except OSError:
+            return False
+        comm.abort()
+        return True
 
     async def _restart_in_place(self) -> None:
         try:

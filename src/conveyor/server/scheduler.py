@@ -308,6 +308,9 @@ class Scheduler(Server):
             await self._close_plugin(plugin)
         for task in list(self._tasks):
             task.cancel()
+        for peer in self.stream_comms.values():
+            # closing on purpose: its worker (and nanny) should exit, not be replaced
+            peer.send({"op": "close", "reason": "the scheduler is closing"})
         peers = list(self.stream_comms.values()) + list(self.client_comms.values())
         await asyncio.gather(*(p.close() for p in peers), return_exceptions=True)
         self.status = "closed"

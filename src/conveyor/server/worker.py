@@ -49,6 +49,9 @@ def get_worker() -> Worker:
 
 #: bytes per second below which a transfer is taken for stuck
 SLOWEST_TRANSFER = 10_000_000
+#: exit status of a worker process that lost its scheduler or was dropped by it: its
+#: nanny replaces it if the scheduler still answers
+EXIT_REPLACE = 3
 
 
 class Worker(Server):
@@ -87,6 +90,9 @@ class Worker(Server):
         self.scheduler_file = scheduler_file
         #: the address of the nanny that runs this worker process, if one does
         self.nanny = nanny
+        #: what ``conveyor worker`` exits with once this worker closed: 0 when it was
+        #: closed on purpose, EXIT_REPLACE when it should be replaced (by its nanny)
+        self.exit_code = 0
         self.nthreads = nthreads or config.cpu_count()
         self.name = name
         self.memory_limit = config.memory_limit(memory_limit) or 0
@@ -141,7 +147,7 @@ class Worker(Server):
             "refresh-who-has": self._from_scheduler,
             "acquire-replicas": self._from_scheduler,
             "free-functions": self._free_functions,
-            "close": lambda p, m: self._spawn(self.close()),
+            "close": self._close_requested,
         }
         #: method calls and attribute reads of the actors held here
         self.actors = ActorHost(self)
@@ -289,7 +295,14 @@ class Worker(Server):
         await serve_peer(peer, self._scheduler_handlers)
         if self.status == "running":
             logger.info("Connection to scheduler %s closed: closing worker", self.scheduler_address)
+            self.exit_code = EXIT_REPLACE
             self._spawn(self.close("scheduler connection closed"))
+
+    def _close_requested(self, peer: Peer, msg: Msg) -> None:
+        reason = str(msg.get("reason") or "the scheduler asked")
+        if reason.startswith("removed"):  # dropped (silent too long), not retired
+            self.exit_code = EXIT_REPLACE
+        self._spawn(self.close(reason))
 
     async def _heartbeat_loop(self) -> None:
         interval = self.heartbeat_interval or 1.0
