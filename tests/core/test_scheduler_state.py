@@ -12,7 +12,6 @@ import pytest
 
 from conveyor.core import events as ev
 from conveyor.core.instructions import (
-    CloseWorker,
     ComputeTask,
     FreeKeys,
     Instruction,
@@ -431,30 +430,6 @@ def test_missing_data_report_with_another_replica_refreshes_who_has() -> None:
     out = s.handle(ev.MissingData(2.0, W3, "a", W1))
     assert out == [RefreshWhoHas(W3, {"a": [W2]})]
     assert states(s) == {"a": "memory", "b": "processing"}
-
-
-def test_worker_ttl_removes_a_silent_worker() -> None:
-    s = make(worker_ttl=10.0)
-    add_worker(s, W1, now=0.0)
-    add_worker(s, W2, now=0.0)
-    submit(s, [spec("x")], ["x"], now=1.0)
-    assert s.tasks["x"].processing_on is s.workers[W1]
-    s.handle(ev.WorkerHeartbeat(8.0, W2, {"cpu": 5.0}))
-    assert s.handle(ev.Tick(9.0)) == []
-    assert set(s.workers) == {W1, W2}
-    out = s.handle(ev.Tick(10.5))
-    # x moves to W2; W1, should it wake up, is told to close (its nanny replaces it)
-    reason = "removed: no heartbeat for 10.5s (worker-ttl 10.0s)"
-    assert out == [compute(W2, "x", (0, 1, 0), run=2), CloseWorker(W1, reason)]
-    assert set(s.workers) == {W2}
-    assert s.workers[W2].metrics == {"cpu": 5.0}
-
-
-def test_without_worker_ttl_tick_removes_nobody() -> None:
-    s = make()
-    add_worker(s, W1, now=0.0)
-    assert s.handle(ev.Tick(1e9)) == []
-    assert set(s.workers) == {W1}
 
 
 # ---------------------------------------------------------------- data paths
