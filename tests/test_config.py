@@ -54,6 +54,7 @@ def test_defaults_are_registered_with_dask() -> None:
         "timeouts": {"connect": "30s", "tcp": "30s", "handshake": "10s"},
         "max-frame-size": "1GiB",
         "max-message-size": "4GiB",
+        "max-outgoing-buffer": "512MiB",
         "retry": {"count": 0},
     }
     assert d["client"] == {"heartbeat": "5s"}

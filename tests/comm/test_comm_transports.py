@@ -167,6 +167,20 @@ def test_connect_to_nothing_fails_within_timeout(kind: str) -> None:
     run(main())
 
 
+@pytest.mark.parametrize("kind", ["tcp", "inproc"])
+def test_a_refused_connection_fails_at_once_without_retries(kind: str) -> None:
+    addr = closed_tcp_port() if kind == "tcp" else "inproc://nobody/1"
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        with pytest.raises(ConnectionRefusedError):
+            await connect(addr, timeout=30, retry_refused=False)
+        assert loop.time() - start < 5  # not the 30 s of retries
+
+    run(main())
+
+
 class RefusingBackend(Backend):
     """Refuses the first ``refusals`` attempts, then connects over inproc."""
 

@@ -286,3 +286,38 @@ def test_worker_gives_up_a_copy_it_cannot_get() -> None:
     # no holder at all: nothing to fetch, nothing kept
     assert w.handle(we.AcquireReplicasEvent(2.0, {"b": [W2]}, {})) == []
     assert "b" not in w.tasks
+
+
+# ------------------------------------------------------------------ pausing
+
+
+def test_a_paused_worker_is_given_no_new_task_until_it_resumes() -> None:
+    s = SchedulerState(validate=True)
+    for w in (W1, W2):
+        s.handle(ev.AddWorker(0.0, w, w, 1, 2**30, "host"))
+    s.handle(ev.WorkerPaused(0.5, W1, True))
+    assert s.workers[W1].status == "paused"
+    keys = [f"inc-{i}" for i in range(10)]  # one group, of root tasks: queued
+    tasks = [ev.TaskSpec(k, b"opaque", ()) for k in keys]
+    for order, t in enumerate(tasks):
+        t.order = order
+    out = s.handle(ev.UpdateGraph(1.0, "c", tasks, keys))
+    assert {i.worker for i in out if isinstance(i, ComputeTask)} == {W2}
+    assert not s.workers[W1].processing
+    assert len(s.queued) > 0
+    out = s.handle(ev.WorkerPaused(2.0, W1, False))
+    assert s.workers[W1].status == "running"
+    given = [i.worker for i in out if isinstance(i, ComputeTask)]
+    assert given and set(given) == {W1}  # queued work goes to it
+
+
+def test_a_paused_worker_keeps_what_it_has_and_may_be_retired() -> None:
+    s = SchedulerState(validate=True)
+    s.handle(ev.AddWorker(0.0, W1, W1, 1, 2**30, "host"))
+    s.handle(ev.UpdateGraph(1.0, "c", [ev.TaskSpec("x", b"opaque", ())], ["x"]))
+    s.handle(ev.WorkerPaused(1.5, W1, True))
+    assert s.tasks["x"].processing_on is s.workers[W1]
+    s.handle(ev.RetireWorkers(2.0, [W1]))
+    assert s.workers[W1].status == "closing_gracefully"
+    assert s.tasks["x"].state in ("queued", "no-worker")
+    assert s.tasks["x"].suspicious == 0

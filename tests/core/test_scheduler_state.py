@@ -413,9 +413,14 @@ def test_missing_data_report_with_no_other_replica_recomputes() -> None:
     add_worker(s, W2)
     submit(s, [spec("a"), spec("b", "a", workers=(W2,))], ["b"])
     finish(s, W1, "a")
-    # W2 could not get a from W1 (W1 lost it): recompute a
+    # W2 could not get a from W1 (W1 lost it, or does not answer): W1 drops whatever copy
+    # it has, and a is computed again
     out = s.handle(ev.MissingData(2.0, W2, "a", W1))
-    assert out == [FreeKeys(W2, ["b"]), compute(W1, "a", (0, 1, 0), run=3, wanted=False)]
+    assert out == [
+        FreeKeys(W1, ["a"]),
+        FreeKeys(W2, ["b"]),
+        compute(W1, "a", (0, 1, 0), run=3, wanted=False),
+    ]
 
 
 def test_missing_data_report_with_another_replica_refreshes_who_has() -> None:
@@ -428,7 +433,7 @@ def test_missing_data_report_with_another_replica_refreshes_who_has() -> None:
     assert s.handle(ev.WorkerAddKeys(1.5, W2, {"a": 8})) == []
     assert sorted(s.who_has(["a"])["a"]) == [W1, W2]
     out = s.handle(ev.MissingData(2.0, W3, "a", W1))
-    assert out == [RefreshWhoHas(W3, {"a": [W2]})]
+    assert out == [FreeKeys(W1, ["a"]), RefreshWhoHas(W3, {"a": [W2]})]
     assert states(s) == {"a": "memory", "b": "processing"}
 
 

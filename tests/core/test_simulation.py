@@ -137,12 +137,13 @@ def test_random_dag_completes_with_right_values(seed: int) -> None:
     assert all(ws.log for ws in sim.workers.values())
 
 
+@pytest.mark.parametrize("nannies", [False, True])
 @pytest.mark.parametrize("seed", SEEDS)
-def test_random_dag_survives_a_worker_death(seed: int) -> None:
+def test_random_dag_survives_a_worker_death(seed: int, nannies: bool) -> None:
     rng = random.Random(seed)
     tasks = random_dag(rng, 300)
     keys = list(tasks)
-    sim = SimCluster(n_workers=3, nthreads=2, seed=seed)
+    sim = SimCluster(n_workers=3, nthreads=2, seed=seed, nannies=nannies)
     sim.submit("c1", tasks, keys)
     sim.run(rng.randrange(100, 1000))
     victim = "sim://worker-1"
@@ -288,6 +289,7 @@ def test_chaos(seed: int) -> None:
         seed=seed,
         worker_kwargs={"transfer_message_bytes_limit": rng.choice([150, 250, 10**6])},
         scheduler_kwargs={"worker_saturation": rng.choice([1.0, 1.1, float("inf")])},
+        nannies=bool(seed % 2),  # half the runs have nannies reporting the deaths
     )
     victims = rng.sample(sorted(sim.workers), rng.randint(1, nworkers - 1))
     survivors = [w for w in sorted(sim.workers) if w not in victims]

@@ -501,10 +501,12 @@ def test_secede_of_a_task_no_longer_executing_is_ignored() -> None:
 def test_a_paused_worker_starts_nothing_new_until_resumed() -> None:
     ws = make(nthreads=1, prefetch_per_thread=1)
     assert compute(ws, "a", priority=(0, 1, 0)) == [we.Execute("a")]
-    assert ws.handle(we.PauseEvent(1.0, True)) == []
+    assert ws.handle(we.PauseEvent(1.0, True)) == [we.PausedMsg(True)]  # told once
+    assert ws.handle(we.PauseEvent(1.1, True)) == []
     assert compute(ws, "b", priority=(0, 1, 1)) == []
     assert [type(i) for i in success(ws, "a")] == [we.TaskFinishedMsg]  # a finishes
     assert states(ws) == {"a": "memory", "b": "ready"}  # but b does not start
     # nothing is fetched either
     assert compute(ws, "c", priority=(0, 1, 2), who_has={"d": [P1]}) == []
-    assert ws.handle(we.PauseEvent(2.0, False)) == [we.GatherDep(P1, ["d"], 0), we.Execute("b")]
+    resumed = ws.handle(we.PauseEvent(2.0, False))
+    assert resumed == [we.PausedMsg(False), we.GatherDep(P1, ["d"], 0), we.Execute("b")]

@@ -16,6 +16,7 @@ import pytest
 from conveyor import Client, LocalCluster, as_completed, wait
 from conveyor.client.current import default_client
 from conveyor.client.graph import MAP_CHUNK
+from conveyor.testing.cluster import until_sync
 
 
 def inc(x: int) -> int:
@@ -82,10 +83,8 @@ def test_garbage_collected_futures_are_released(client: Client, cluster: LocalCl
     assert key in cluster.scheduler.tasks
     del fut
     gc.collect()
-    deadline = time.monotonic() + 5
-    while key in cluster.scheduler.tasks and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert key not in cluster.scheduler.tasks
+    tasks = cluster.scheduler.tasks
+    until_sync(lambda: key not in tasks, timeout=5, what="the released key forgotten")
 
 
 def test_dask_compute_with_client(client: Client) -> None:

@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import dask
 import pytest
 
 from conveyor import Client, Scheduler, Worker
+from conveyor.core import events as se
 from conveyor.testing.cluster import until
 
 
@@ -26,9 +29,13 @@ def test_idle_timeout_closes_an_unused_scheduler() -> None:
 def test_idle_timeout_waits_while_a_client_is_connected() -> None:
     async def main() -> None:
         async with Scheduler(host="127.0.0.1", port=0, idle_timeout=0.3) as s:
+            checks = _record_idle_checks(s)
             async with Client(s.address, asynchronous=True, set_as_default=False):
                 done = asyncio.ensure_future(s.finished())
-                await asyncio.sleep(1.0)  # three idle timeouts pass: a client is connected
+                start = time.time()
+                # idle checks run past three idle timeouts: a client is connected
+                await until(lambda: bool(checks) and checks[-1][0] > start + 0.9, 10, "checks")
+                assert not any(closing for _, closing in checks)
                 assert not done.done()
             await asyncio.wait_for(done, 10)
 
@@ -42,10 +49,41 @@ def test_silent_worker_is_removed_after_worker_ttl() -> None:
                 await until(lambda: quiet.address in s.workers, what="registered")
                 await until(lambda: quiet.address not in s.workers, 10, "removed by ttl")
             async with Worker(s.address, nthreads=1, heartbeat_interval="50ms") as chatty:
-                await asyncio.sleep(1.0)  # two ttls pass; heartbeats keep it
+                ticks = _record_ticks(s)
+                start = time.time()
+                # ttl checks run past two ttls; heartbeats keep it
+                await until(lambda: bool(ticks) and ticks[-1] > start + 1.0, 10, "two ttls")
                 assert chatty.address in s.workers
 
     asyncio.run(main())
+
+
+def _record_idle_checks(s: Scheduler) -> list[tuple[float, bool]]:
+    """(time, whether it decided to close) of each idle check ``s`` runs from now on."""
+    checks: list[tuple[float, bool]] = []
+    check = s._check_idle
+
+    def recording(now: float) -> bool:
+        closing = check(now)
+        checks.append((now, closing))
+        return closing
+
+    s._check_idle = recording  # type: ignore[method-assign]
+    return checks
+
+
+def _record_ticks(s: Scheduler) -> list[float]:
+    """The clock of each ``Tick`` (worker-ttl check) ``s`` applies from now on."""
+    ticks: list[float] = []
+    apply = s.apply
+
+    def recording(event: Any) -> None:
+        apply(event)
+        if isinstance(event, se.Tick):
+            ticks.append(event.now)
+
+    s.apply = recording  # type: ignore[method-assign]
+    return ticks
 
 
 def test_worker_closes_when_the_scheduler_goes_away() -> None:

@@ -155,6 +155,7 @@ def scheduler(
     "it dies or crosses the memory terminate threshold.",
 )
 @click.option("--nanny-address", default=None, hidden=True, help="Set by the nanny.")
+@click.option("--running-file", default=None, hidden=True, help="Set by the nanny.")
 def worker(
     address: str | None,
     scheduler_file: str | None,
@@ -170,6 +171,7 @@ def worker(
     dashboard: bool,
     nanny: bool,
     nanny_address: str | None,
+    running_file: str | None,
 ) -> None:
     """Start NWORKERS workers connected to the scheduler at ADDRESS (each under a
     nanny unless --no-nanny)."""
@@ -183,8 +185,9 @@ def worker(
             "conveyor workers serve no dashboard; the scheduler's shows every worker",
             param_hint="--dashboard",
         )
-    if nanny and nanny_address is not None:
-        raise click.BadParameter("is set by a nanny for --no-nanny", param_hint="--nanny-address")
+    for flag, value in (("--nanny-address", nanny_address), ("--running-file", running_file)):
+        if value is not None and (nanny or nworkers != 1):
+            raise click.BadParameter("is set by a nanny for one --no-nanny worker", param_hint=flag)
     cpus = config.cpu_count()
     threads = nthreads or max(1, cpus // nworkers)
     try:
@@ -214,7 +217,15 @@ def worker(
 
     def make_servers() -> list[Worker]:
         workers.extend(
-            Worker(address, name=n, resources=offered, nanny=nanny_address, **common) for n in names
+            Worker(
+                address,
+                name=n,
+                resources=offered,
+                nanny=nanny_address,
+                running_file=running_file,
+                **common,
+            )
+            for n in names
         )
         return workers
 

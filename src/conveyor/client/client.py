@@ -17,6 +17,7 @@ from dask.utils import funcname
 from conveyor import config
 from conveyor.client import current
 from conveyor.client.actor import Actor
+from conveyor.client.callbacks import CallbacksMixin
 from conveyor.client.collections import CollectionsMixin
 from conveyor.client.control import ControlMixin
 from conveyor.client.datasets import DatasetsMixin
@@ -46,6 +47,7 @@ from conveyor.rpc.actor_instance import make_actor
 from conveyor.rpc.data import unpack_data
 from conveyor.rpc.gcpause import gc_paused
 from conveyor.rpc.loop import LoopRunner
+from conveyor.rpc.threads import run_in_thread
 
 logger = logging.getLogger("conveyor.client")
 
@@ -58,6 +60,7 @@ _MAX_RECONNECT_DELAY = 2.0
 
 
 class Client(
+    CallbacksMixin,
     CollectionsMixin,
     ControlMixin,
     DatasetsMixin,
@@ -162,9 +165,7 @@ class Client(
         if self.cluster is not None:
             address = self.cluster.scheduler_address
         elif self.scheduler_file is not None:
-            address = await self.loop.run_in_executor(
-                None, read_scheduler_file, self.scheduler_file, self._timeout
-            )
+            address = await run_in_thread(read_scheduler_file, self.scheduler_file, self._timeout)
         else:
             address = self._address
         try:
@@ -253,6 +254,9 @@ class Client(
         if self.status in ("closing", "closed") and self.scheduler is None:
             return
         self.status = "closing"
+        for st in list(self.futures.values()):  # nothing is to wait on a closed client
+            if not st.done():
+                st.cancel(f"{st.key!r} was cancelled: its client closed")
         if self._reconnecting is not None:
             self._reconnecting.cancel()
         current.unset_default(self)
@@ -264,6 +268,7 @@ class Client(
         if self._serve_task is not None:
             self._serve_task.cancel()
         await self._close_cluster()
+        await self._stop_callbacks()
         self.futures.clear()
         self.status = "closed"
 
@@ -755,35 +760,11 @@ class Client(
         assert self.scheduler is not None
         return await self.scheduler.request(msg)
 
-    def _add_done_callback(self, fut: Future, fn: Callable[[Future], Any]) -> None:
-        def run() -> None:
-            assert self.loop is not None
-            self.loop.run_in_executor(None, _call_safely, fn, fut)
-
-        def register() -> None:
-            if fut._state.done():
-                run()
-            else:
-                fut._state.add_callback(run)
-
-        if self.asynchronous or self._in_loop_thread():
-            register()
-        else:
-            assert self.loop is not None
-            self.loop.call_soon_threadsafe(register)
-
 
 class _Release(NamedTuple):
     """In the outbox: the last future for ``key`` went away."""
 
     key: Any
-
-
-def _call_safely(fn: Callable[[Future], Any], fut: Future) -> None:
-    try:
-        fn(fut)
-    except Exception:
-        logger.exception("Error in the done-callback %r of %r", fn, fut)
 
 
 def default_client() -> Client:

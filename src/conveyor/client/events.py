@@ -57,8 +57,9 @@ class TopicHandlers:
         assert loop is not None
         if client.asynchronous:
             loop.create_task(self._drain_async())
-        else:
-            loop.run_in_executor(None, self._drain, loop)
+        else:  # a thread of its own, ending with the drain (not an idle pool thread)
+            name = "conveyor-topic-handlers"
+            threading.Thread(target=self._drain, args=(loop,), name=name, daemon=True).start()
 
     def _next(self) -> tuple[Callable[[TopicEvent], Any] | None, TopicEvent] | None:
         with self._lock:

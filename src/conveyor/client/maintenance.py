@@ -9,7 +9,6 @@ for the client's own LocalCluster, through the cluster.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import inspect
 import logging
@@ -20,6 +19,7 @@ from conveyor import config
 from conveyor.client.structure import as_list, collect_futures
 from conveyor.comm import CommClosedError
 from conveyor.deploy.local import LocalCluster
+from conveyor.rpc.threads import run_in_thread
 
 if TYPE_CHECKING:
     from conveyor.client.shape import ClientShape
@@ -182,7 +182,7 @@ async def _shutdown(client: ClientShape) -> None:
         if cluster.asynchronous:
             await cluster.close()
         else:  # it waits on this loop: from another thread
-            await asyncio.to_thread(cluster.close)
+            await run_in_thread(cluster.close)
     else:
         with contextlib.suppress(CommClosedError, OSError):  # closed before its reply left
             await client._request({"op": "terminate"})

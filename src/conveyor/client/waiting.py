@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import threading
 from collections.abc import AsyncIterator, Iterable, Iterator
@@ -88,6 +89,8 @@ class as_completed:
 
     ``for fut in as_completed(futures): ...`` or ``async for``; ``with_results=True``
     yields ``(future, result)`` pairs. ``add(future)`` extends a running iteration.
+    Completions arrive on the client's event loop, and ``async for`` waits without a
+    thread: neither depends on a thread being free (done callbacks may block theirs).
     """
 
     def __init__(
@@ -101,6 +104,8 @@ class as_completed:
         self._queue: queue.SimpleQueue[Future] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._outstanding = 0
+        #: ``async for`` iterations waiting for the next future: their loops and wakers
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         for f in futures:
             self.add(f)
 
@@ -108,7 +113,42 @@ class as_completed:
         """Also yield ``future`` once it is done."""
         with self._lock:
             self._outstanding += 1
-        future.add_done_callback(self._queue.put)
+        future.client._when_done(future, self._put)
+
+    def _put(self, future: Future) -> None:
+        """``future`` is done (on its client's loop): queue it, wake who waits."""
+        self._queue.put(future)
+        with self._lock:
+            waiters, self._waiters = self._waiters, []
+        if not waiters:
+            return
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        for loop, wake in waiters:
+            if loop is running:
+                _wake(wake)
+            else:
+                with contextlib.suppress(RuntimeError):  # that loop is closed
+                    loop.call_soon_threadsafe(_wake, wake)
+
+    async def _next(self) -> Future:
+        """The next done future, awaited on the running loop."""
+        loop = asyncio.get_running_loop()
+        while True:
+            with contextlib.suppress(queue.Empty):
+                return self._queue.get_nowait()
+            wake: asyncio.Future[None] = loop.create_future()
+            with self._lock:
+                if not self._queue.empty():
+                    continue
+                self._waiters.append((loop, wake))
+            try:
+                await wake
+            finally:
+                with self._lock, contextlib.suppress(ValueError):
+                    self._waiters.remove((loop, wake))
 
     def update(self, futures: Iterable[Future]) -> None:
         """Add several futures."""
@@ -142,9 +182,8 @@ class as_completed:
         return self._aiter()
 
     async def _aiter(self) -> AsyncIterator[Any]:
-        loop = asyncio.get_running_loop()
         while not self.is_empty():
-            fut = await loop.run_in_executor(None, self._queue.get)
+            fut = await self._next()
             with self._lock:
                 self._outstanding -= 1
             if self.with_results:
@@ -162,3 +201,8 @@ class as_completed:
                 except queue.Empty:
                     break
             yield batch
+
+
+def _wake(wake: asyncio.Future[None]) -> None:
+    if not wake.done():
+        wake.set_result(None)

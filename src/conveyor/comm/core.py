@@ -55,6 +55,13 @@ class Comm(ABC):
     def closed(self) -> bool:
         """Return True once the comm is closed (locally or by the peer)."""
 
+    def watch_writes(self, on_pause: Callable[[bool], None] | None) -> None:
+        """Call ``on_pause(True)`` when writes start to wait for the peer to take what
+        was written (more is unsent than the transport buffers freely), and
+        ``on_pause(False)`` when they no longer do; ``None`` stops the calls. A
+        transport without flow control (inproc) never makes them."""
+        return None  # no flow control here: never paused
+
     @property
     @abstractmethod
     def local_address(self) -> str:

@@ -44,9 +44,15 @@ def get_backend(scheme: str) -> Backend:
 
 
 async def _connect_until(
-    backend: Backend, loc: str, addr: str, timeout: float, **kwargs: object
+    backend: Backend,
+    loc: str,
+    addr: str,
+    timeout: float,
+    retry_refused: bool = True,
+    **kwargs: object,
 ) -> Comm:
-    """Retry refused or failed connection attempts with backoff until ``timeout``."""
+    """Retry refused or failed connection attempts with backoff until ``timeout``
+    (a refused one raises at once unless ``retry_refused``)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     delay = _FIRST_RETRY_DELAY
@@ -60,6 +66,8 @@ async def _connect_until(
             except TimeoutError:
                 pass
             except OSError as e:
+                if isinstance(e, ConnectionRefusedError) and not retry_refused:
+                    raise  # nothing listens there, and nothing will: it is gone
                 last_error = e
         remaining = deadline - loop.time()
         if remaining <= 0:
@@ -80,9 +88,12 @@ async def connect(
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
     handshake_extra: dict[str, object] | None = None,
     name: str | None = None,
+    retry_refused: bool = True,
     **kwargs: object,
 ) -> Comm:
-    """Connect to ``addr``, retrying refused connections until ``timeout`` seconds.
+    """Connect to ``addr``, retrying refused connections until ``timeout`` seconds
+    (with ``retry_refused=False``, a refused connection raises ConnectionRefusedError
+    at once: for peers that listen from start to end, such as workers).
 
     Then, unless ``handshake=False``, exchange handshakes (within ``handshake_timeout``
     and what is left of ``timeout``); the peer's is ``comm.peer_info``. Other keyword
@@ -94,7 +105,7 @@ async def connect(
     backend = get_backend(scheme)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    comm = await _connect_until(backend, loc, addr, timeout, **kwargs)
+    comm = await _connect_until(backend, loc, addr, timeout, retry_refused, **kwargs)
     comm.name = name
     if handshake:
         remaining = max(deadline - loop.time(), 0.0)

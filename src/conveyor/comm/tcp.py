@@ -125,6 +125,8 @@ class _FrameProtocol(asyncio.BufferedProtocol):
         self._read_waiter: asyncio.Future[None] | None = None
         self._writing_paused = False
         self._drain_waiters: deque[asyncio.Future[None]] = deque()
+        #: told when writing pauses (True) and resumes (False)
+        self.on_pause: Callable[[bool], None] | None = None
         self._write_lock = asyncio.Lock()
         self._reason = "closed by peer"
         self._error: BaseException | None = None
@@ -188,9 +190,13 @@ class _FrameProtocol(asyncio.BufferedProtocol):
 
     def pause_writing(self) -> None:
         self._writing_paused = True
+        if self.on_pause is not None:
+            self.on_pause(True)
 
     def resume_writing(self) -> None:
         self._writing_paused = False
+        if self.on_pause is not None:
+            self.on_pause(False)
         self._wake_writers()
 
     def fail(self, error: ProtocolError) -> None:
@@ -318,6 +324,9 @@ class TCPComm(Comm):
 
     def closed(self) -> bool:
         return self._closing or self._protocol.is_closed
+
+    def watch_writes(self, on_pause: Callable[[bool], None] | None) -> None:
+        self._protocol.on_pause = on_pause
 
     def _check_open(self) -> None:
         if self._closing:

@@ -1,5 +1,5 @@
-"""Cluster control in the scheduler's state machine: retiring workers, copying and
-dropping replicas, retrying erred tasks and forgetting everything (``Client.restart``).
+"""Cluster control in the scheduler's state machine: retiring and pausing workers,
+copying and dropping replicas, retrying erred tasks and forgetting everything (``Client.restart``).
 
 Theory of operation
 -------------------
@@ -16,6 +16,11 @@ puts a worker back to work.
 Copies are asked of the recipient (``AcquireReplicas``); the scheduler counts one only
 when the worker reports it (``WorkerAddKeys``), so a copy that fails is simply missing.
 :class:`~conveyor.core.events.DropReplicas` never drops a key's last copy.
+
+A *paused* worker (``ws.status == "paused"``: its memory crossed the pause threshold,
+:class:`~conveyor.core.events.WorkerPaused`) leaves placement the same way, but keeps
+what it was sent: the tasks wait there until it resumes, as they would wait for a
+thread. It may be retired while paused.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from conveyor.core import events as ev
 from conveyor.core.instructions import AcquireReplicas, FreeKeys, KeysCancelled
-from conveyor.core.records import TaskState
+from conveyor.core.records import TaskState, WorkerInfo
 
 if TYPE_CHECKING:
     from conveyor.core.scheduler import SchedulerState
@@ -34,6 +39,8 @@ if TYPE_CHECKING:
 
 #: the status of a worker that is being retired
 RETIRING = "closing_gracefully"
+#: the status of a worker whose memory is over its pause threshold
+PAUSED = "paused"
 
 
 def handlers(s: SchedulerState) -> dict[type, Callable[[Any], None]]:
@@ -45,6 +52,7 @@ def handlers(s: SchedulerState) -> dict[type, Callable[[Any], None]]:
         ev.DropReplicas: partial(drop_replicas, s),
         ev.RetryKeys: partial(retry_keys, s),
         ev.ForgetAll: partial(forget_all, s),
+        ev.WorkerPaused: partial(worker_paused, s),
     }
 
 
@@ -53,8 +61,9 @@ def retire_workers(s: SchedulerState, e: ev.RetireWorkers) -> None:
     recs: Recs = {}
     for address in e.addresses:
         ws = s.workers.get(address)
-        if ws is None or ws.status != "running":
+        if ws is None or ws.status not in ("running", PAUSED):
             continue
+        s.paused.pop(address, None)
         ws.status = RETIRING
         s.retiring[address] = ws
         s.idle.pop(address, None)
@@ -74,17 +83,40 @@ def cancel_retirement(s: SchedulerState, e: ev.CancelRetirement) -> None:
         ws = s.retiring.pop(address, None)
         if ws is None or s.workers.get(address) is not ws:
             continue
-        ws.status = "running"
-        s._update_worker_sets(ws)
         back.append(ws)
-    if not back:
+    _back_to_work(s, back)
+
+
+def worker_paused(s: SchedulerState, e: ev.WorkerPaused) -> None:
+    """A paused worker leaves placement (what it has waits there); a resumed one
+    comes back to it."""
+    ws = s.workers.get(e.address)
+    if ws is None:
         return
+    if e.paused and ws.status == "running":
+        ws.status = PAUSED
+        s.paused[e.address] = ws
+        s.idle.pop(e.address, None)
+        s.open_slots.pop(e.address, None)
+        s.saturated.discard(ws)
+    elif not e.paused and ws.status == PAUSED:
+        _back_to_work(s, [ws])
+
+
+def _back_to_work(s: SchedulerState, workers: list[WorkerInfo]) -> None:
+    """Put ``workers`` (retiring or paused) back into placement, and give them work."""
+    if not workers:
+        return
+    for ws in workers:
+        ws.status = "running"
+        s.paused.pop(ws.address, None)
+        s._update_worker_sets(ws)
     recs: Recs = {}
     for ts in list(s.unrunnable):
         if ts.resource_restrictions is None:  # those are offered by _fill_slots
             recs[ts] = "processing"
     s._transitions(recs)
-    for ws in back:
+    for ws in workers:
         s._fill_slots(ws, recs)
         s._transitions(recs)
 

@@ -26,12 +26,31 @@ class AddWorker(SchedulerEvent):
     data: dict[Key, int] = field(default_factory=dict)
     #: resource name -> amount the worker offers (``Worker(resources=...)``)
     resources: dict[str, float] = field(default_factory=dict)
+    #: whether a nanny runs the worker (and will report how it ended: ``WorkerDied``)
+    nanny: bool = False
 
 
 @dataclass(slots=True)
 class RemoveWorker(SchedulerEvent):
     address: str
     reason: str = "worker-close"
+    #: the worker said it was closing (or the scheduler closed it): none of its tasks
+    #: is to blame
+    expected: bool = False
+
+
+@dataclass(slots=True)
+class WorkerDied(SchedulerEvent):
+    """A nanny's report on how its worker process ended, before or after the scheduler
+    saw the worker's connection close."""
+
+    address: str
+    #: how it ended, for errors and logs: ``"killed by SIGKILL"``, ``"memory limit: ..."``
+    cause: str
+    #: the tasks its threads were running when it ended; None when not known
+    executing: list[Key] | None
+    #: False when it ended without dying (it closed, or lost its scheduler)
+    died: bool = True
 
 
 @dataclass(slots=True)
@@ -112,6 +131,15 @@ class UpdateGraph(SchedulerEvent):
     def size(self) -> int:
         """How many tasks the update names."""
         return len(self.tasks) + sum(len(b.keys) for b in self.batches)
+
+
+@dataclass(slots=True)
+class WorkerPaused(SchedulerEvent):
+    """The worker paused (its memory is over its pause threshold) or resumed: a paused
+    worker is given no new task; what it has waits there."""
+
+    address: str
+    paused: bool
 
 
 @dataclass(slots=True)

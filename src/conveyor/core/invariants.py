@@ -84,11 +84,13 @@ def validate_scheduler(s: SchedulerState) -> None:
             _check((address in s.idle) == (n < ws.nthreads), ws, "idle set")
             _check((ws in s.saturated) == (n > ws.nthreads), ws, "saturated set")
             _check((address in s.open_slots) == s._has_room(ws), ws, "open-slot set")
-        else:  # retiring: connected, but out of placement
-            _check(s.retiring.get(address) is ws, ws, f"status {ws.status} but not retiring")
+        else:  # retiring or paused: connected, but out of placement
             placed = address in s.idle or ws in s.saturated or address in s.open_slots
-            _check(not placed, ws, "a retiring worker in a placement set")
-            _check(not ws.processing, ws, "a retiring worker is given tasks")
+            _check(not placed, ws, f"a {ws.status} worker in a placement set")
+            _check((ws.status == "paused") == (s.paused.get(address) is ws), ws, "paused")
+            if ws.status != "paused":  # what a paused one has waits there
+                _check(s.retiring.get(address) is ws, ws, f"status {ws.status} but not retiring")
+                _check(not ws.processing, ws, "a retiring worker is given tasks")
         _check(math.isclose(ws.occupancy, sum(ws.processing.values()), abs_tol=1e-6), ws, "occ")
         for ts in ws.processing:
             _check(ts.processing_on is ws, ws, f"{ts!r} processing elsewhere")
@@ -107,6 +109,7 @@ def validate_scheduler(s: SchedulerState) -> None:
     for address, ws in s.retiring.items():
         _check(s.workers.get(address) is ws, ws, "retiring but not registered")
     _check(sorted(w.address for w in s._ring) == sorted(s.workers), s, "placement ring")
+    _validate_counts_and_links(s)
     _check(not (s.queued and s.open_slots), s, "queued tasks while a worker has open slots")
     for heap in s.resource_book.waiting.values():
         _check(bool(heap), s, "empty resource queue kept")
@@ -125,3 +128,29 @@ def validate_scheduler(s: SchedulerState) -> None:
     for bid, blob in s.functions.items():
         _check(blob.refs == users.get(bid, 0) > 0, blob, f"{bid!r}: refs vs its users")
     _check(set(users) <= set(s.functions), s, "a task or chunk names a dropped blob")
+
+
+def _validate_counts_and_links(s: SchedulerState) -> None:
+    """The bookkeeping that spares periodic checks and removals a scan: the count of
+    processing tasks (``is_idle``), the ttl order, the ring's index, the reverse links
+    between task groups and the holders of each shared blob."""
+    busy = sum(len(ws.processing) for ws in s.workers.values())
+    _check(s.nprocessing == busy, s, f"nprocessing {s.nprocessing} != {busy}")
+    _check(s._ring.consistent(), s, "placement ring index")
+    for problem in s._liveness.problems(s.workers):
+        _check(False, s, problem)
+    groups = s.task_groups
+    for name, g in groups.items():
+        _check(g.name == name, g, "registered under another name")
+        for d in g.dependencies:
+            _check(groups.get(d.name) is d, g, f"depends on forgotten group {d!r}")
+            _check(g in d.dependents, g, f"missing from dependents of {d!r}")
+        for d in g.dependents:
+            _check(groups.get(d.name) is d, g, f"forgotten group {d!r} among dependents")
+            _check(g in d.dependencies, g, f"missing from dependencies of {d!r}")
+    for address, ws in s.workers.items():
+        for fid in ws.functions:
+            blob = s.functions.get(fid)
+            _check(blob is not None, ws, f"holds dropped blob {fid!r}")
+            assert blob is not None
+            _check(blob.holders.get(address) is ws, ws, f"not among holders of {fid!r}")

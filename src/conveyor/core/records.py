@@ -47,14 +47,18 @@ class TaskPrefix:
 class TaskGroup:
     """Tasks sharing a group name (key prefix plus token); used to spot root-ish tasks."""
 
-    __slots__ = ("dependencies", "name", "ntasks", "prefix")
+    __slots__ = ("dependencies", "dependents", "name", "ntasks", "prefix")
 
     def __init__(self, name: str, prefix: TaskPrefix) -> None:
         self.name = name
         self.prefix = prefix
         #: Number of live (not forgotten) tasks in the group.
         self.ntasks = 0
+        #: Other groups some task of this one depends on.
         self.dependencies: set[TaskGroup] = set()
+        #: The groups whose ``dependencies`` hold this one (the reverse links, so that a
+        #: forgotten group leaves the others without a scan of every group).
+        self.dependents: set[TaskGroup] = set()
 
     def __repr__(self) -> str:
         return f"<TaskGroup {self.name!r} n={self.ntasks}>"
@@ -260,6 +264,7 @@ class WorkerInfo:
         "memory_limit",
         "metrics",
         "name",
+        "nanny",
         "nbytes",
         "nthreads",
         "occupancy",
@@ -278,9 +283,12 @@ class WorkerInfo:
         host: str,
         now: float,
         resources: dict[str, float] | None = None,
+        nanny: bool = False,
     ) -> None:
         self.address = address
         self.name = name
+        #: a nanny runs this worker, and reports how its process ended
+        self.nanny = nanny
         self.nthreads = nthreads
         self.memory_limit = memory_limit
         self.host = host
@@ -343,13 +351,16 @@ class SharedBlob:
     refers to its function): it is sent along and held while this blob lives.
     """
 
-    __slots__ = ("data", "refs", "requires")
+    __slots__ = ("data", "holders", "refs", "requires")
 
     def __init__(self, data: Any, requires: str | None = None) -> None:
         self.data = data
         #: tasks (and blobs, through ``requires``) using this blob
         self.refs = 0
         self.requires = requires
+        #: address -> the worker it was sent to (an entry may outlive its worker: a
+        #: worker that left, or re-registered, is checked against ``workers`` on use)
+        self.holders: dict[str, WorkerInfo] = {}
 
     def __repr__(self) -> str:
         return f"<SharedBlob refs={self.refs} requires={self.requires!r}>"

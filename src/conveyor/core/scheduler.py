@@ -9,9 +9,10 @@ into recommendations and answers read-only queries.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any
 
-from conveyor.core import control
+from conveyor.core import control, deaths
 from conveyor.core import events as ev
 from conveyor.core.instructions import (
     CloseWorker,
@@ -49,6 +50,9 @@ class SchedulerState(SchedulerTransitions):
         self.event_counter = 0
         #: time of the last event that changed the set of tasks or workers' work
         self.last_activity = 0.0
+        #: tasks of workers whose connection closed, kept until their nanny says which
+        #: of them were running (:mod:`conveyor.core.deaths`), oldest first
+        self.awaiting_verdict: dict[str, tuple[float, list[TaskState]]] = {}
         self._handlers: dict[type, Callable[[Any], None]] = {
             ev.AddWorker: self._add_worker,
             ev.RemoveWorker: self._remove_worker,
@@ -66,6 +70,7 @@ class SchedulerState(SchedulerTransitions):
             ev.WorkerAddKeys: self._worker_add_keys,
             ev.MissingData: self._missing_data,
             ev.Tick: self._tick,
+            ev.WorkerDied: partial(deaths.worker_died, self),
             **control.handlers(self),
         }
 
@@ -101,11 +106,14 @@ class SchedulerState(SchedulerTransitions):
 
     def _add_worker(self, e: ev.AddWorker) -> None:
         if e.address in self.workers:
-            self._remove_worker(ev.RemoveWorker(e.now, e.address, "re-registered"))
-        ws = WorkerInfo(e.address, e.name, e.nthreads, e.memory_limit, e.host, e.now, e.resources)
+            self._remove_worker(ev.RemoveWorker(e.now, e.address, "re-registered", True))
+        ws = WorkerInfo(
+            e.address, e.name, e.nthreads, e.memory_limit, e.host, e.now, e.resources, e.nanny
+        )
         self.workers[e.address] = ws
         self.resource_book.add_worker(ws)
         self._ring.append(ws)
+        self._liveness.add(ws)
         self.names[e.name] = e.address
         self.total_nthreads += e.nthreads
         info = self.host_info.setdefault(e.host, {"addresses": set(), "nthreads": 0})
@@ -133,17 +141,27 @@ class SchedulerState(SchedulerTransitions):
         self._fill_slots(ws, recs)
         self._transitions(recs)
 
-    def _remove_worker(self, e: ev.RemoveWorker) -> None:
+    def _remove_worker(
+        self, e: ev.RemoveWorker, report: ev.WorkerDied | None = None, silent: bool = False
+    ) -> None:
+        """Remove a worker: what it ran goes elsewhere, what only it held is recomputed.
+
+        ``report``: its nanny's, when that came before the connection closed; ``silent``:
+        it is dropped for silence (worker-ttl). Which of its tasks its death counts
+        against is decided in :mod:`conveyor.core.deaths`.
+        """
         ws = self.workers.pop(e.address, None)
         if ws is None:
             return
         if self.names.get(ws.name) == e.address:
             del self.names[ws.name]
         self.retiring.pop(e.address, None)
+        self.paused.pop(e.address, None)
         self.idle.pop(e.address, None)
         self.open_slots.pop(e.address, None)
         self.saturated.discard(ws)
         self._ring.remove(ws)
+        self._liveness.remove(ws)
         self.resource_book.remove_worker(ws)
         self.total_nthreads -= ws.nthreads
         info = self.host_info[ws.host]
@@ -154,17 +172,8 @@ class SchedulerState(SchedulerTransitions):
         ws.status = "closed"
         self.last_activity = e.now
         recs: Recs = {}
-        for ts in sorted(ws.processing, key=lambda t: t.priority):
-            ts.suspicious += 1
-            if ts.suspicious > self.allowed_failures:
-                text = (
-                    f"KilledWorker: attempted to run task {ts.key!r} on {ts.suspicious} "
-                    f"different workers, but all those workers died while running it; "
-                    f"the last was {e.address} ({e.reason})"
-                )
-                self._transition(ts, "erred", recs, worker=e.address, exception_text=text)
-            else:
-                self._transition(ts, "released", recs, force=True)
+        running = sorted(ws.processing, key=lambda t: t.priority)
+        deaths.on_removal(self, e.address, running, e, report, ws.nanny, silent, recs)
         for ts in list(ws.has_what):
             self._remove_replica(ts, ws)
             if not ts.who_has and ts.state == "memory":
@@ -174,16 +183,17 @@ class SchedulerState(SchedulerTransitions):
     def _heartbeat(self, e: ev.WorkerHeartbeat) -> None:
         ws = self.workers.get(e.address)
         if ws is not None:
-            ws.last_seen = e.now
+            self._liveness.seen(ws, e.now)  # sets last_seen, keeps the ttl order
             ws.metrics = e.metrics
 
     def _tick(self, e: ev.Tick) -> None:
+        deaths.expire_verdicts(self, e.now)
         ttl = self.worker_ttl
         if ttl is None:
             return
-        for ws in [w for w in self.workers.values() if e.now - w.last_seen > ttl]:
+        for ws in self._liveness.expired(e.now, ttl):  # oldest first: O(1 + expired)
             reason = f"no heartbeat for {e.now - ws.last_seen:.1f}s (worker-ttl {ttl}s)"
-            self._remove_worker(ev.RemoveWorker(e.now, ws.address, reason))
+            self._remove_worker(ev.RemoveWorker(e.now, ws.address, reason), silent=True)
             # should it wake up, it must not go on as a ghost: it is to close (and be
             # replaced by its nanny), its late results unwanted
             self._out.append(CloseWorker(ws.address, f"removed: {reason}"))
@@ -388,8 +398,10 @@ class SchedulerState(SchedulerTransitions):
                 dep.dependents = set(new)
             else:
                 dep.dependents.update(new)
-            if dep.group is not group:
-                group.dependencies.add(dep.group)
+            dgroup = dep.group
+            if dgroup is not group and dgroup not in group.dependencies:
+                group.dependencies.add(dgroup)
+                dgroup.dependents.add(group)
         recs: Recs = {}
         if self._released_waiting_bulk(new, shared, recs):
             self._transitions(recs)
@@ -446,8 +458,10 @@ class SchedulerState(SchedulerTransitions):
                 dep.dependents = {ts}
             else:
                 dep.dependents.add(ts)
-            if dep.group is not group:
-                group.dependencies.add(dep.group)
+            dgroup = dep.group
+            if dgroup is not group and dgroup not in group.dependencies:
+                group.dependencies.add(dgroup)
+                dgroup.dependents.add(group)  # the reverse link (see TaskGroup)
         ts.dependencies = deps
 
     def _set_options(
@@ -535,7 +549,7 @@ class SchedulerState(SchedulerTransitions):
         ws = self.workers.get(e.worker)
         if ws is None:
             return
-        ws.last_seen = e.now
+        self._liveness.seen(ws, e.now)
         self.last_activity = e.now
         ts = self.tasks.get(e.key)
         if ts is not None and e.run_id and e.run_id != ts.run_id:
@@ -626,15 +640,18 @@ class SchedulerState(SchedulerTransitions):
 
     def _missing_data(self, e: ev.MissingData) -> None:
         ts = self.tasks.get(e.key)
-        if ts is None:
-            return
+        if ts is None or e.worker not in self.workers:
+            return  # a late report from a worker removed since (e.g. by worker-ttl)
         errant = self.workers.get(e.errant_worker)
-        if errant is not None:
+        if errant is not None and errant in ts.who_has:
+            # The fetch may have failed on a time-out while the errant worker still holds
+            # the key: it drops that copy, so that it is not kept unknown to us forever.
             self._remove_replica(ts, errant)
+            self._out.append(FreeKeys(errant.address, [ts.key]))
         recs: Recs = {}
         if ts.state == "memory" and not ts.who_has:
             self._transition(ts, "released", recs, force=True, lost=True)
-        elif ts.who_has and e.worker in self.workers:
+        elif ts.who_has:
             self._out.append(RefreshWhoHas(e.worker, {ts.key: [w.address for w in ts.who_has]}))
         self._transitions(recs)
 
@@ -694,10 +711,8 @@ class SchedulerState(SchedulerTransitions):
         return [entry for entry in self.transition_log if entry[0] in wanted]
 
     def is_idle(self) -> bool:
-        """No task is waiting, queued or running."""
-        return all(not ws.processing for ws in self.workers.values()) and not (
-            self.queued or self.unrunnable
-        )
+        """No task is waiting, queued or running (O(1): called on every tick)."""
+        return not (self.nprocessing or self.queued or self.unrunnable)
 
     def workers_info(self) -> dict[str, dict[str, Any]]:
         """A summary of each worker for ``Client.scheduler_info``."""

@@ -44,6 +44,7 @@ from conveyor.core.instructions import (
     KeyInMemory,
     LostData,
 )
+from conveyor.core.liveness import Liveness
 from conveyor.core.log import TransitionLog
 from conveyor.core.records import (
     EMPTY,
@@ -58,6 +59,7 @@ from conveyor.core.records import (
     discard_from,
 )
 from conveyor.core.restrictions import ResourceBook, Restrictions, acquire, release
+from conveyor.core.ring import Ring
 from conveyor.core.types import Key
 
 Recs = dict[TaskState, str]
@@ -126,14 +128,20 @@ class SchedulerTransitions(Restrictions):
         self.unrunnable: set[TaskState] = set()
         #: workers being retired: connected, but given no tasks (see core/control.py)
         self.retiring: dict[str, WorkerInfo] = {}
+        #: workers whose memory is over their pause threshold (core/control.py)
+        self.paused: dict[str, WorkerInfo] = {}
         #: workers' resources, and the tasks in ``unrunnable`` waiting for some to free
         self.resource_book = ResourceBook()
         #: root-ish tasks held back until a worker has an open slot
         self.queued: HeapSet[TaskState] = HeapSet()
         self.open_slots: dict[str, WorkerInfo] = {}
         #: every worker, in the order they take turns being weighed for placement
-        self._ring: list[WorkerInfo] = []
+        self._ring = Ring()
         self._ring_at = 0
+        #: every worker, by when it was last heard from (for the worker ttl)
+        self._liveness = Liveness()
+        #: tasks processing on any worker: the sum of ``len(ws.processing)``
+        self.nprocessing = 0
         #: shared blobs (functions, chunks of graph nodes or call arguments) by id
         self.functions: dict[str, SharedBlob] = {}
         self.total_nthreads = 0
@@ -272,6 +280,7 @@ class SchedulerTransitions(Restrictions):
         if need is not None:
             acquire(ws, need)
         ws.processing[ts] = duration
+        self.nprocessing += 1
         ws.occupancy += duration
         self._update_worker_sets(ws)
         deps = ts.dependencies
@@ -308,6 +317,7 @@ class SchedulerTransitions(Restrictions):
             release(ws, rare.resource_restrictions)
         duration = ws.processing.pop(ts, None)
         if duration is not None:
+            self.nprocessing -= 1
             ws.occupancy = ws.occupancy - duration if ws.processing else 0.0
         if ws.long_running:
             ws.long_running.discard(ts)
@@ -409,7 +419,7 @@ class SchedulerTransitions(Restrictions):
 
     def _some_workers(self) -> list[WorkerInfo]:
         """``PLACEMENT_SAMPLE`` workers, taking turns (all of them if fewer)."""
-        ring = self._ring
+        ring = self._ring.members
         n = len(ring)
         if n <= PLACEMENT_SAMPLE:
             return ring
@@ -445,7 +455,7 @@ class SchedulerTransitions(Restrictions):
                 pool = list(islice(self.idle.values(), PLACEMENT_SAMPLE))
             else:
                 pool = self._some_workers()
-        if self.retiring:  # retiring workers take no tasks
+        if self.retiring or self.paused:  # retiring and paused workers take no tasks
             pool = [ws for ws in pool if ws.status == "running"]
             if not pool and not restricted:
                 pool = [ws for ws in self._ring if ws.status == "running"][:PLACEMENT_SAMPLE]
@@ -706,10 +716,18 @@ class SchedulerTransitions(Restrictions):
         group = ts.group
         group.ntasks -= 1
         if group.ntasks == 0:
-            del self.task_groups[group.name]
-            for g in self.task_groups.values():
-                g.dependencies.discard(group)
+            self._drop_group(group)
         ts.state = "forgotten"
+
+    def _drop_group(self, group: TaskGroup) -> None:
+        """``group`` has no task left: forget it, and the links other groups have to it
+        (O(its links), each made once: no scan of every group)."""
+        del self.task_groups[group.name]
+        for g in group.dependents:
+            g.dependencies.discard(group)
+        for g in group.dependencies:
+            g.dependents.discard(group)
+        group.dependents = set()
 
     def _blobs_for(self, ws: WorkerInfo, fid: str) -> dict[str, Any]:
         """The bytes of shared blob ``fid`` and those it requires, that ``ws`` lacks;
@@ -719,6 +737,7 @@ class SchedulerTransitions(Restrictions):
         while bid is not None and bid not in ws.functions:
             ws.functions.add(bid)
             blob = self.functions[bid]
+            blob.holders[ws.address] = ws
             out[bid] = blob.data
             bid = blob.requires
         return out
@@ -736,12 +755,16 @@ class SchedulerTransitions(Restrictions):
             bid = blob.requires
 
     def _drop_function(self, fid: str) -> None:
-        """No task uses shared blob ``fid`` any more: forget it here and on workers."""
-        del self.functions[fid]
-        for ws in self.workers.values():
-            if fid in ws.functions:
+        """No task uses shared blob ``fid`` any more: forget it here and on the workers
+        it was sent to (those of ``blob.holders`` still connected: O(sends), not a scan
+        of every worker)."""
+        blob = self.functions.pop(fid)
+        workers = self.workers
+        for address, ws in blob.holders.items():
+            if workers.get(address) is ws and fid in ws.functions:
                 ws.functions.discard(fid)
-                self._out.append(FreeFunctions(ws.address, [fid]))
+                self._out.append(FreeFunctions(address, [fid]))
+        blob.holders = {}
 
     def _released_forgotten(self, ts: TaskState, recs: Recs) -> None:
         self._forget(ts, recs)

@@ -101,7 +101,7 @@ class WorkerState(WorkerTransitions):
         self._now = event.now
         try:
             _HANDLERS[type(event)](self, event)
-            if self.data_needed and not self.paused:
+            if self.fetchable_peers and not self.paused:
                 self._ensure_communicating()
             self._ensure_computing()
         except BaseException:
@@ -287,6 +287,8 @@ class WorkerState(WorkerTransitions):
 
     def _gather_dep_done(self, e: we.GatherDepDone) -> None:
         keys = self.in_flight_workers.pop(e.worker, [])
+        if e.worker in self.data_needed:  # it holds more that is needed here
+            self.fetchable_peers[e.worker] = None
         added: dict[Key, int] = {}
         for key in keys:
             ts = self.tasks.get(key)
@@ -315,6 +317,7 @@ class WorkerState(WorkerTransitions):
             self._out.append(we.AddKeysMsg(added))
         if e.failed:
             heap = self.data_needed.pop(e.worker, None)
+            self.fetchable_peers.pop(e.worker, None)
             for ts in list(heap or ()):
                 ts.who_has = without(ts.who_has, e.worker)
                 if not ts.who_has:
@@ -323,7 +326,9 @@ class WorkerState(WorkerTransitions):
                     self._drop_unwanted_copy(ts)
 
     def _pause(self, e: we.PauseEvent) -> None:
-        self.paused = e.paused
+        if e.paused != self.paused:
+            self.paused = e.paused
+            self._out.append(we.PausedMsg(e.paused))
 
     def _secede(self, e: we.SecedeEvent) -> None:
         ts = self.tasks.get(e.key)
@@ -408,11 +413,14 @@ class WorkerState(WorkerTransitions):
             self._transition(ts, "executing")
 
     def _ensure_communicating(self) -> None:
-        for worker in list(self.data_needed):
-            if len(self.in_flight_workers) >= self.outgoing_connections:
-                return
-            if worker in self.in_flight_workers:
-                continue
+        """Start transfers from the peers holding data needed here, up to
+        ``outgoing_connections`` at once. Only peers with no transfer in flight are
+        looked at (``fetchable_peers``, in the order they became so): O(transfers
+        started), however many peers are needed or in flight."""
+        fetchable = self.fetchable_peers
+        in_flight = self.in_flight_workers
+        while fetchable and len(in_flight) < self.outgoing_connections:
+            worker, _ = fetchable.popitem(last=False)
             heap = self.data_needed.get(worker)
             if heap is None:
                 continue
@@ -457,6 +465,7 @@ class WorkerState(WorkerTransitions):
             for dep in ts.dependencies:
                 assert ts in dep.dependents, (ts, dep)
                 assert dep.key in self.tasks, (ts, dep)
+        assert set(self.fetchable_peers) == set(self.data_needed) - set(self.in_flight_workers)
         for heap in self.data_needed.values():
             assert heap, "empty fetch queue kept"
             for ts in heap:

@@ -184,6 +184,14 @@ class MissingDataMsg:
     errant_worker: str
 
 
+@dataclass(slots=True)
+class PausedMsg:
+    """Tell the scheduler the worker paused (memory over the pause threshold: send it
+    no more work) or resumed."""
+
+    paused: bool
+
+
 WorkerInstruction = (
     Execute
     | GatherDep
@@ -194,4 +202,5 @@ WorkerInstruction = (
     | MissingDataMsg
     | Rejoined
     | LongRunningMsg
+    | PausedMsg
 )

@@ -23,6 +23,7 @@ Containers kept in step by these functions, one per state that has one:
 * ``data_needed``: per peer, the ``fetch`` tasks it holds, in priority order;
 * ``in_flight_workers``: per peer, the keys of the transfer under way (``coming_from``
   names the peer on each task, ``flight`` or ``cancelled``);
+* ``fetchable_peers``: the peers of ``data_needed`` not in ``in_flight_workers``;
 * ``missing``: dependencies with no known holder.
 
 A ``cancelled`` task tells where it came from by ``coming_from``: set, a transfer is
@@ -32,7 +33,7 @@ its key is in ``long_running``.
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -185,6 +186,10 @@ class WorkerTransitions:
         self.paused = False
         self.data_needed: dict[str, HeapSet[WTask]] = {}
         self.in_flight_workers: dict[str, list[Key]] = {}
+        #: the peers of ``data_needed`` with no transfer in flight, in the order they
+        #: became so: the only ones a new transfer may start from (an ordered dict,
+        #: whose first entry is O(1) to reach however many came and went before it)
+        self.fetchable_peers: OrderedDict[str, None] = OrderedDict()
         self.missing: set[WTask] = set()
         self.log: deque[tuple[Key, str, str, float]] = deque(maxlen=log_length)
         self._out: list[we.WorkerInstruction] = []
@@ -260,6 +265,8 @@ class WorkerTransitions:
             heap = self.data_needed.get(worker)
             if heap is None:
                 heap = self.data_needed[worker] = HeapSet()
+                if worker not in self.in_flight_workers:
+                    self.fetchable_peers[worker] = None
             heap.add(ts)
 
     def _leave_fetch(self, ts: WTask) -> None:
@@ -269,6 +276,7 @@ class WorkerTransitions:
                 heap.discard(ts)
                 if not heap:
                     del self.data_needed[worker]
+                    self.fetchable_peers.pop(worker, None)
 
     def _release_held(self, key: Key) -> None:
         """The task ``key`` stopped executing: its resources are available again."""
@@ -427,6 +435,7 @@ class WorkerTransitions:
         keys = self.in_flight_workers.get(worker)
         if keys is None:
             keys = self.in_flight_workers[worker] = []
+            self.fetchable_peers.pop(worker, None)
         keys.append(ts.key)
 
     def _flight_fetch(self, ts: WTask, _: None) -> None:

@@ -159,6 +159,8 @@ def worker_instruction_to_msg(instr: we.WorkerInstruction) -> Msg:
         return {"op": "missing-data", "key": instr.key, "errant_worker": instr.errant_worker}
     if isinstance(instr, we.LongRunningMsg):
         return {"op": "long-running", "key": instr.key, "run_id": instr.run_id}
+    if isinstance(instr, we.PausedMsg):
+        return {"op": "worker-paused", "paused": instr.paused}
     raise TypeError(f"no wire form for {instr!r}")
 
 
@@ -203,6 +205,13 @@ def _long_running(w: str, m: Msg, now: float) -> se.SchedulerEvent:
     return se.TaskLongRunning(now, w, _hashable(m["key"]), int(m.get("run_id", 0)))
 
 
+def _paused(w: str, m: Msg, now: float) -> se.SchedulerEvent:
+    paused = m["paused"]
+    if not isinstance(paused, bool):
+        raise TypeError(f"'paused' must be a bool, not {type(paused).__name__}")
+    return se.WorkerPaused(now, w, paused)
+
+
 def _heartbeat(w: str, m: Msg, now: float) -> se.SchedulerEvent:
     return se.WorkerHeartbeat(now, w, dict(m.get("metrics") or {}))
 
@@ -215,6 +224,7 @@ WORKER_STREAM_OPS: dict[str, Callable[[str, Msg, float], se.SchedulerEvent]] = {
     "missing-data": _missing_data,
     "long-running": _long_running,
     "heartbeat-worker": _heartbeat,
+    "worker-paused": _paused,
 }
 
 

@@ -3,6 +3,8 @@
 A connection carries batches: each wire message is a list of op-maps. Messages sent
 while handling one batch are coalesced and flushed when the event loop next turns
 (``loop.call_soon``): an idle system answers at once, a busy one batches by itself.
+One batch is written at a time; a peer given ``max_backlog`` is dropped once more than
+that waits behind a write it does not take (:mod:`conveyor.rpc.outgoing`).
 A map with a ``"reply"`` id is a request; the answer comes back on the same
 connection as ``{"op": "reply", "id": ..., "result": ...}`` or ``..."error": text}``.
 
@@ -22,8 +24,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from conveyor.comm import Comm, CommClosedError, connect
+from conveyor.protocol.framing import format_bytes
+from conveyor.rpc.outgoing import message_nbytes
 
 logger = logging.getLogger("conveyor.server")
+
+#: How long :meth:`Peer.close` waits for the peer to take what is queued for it.
+CLOSE_TIMEOUT = 5.0
 
 Msg = dict[str, Any]
 #: A handler gets the peer and the message; it may return a value or an awaitable.
@@ -58,6 +65,12 @@ class Peer:
         self._buffer: list[Msg] = []
         self._flush_scheduled = False
         self._writing = False
+        self._write_task: asyncio.Task[None] | None = None
+        self._max_backlog: int | None = None
+        self._stalled = False  # the write in flight waits for the peer (with a bound)
+        #: bytes found waiting behind a stalled write (measured only then, with a bound)
+        self.queued_bytes = 0
+        self._measured = 0  # messages at the head of _buffer counted in queued_bytes
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._ids = itertools.count(1)
         self.closed = False
@@ -69,6 +82,32 @@ class Peer:
     def __repr__(self) -> str:
         return f"<Peer {self.role or '?'} {self.ident or self.address}>"
 
+    @property
+    def max_backlog(self) -> int | None:
+        """Drop the peer once more than this many bytes wait behind a write it does not
+        take (None: never); for push streams whose sender must not wait (see
+        :mod:`conveyor.rpc.outgoing`)."""
+        return self._max_backlog
+
+    @max_backlog.setter
+    def max_backlog(self, limit: int | None) -> None:
+        self._max_backlog = limit
+        self.comm.watch_writes(None if limit is None else self._write_paused)
+        self._stalled = False
+
+    def _write_paused(self, paused: bool) -> None:
+        """The comm's writes wait for the peer (``paused``), or no longer do."""
+        self._stalled = paused
+        if not self._writing:
+            return
+        if not paused:
+            self._flush_scheduled = True  # the write's end flushes what waits
+        elif self._buffer:  # count what waits now, and at each turn that adds to it
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
+        else:
+            self._flush_scheduled = False  # the next send has it counted
+
     # ------------------------------------------------------------- sending
 
     def send(self, msg: Msg) -> None:
@@ -76,17 +115,44 @@ class Peer:
         if self.closed:
             return
         self._buffer.append(msg)
-        if not self._flush_scheduled and not self._writing:
+        # True while a flush is scheduled, and while a write is in flight (its end
+        # flushes) unless that write waits for a peer with a bound (_write_paused)
+        if not self._flush_scheduled:
             self._flush_scheduled = True
             self.loop.call_soon(self._flush)
 
     def _flush(self) -> None:
+        if self._writing:
+            if self._stalled:  # count what waits at each turn that adds to it
+                self._flush_scheduled = False
+                if self._max_backlog is not None and not self.closed:
+                    self._check_backlog(self._max_backlog)
+            return
         self._flush_scheduled = False
-        if self.closed or not self._buffer or self._writing:
+        if self.closed or not self._buffer:
             return
         batch, self._buffer = self._buffer, []
-        self._writing = True
-        self.loop.create_task(self._write(batch))
+        if self._measured:
+            self._measured = self.queued_bytes = 0
+        self._writing = self._flush_scheduled = True  # its end flushes what comes meanwhile
+        self._write_task = self.loop.create_task(self._write(batch))
+
+    def _check_backlog(self, limit: int) -> None:
+        """Messages wait behind a write that waits for the peer to read: count them,
+        and drop the peer once they are over ``limit`` bytes."""
+        buffer, total = self._buffer, self.queued_bytes
+        for i in range(self._measured, len(buffer)):
+            total += message_nbytes(buffer[i])
+        self._measured, self.queued_bytes = len(buffer), total
+        if total > limit:
+            logger.warning(
+                "Dropping %r: %s wait for it and it is not reading "
+                "(over conveyor.comm.max-outgoing-buffer, %s)",
+                self,
+                format_bytes(total),
+                format_bytes(limit),
+            )
+            self.abort()
 
     async def _write(self, batch: list[Msg]) -> None:
         try:
@@ -104,7 +170,7 @@ class Peer:
             logger.exception("Could not send a batch of %d messages to %r", len(batch), self)
             self.abort()
         finally:
-            self._writing = False
+            self._writing = self._flush_scheduled = False
             if self._buffer and not self.closed:
                 self._flush()
 
@@ -185,17 +251,30 @@ class Peer:
         if self.closed:
             return
         self.closed = True
+        self._buffer = []
         self.comm.abort()
         self._fail_pending()
 
-    async def close(self) -> None:
-        """Flush what is queued, then close."""
+    async def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
+        """Send what is queued (after the write in flight, if any), then close; a peer
+        that has not taken it all within ``timeout`` seconds is aborted instead."""
         if self.closed:
             return
-        if self._buffer and not self._writing:
-            batch, self._buffer = self._buffer, []
-            with contextlib.suppress(CommClosedError, OSError):
-                await self.comm.write(batch)
+        try:
+            async with asyncio.timeout(timeout):
+                while not self.closed and (self._writing or self._buffer):
+                    if self._write_task is not None and self._writing:
+                        await asyncio.shield(self._write_task)
+                    else:
+                        self._flush()
+        except TimeoutError:
+            logger.warning(
+                "Aborting %r: it did not take what was queued within %.1f s", self, timeout
+            )
+            self.abort()
+            return
+        if self.closed:  # the flush failed, and aborted the connection
+            return
         self.closed = True
         with contextlib.suppress(CommClosedError, OSError):
             await self.comm.close()
@@ -294,12 +373,21 @@ def _failed(peer: Peer, msg: Msg, rid: Any, e: Exception) -> None:
 
 
 class PeerPool:
-    """Shared outgoing connections, one per address, opened on first use."""
+    """Shared outgoing connections, one per address, opened on first use. With
+    ``retry_refused=False`` a refused connection fails at once (see ``connect``)."""
 
-    def __init__(self, role: str, handlers: dict[str, Handler], timeout: float) -> None:
+    def __init__(
+        self,
+        role: str,
+        handlers: dict[str, Handler],
+        timeout: float,
+        *,
+        retry_refused: bool = True,
+    ) -> None:
         self.role = role
         self.handlers = handlers
         self.timeout = timeout
+        self.retry_refused = retry_refused
         self._peers: dict[str, Peer] = {}
         self._connecting: dict[str, asyncio.Future[Peer]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -316,7 +404,9 @@ class PeerPool:
         fut: asyncio.Future[Peer] = loop.create_future()
         self._connecting[address] = fut
         try:
-            comm = await connect(address, self.timeout, role=self.role)
+            comm = await connect(
+                address, self.timeout, role=self.role, retry_refused=self.retry_refused
+            )
             peer = Peer(comm, loop)
             self._peers[address] = peer
             task = loop.create_task(serve_peer(peer, self.handlers))

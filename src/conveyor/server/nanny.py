@@ -30,8 +30,10 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import os
 import signal
 import sys
+import tempfile
 import time
 import uuid
 from typing import Any
@@ -39,14 +41,15 @@ from typing import Any
 import psutil
 
 from conveyor import config
-from conveyor.comm import Listener, connect, get_address_host, listen
+from conveyor.comm import Listener, get_address_host, listen
 from conveyor.protocol import unpickle_bytes
-from conveyor.rpc import Handler, Msg, Peer, serve_peer
+from conveyor.rpc import Handler, Msg, Peer, PeerPool, serve_peer
 from conveyor.rpc.schedfile import read_scheduler_file
 from conveyor.server.calls import error_reply
 from conveyor.server.lifecycle import Server
 from conveyor.server.plugin_host import PluginHost
 from conveyor.server.process import STOP_GRACE, WorkerProcess, exit_description
+from conveyor.server.running_file import read_running
 from conveyor.server.scheduler import listen_address
 from conveyor.server.worker import EXIT_REPLACE
 from conveyor.server.worker_control import run_call
@@ -127,6 +130,10 @@ class Nanny(Server):
         self._worker_options += list(worker_args or [])
         self._env = env
         self.id = f"Nanny-{uuid.uuid4()}"
+        #: where the worker's task threads note what they run (running_file.py)
+        self._running_path = os.path.join(
+            local_directory or tempfile.gettempdir(), f"conveyor-running-{self.id}"
+        )
         self.address = ""
         self.status = "created"
         #: the worker process and the address it registered with (once it is up)
@@ -141,6 +148,8 @@ class Nanny(Server):
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = asyncio.Event()
         self._plugins = PluginHost(self, "nanny")
+        #: the connection to the scheduler, for reports on the worker's end
+        self._pool = PeerPool("nanny", {}, _PROBE_TIMEOUT)
         self._plugin_bytes: dict[str, bytes] = {}
         self._handlers: dict[str, Handler] = {
             "worker-up": self._worker_up,
@@ -192,6 +201,9 @@ class Nanny(Server):
         if self.process is not None:
             await self.process.stop(STOP_GRACE)
         await self._plugins.close()
+        await self._pool.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self._running_path)
         if self._listener is not None:
             self._listener.stop()
         for task in list(self._tasks):
@@ -217,6 +229,8 @@ class Nanny(Server):
             "--no-nanny",
             "--nanny-address",
             self.address,
+            "--running-file",
+            self._running_path,
             *self._worker_options,
         ]
 
@@ -245,6 +259,13 @@ class Nanny(Server):
         if not done:
             await proc.stop(STOP_GRACE)
             raise TimeoutError(f"the worker process did not register within {timeout:g} s")
+        record = read_running(self._running_path)
+        if record is not None and record.address and record.executing != []:
+            # a task killed it before it could say it was up: it died, it did not fail
+            # to start
+            self.worker_address = record.address
+            self._spawn(self._supervise(proc, time.monotonic()))
+            return
         raise WorkerStartError(proc.popen.wait())
 
     async def _supervise(self, proc: WorkerProcess, up_at: float) -> None:
@@ -257,11 +278,11 @@ class Nanny(Server):
             logger.info("Worker %s closed; the nanny closes too", self.worker_address)
             self._spawn(self.close())
             return
-        if code == EXIT_REPLACE and not await self._scheduler_answers():
+        cause = self._kill_cause or exit_description(code)
+        if not await self._report(code, cause) and code == EXIT_REPLACE:
             logger.info("Worker %s lost its scheduler, which is gone: closing", self.worker_address)
             self._spawn(self.close())
             return
-        cause = self._kill_cause or exit_description(code)
         self._young_deaths = self._young_deaths + 1 if time.monotonic() - up_at < _YOUNG else 0
         delay = 0.0
         if self._young_deaths:
@@ -279,19 +300,32 @@ class Nanny(Server):
             if self.status == "running" and proc is self.process:
                 await self._restart_in_place()
 
-    async def _scheduler_answers(self) -> bool:
-        """Whether the scheduler accepts a connection now (one try, a short wait)."""
+    async def _report(self, code: int, cause: str) -> bool:
+        """Tell the scheduler how the worker process ended and which tasks it was
+        running (:mod:`conveyor.core.deaths`); whether the scheduler answered (one try,
+        a short wait)."""
         address = self.scheduler_address
         if address is None:
             try:
                 address = read_scheduler_file(str(self.scheduler_file), 0.1)
             except Exception:
                 return False
+        record = read_running(self._running_path)
+        msg = {
+            "op": "worker-died",
+            "worker": self.worker_address,
+            "cause": cause,
+            "executing": None if record is None else record.executing,
+            "died": code != EXIT_REPLACE,  # else it closed itself, its scheduler lost
+        }
         try:
-            comm = await connect(address, _PROBE_TIMEOUT, role="nanny")
-        except OSError:
+            peer = await self._pool.get(address)
+        except Exception:  # refused, or no answer in time: the scheduler is gone
             return False
-        comm.abort()
+        try:
+            await peer.request(msg, timeout=_PROBE_TIMEOUT)
+        except Exception as e:  # it answered the connection, at least
+            logger.info("Could not report the worker's end to the scheduler: %s", e)
         return True
 
     async def _restart_in_place(self) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 from conveyor.protocol import FunctionStore
 from conveyor.rpc.context import TaskContext, set_current_task
 from conveyor.server.execute import Outcome, run_task
+from conveyor.server.running_file import RunningFile
 
 logger = logging.getLogger("conveyor.worker")
 
@@ -41,8 +42,11 @@ class TaskRunner:
         on_done: Callable[[Any, Outcome], None],
         name: str = "conveyor-task",
         owner: Any = None,
+        record: RunningFile | None = None,
     ) -> None:
         self._loop = loop
+        #: where each thread notes the task it runs, for the nanny (None: no nanny)
+        self._record = record
         self._name = name
         #: the worker, as tasks see it through ``conveyor.rpc.context``
         self._owner = owner
@@ -90,27 +94,33 @@ class TaskRunner:
             self._jobs.put(None)
 
     def _work(self) -> None:
-        jobs, done, functions = self._jobs, self._done, self._functions
+        jobs, done, functions, record = self._jobs, self._done, self._functions, self._record
         ctx = TaskContext(self._owner, None)
         set_current_task(ctx)
+        slot = record.claim() if record is not None else -1
         while True:
             job = jobs.get()
             if job is None:
-                self._forget_thread()
-                return
+                break
             key, run_spec, deps = job
             ctx.key = key
+            if record is not None:  # before the task runs: it may kill the process
+                record.started(slot, key)
             try:
                 outcome = run_task(key, run_spec, deps, functions)
             except BaseException as e:  # run_task reports task errors; this is a bug
                 now = time.time()
                 outcome = Outcome(False, now, now, exception_text=f"{type(e).__name__}: {e}")
+            if record is not None:
+                record.finished(slot)
             done.append((key, outcome))
             del job, deps, outcome
             self._wake()
             if ctx.seceded:  # a replacement took this thread's place when it seceded
-                self._forget_thread()
-                return
+                break
+        if record is not None:
+            record.release(slot)
+        self._forget_thread()
 
     def _wake(self) -> None:
         """Have the loop take the outcomes, unless a wake-up is pending already."""

@@ -38,6 +38,7 @@ from conveyor.rpc import (
     write_scheduler_file,
 )
 from conveyor.rpc.gcpause import BurstFreezer, gc_paused
+from conveyor.rpc.outgoing import outgoing_limit
 from conveyor.server.extensions import DEFAULT_EXTENSIONS
 from conveyor.server.lifecycle import Server
 from conveyor.server.plugin import SchedulerPlugin, plugin_name
@@ -164,6 +165,7 @@ class Scheduler(Server):
             "story": lambda p, m: [list(e) for e in self.state.story(*m["keys"])],
             "run-spec": lambda p, m: self.state.run_spec_of(m["key"], bool(m.get("blame"))),
             "fire-and-forget": self._fire_and_forget,
+            "unregister": self._unregister_worker,
         }
         for op, make in WORKER_STREAM_OPS.items():
             self.handlers[op] = self._stream_handler("worker", make)
@@ -276,6 +278,8 @@ class Scheduler(Server):
             return self
         self.loop = asyncio.get_running_loop()
         handshake_timeout = config.parse_duration(config.get("comm.timeouts.handshake")) or 10.0
+        #: what may wait for a peer that stops reading before it is dropped
+        self._max_outgoing = outgoing_limit()
         self._listener = listen(
             self._listen_at,
             self._handle_comm,
@@ -470,6 +474,7 @@ class Scheduler(Server):
 
     async def _handle_comm(self, comm: Any) -> None:
         peer = Peer(comm, asyncio.get_running_loop())
+        peer.max_backlog = self._max_outgoing
         try:
             await serve_peer(peer, self.handlers)
         finally:
@@ -479,17 +484,35 @@ class Scheduler(Server):
         if self.status != "running":
             return
         if peer.role == "worker" and self.stream_comms.get(peer.ident) is peer:
-            del self.stream_comms[peer.ident]
-            logger.info("Remove worker %s", peer.ident)
-            gone = se.RemoveWorker(time.time(), peer.ident, "connection closed")
-            self._guarded("removal of a worker", self.apply, gone)
-            self._notify("remove_worker", peer.ident)
+            self.remove_worker_with(se.RemoveWorker(time.time(), peer.ident, "connection closed"))
         elif peer.role == "client" and self.client_comms.get(peer.ident) is peer:
             del self.client_comms[peer.ident]
             logger.info("Remove client %s", peer.ident)
             left = se.RemoveClient(time.time(), peer.ident)
             self._guarded("removal of a client", self.apply, left)
             self._notify("remove_client", peer.ident)
+
+    def remove_worker_with(self, event: se.RemoveWorker | se.WorkerDied) -> None:
+        """Apply ``event``, which removes a worker (its connection closed, it said it
+        is closing, or its nanny reported its death); a connected worker's stream is
+        dropped and the plugins are told, once."""
+        address = event.address
+        peer = self.stream_comms.pop(address, None)
+        if peer is not None:
+            if isinstance(event, se.RemoveWorker):
+                logger.info("Remove worker %s (%s)", address, event.reason)
+            else:  # its process is gone: so is the connection, whether seen yet or not
+                logger.info("Remove worker %s (%s)", address, event.cause)
+                peer.abort()
+        self._guarded("removal of a worker", self.apply, event)
+        if peer is not None:
+            self._notify("remove_worker", address)
+
+    def _unregister_worker(self, peer: Peer, msg: Msg) -> None:
+        """A worker closing on purpose: none of its tasks is to blame."""
+        if peer.role == "worker" and self.stream_comms.get(peer.ident) is peer:
+            reason = str(msg.get("reason") or "worker-close")
+            self.remove_worker_with(se.RemoveWorker(time.time(), peer.ident, reason, True))
 
     def _register_worker(self, peer: Peer, msg: Msg) -> dict[str, Any]:
         address = str(msg["address"])
@@ -513,6 +536,7 @@ class Scheduler(Server):
                 host,
                 dict(msg.get("keys") or {}),
                 resource_amounts(msg.get("resources")) or {},
+                bool(msg.get("nanny")),
             )
         )
         logger.info("Register worker %s (name %r, %s threads)", address, name, msg["nthreads"])

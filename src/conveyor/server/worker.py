@@ -26,11 +26,13 @@ from conveyor.rpc import Handler, Msg, Peer, PeerPool, read_scheduler_file, serv
 from conveyor.rpc.context import current_task
 from conveyor.rpc.data import INLINE_RESULT_BYTES, pack_data, unpack_data
 from conveyor.rpc.sizes import nbytes
+from conveyor.rpc.threads import run_in_thread
 from conveyor.server.actors import ActorHost
 from conveyor.server.execute import Outcome, warm_imports
 from conveyor.server.lifecycle import Server
 from conveyor.server.resources import parse_resources
 from conveyor.server.runner import TaskRunner
+from conveyor.server.running_file import RunningFile
 from conveyor.server.scheduler import listen_address
 from conveyor.server.spill import SpillBuffer
 from conveyor.server.worker_control import WorkerControl
@@ -78,6 +80,7 @@ class Worker(Server):
         validate: bool | None = None,
         resources: dict[str, float] | str | None = None,
         nanny: str | None = None,
+        running_file: str | None = None,
     ) -> None:
         if scheduler_address is None and scheduler_file is None:
             raise ValueError("Worker needs a scheduler address or a scheduler_file")
@@ -90,6 +93,9 @@ class Worker(Server):
         self.scheduler_file = scheduler_file
         #: the address of the nanny that runs this worker process, if one does
         self.nanny = nanny
+        #: the file, shared with the nanny, where task threads note what they run
+        self._running_path = running_file
+        self._running: RunningFile | None = None
         #: what ``conveyor worker`` exits with once this worker closed: 0 when it was
         #: closed on purpose, EXIT_REPLACE when it should be replaced (by its nanny)
         self.exit_code = 0
@@ -135,8 +141,15 @@ class Worker(Server):
             "update-data": self._update_data,
             "identity": lambda p, m: {"type": "Worker", "id": self.id, "address": self.address},
         }
+        # peers are workers, which listen from start to end: one that refuses a
+        # connection is gone (killed, say), and retrying for the whole connect timeout
+        # would hold up every transfer from it (and a task the scheduler moved here
+        # while its transfer waited) that long
         self.pool = PeerPool(
-            "worker", {}, config.parse_duration(config.get("comm.timeouts.connect")) or 30.0
+            "worker",
+            {},
+            config.parse_duration(config.get("comm.timeouts.connect")) or 30.0,
+            retry_refused=False,
         )
         #: seconds a peer may take to answer a request (plus time for the bytes to
         #: arrive at SLOWEST_TRANSFER), after which it is taken for stuck
@@ -178,13 +191,11 @@ class Worker(Server):
         timeout = config.parse_duration(config.get("comm.timeouts.connect")) or 30.0
         if self._scheduler_address is None:
             assert self.scheduler_file is not None
-            self._scheduler_address = await self.loop.run_in_executor(
-                None, read_scheduler_file, self.scheduler_file, timeout
+            self._scheduler_address = await run_in_thread(
+                read_scheduler_file, self.scheduler_file, timeout
             )
         # ready before the first task: a transfer of an array must not import numpy
-        await self.loop.run_in_executor(
-            None, warm_imports, list(config.get("worker.warm-imports") or [])
-        )
+        await run_in_thread(warm_imports, list(config.get("worker.warm-imports") or []))
         self._listener = listen(
             self._listen_at,
             self._handle_comm,
@@ -206,8 +217,16 @@ class Worker(Server):
             resources=self.resources,
         )
         # made just before registering: tasks come after, and a failure closes it
+        if self._running_path is not None:  # room for threads of seceded tasks too
+            self._running = RunningFile(self._running_path, max(64, 4 * self.nthreads))
+            self._running.set_address(self.address)
         self.runner = TaskRunner(
-            self.nthreads, self.loop, self.functions, self._executed, owner=self
+            self.nthreads,
+            self.loop,
+            self.functions,
+            self._executed,
+            owner=self,
+            record=self._running,
         )
         # running before the reply comes: tasks (and plugins) may arrive ahead of it
         self.status = "running"
@@ -270,6 +289,8 @@ class Worker(Server):
             self._listener.stop()
         await self.pool.close()
         if self.scheduler is not None:
+            # closing on purpose: nothing it was running is to blame
+            self.scheduler.send({"op": "unregister", "reason": reason})
             await self.scheduler.close()
         if self.runner is not None:
             self.runner.close()
@@ -280,7 +301,7 @@ class Worker(Server):
         if self.client is not None:
             # a synchronous client: closed from a thread, as it may share this loop
             with contextlib.suppress(Exception):
-                await asyncio.to_thread(self.client.close)
+                await run_in_thread(self.client.close)
             self.client = None
         self.status = "closed"
         self._closed.set()

@@ -31,6 +31,11 @@ not served yet fail; answers it already sent still arrive.
 
 After every step both state machines are validated, and each worker's ``memory`` tasks
 must match its data store exactly (no leaked or phantom data).
+
+Nothing here waits on time: no heartbeats, ticks or time-outs, and a fetch is answered
+or fails because its peer died. :class:`~conveyor.testing.sim_faults.FaultySimCluster`
+adds them, with frozen workers and stalled links, through the hooks ``_choices`` (what
+may be delivered now), ``_fire_timer``, ``_idle_step`` and ``_fetch_over``.
 """
 
 from __future__ import annotations
@@ -79,6 +84,18 @@ class _Running:
     start: float
     value: Any
     error: str | None
+
+
+@dataclass(slots=True)
+class _Fetch:
+    """A transfer ``fetcher`` asked ``peer`` for; ``done`` once answered or given up."""
+
+    fetcher: str
+    peer: str
+    keys: list[Key]
+    done: bool = False
+    #: the id of its time-out timer, if any (see conveyor.testing.sim_faults)
+    timer: int = 0
 
 
 def dependencies_of(run_spec: tuple[Any, ...]) -> tuple[Key, ...]:
@@ -181,8 +198,11 @@ class SimCluster:
         worker_kwargs: dict[str, Any] | None = None,
         nbytes: Callable[[Key, Any], int] | None = None,
         max_tick: float = 0.01,
+        nannies: bool = False,
     ) -> None:
         self.rng = random.Random(seed)
+        #: workers have nannies, which report each death with what was running
+        self.nannies = nannies
         self.seed = seed
         self.now = 0.0
         self.step_count = 0
@@ -230,13 +250,30 @@ class SimCluster:
             **self.worker_kwargs,
         )
         self.data[address] = {}
-        event = ev.AddWorker(self.now, address, name or address, nthreads, 2**30, "sim-host")
+        event = ev.AddWorker(
+            self.now, address, name or address, nthreads, 2**30, "sim-host", nanny=self.nannies
+        )
         self._to_scheduler(event)
 
-    def kill_worker(self, address: str) -> None:
-        """The worker dies now: data, running tasks and inbound messages are lost."""
+    def kill_worker(self, address: str, died: bool = True) -> None:
+        """The worker dies now: data, running tasks and inbound messages are lost.
+
+        With nannies, its nanny reports the death on a link of its own, so the report
+        may reach the scheduler before or after the worker's closed connection does;
+        it names some of the tasks the worker was executing (a seeded choice of at most
+        ``nthreads``: which of them had a thread). ``died=False``: it was told to close.
+        """
         if address not in self.workers:
             raise KeyError(address)
+        if self.nannies:
+            executing = sorted((k for a, k in self.running if a == address), key=repr)
+            nthreads = self.workers[address].nthreads
+            named = self.rng.sample(executing, min(len(executing), nthreads))
+            report = ev.WorkerDied(0.0, address, "sim-kill", named, died)
+            self._send(
+                (f"nanny:{address}", SCHEDULER, "ctl"),
+                lambda: self._to_scheduler(replace(report, now=self.now)),
+            )
         self.retired[address] = self.workers.pop(address)
         del self.data[address]
         self.worker_blobs.pop(address, None)
@@ -392,19 +429,20 @@ class SimCluster:
     # ----------------------------------------------------------------- running
 
     def step(self) -> bool:
-        """Deliver one message or finish one execution; False if nothing was pending."""
+        """Deliver one message or finish one execution (or, with timers, fire one that
+        fell due); False if nothing could be done."""
         for address in self._kills.pop(self.step_count, ()):
             if address in self.workers:
                 self.kill_worker(address)
-        links = [link for link, queue in self.links.items() if queue]
-        running = list(self.running)
+        links, running = self._choices()
         total = len(links) + len(running)
         if not total:
-            return False
+            return self._idle_step()
         self.step_count += 1
         self.now += self.rng.uniform(0.0, self.max_tick)
-        i = self.rng.randrange(total)
-        if i < len(links):
+        if self._fire_timer():
+            pass  # a timer fell due: that is this step
+        elif (i := self.rng.randrange(total)) < len(links):
             link = links[i]
             queue = self.links[link]
             action = queue.popleft()
@@ -498,6 +536,22 @@ class SimCluster:
 
     # ------------------------------------------------------------ internals
 
+    def _choices(self) -> tuple[list[Link], list[tuple[str, Key]]]:
+        """The links whose head may be delivered now, and the executions that may end."""
+        return [link for link, queue in self.links.items() if queue], list(self.running)
+
+    def _idle_step(self) -> bool:
+        """Nothing can be delivered: take a step anyway (True) or report quiet (False)."""
+        return False
+
+    def _fire_timer(self) -> bool:
+        """Carry out a timer that fell due as this step's action (there are none here)."""
+        return False
+
+    def _fetch_over(self, fetch: _Fetch) -> None:
+        """``fetch`` got its answer (or can get none): later deliveries for it are void."""
+        fetch.done = True
+
     def _send(self, link: Link, action: Callable[[], None]) -> None:
         queue = self.links.get(link)
         if queue is None:
@@ -521,7 +575,7 @@ class SimCluster:
     def _delivery(self, instr: si.ToWorker) -> Callable[[], None]:
         address = instr.worker
         if isinstance(instr, si.CloseWorker):
-            return lambda: self.kill_worker(address) if address in self.workers else None
+            return lambda: self.kill_worker(address, False) if address in self.workers else None
         if isinstance(instr, si.FreeFunctions):
             ids = list(instr.ids)
             return lambda: self.worker_blobs.get(address, set()).difference_update(ids)
@@ -577,8 +631,8 @@ class SimCluster:
         return lambda: self._to_scheduler(make(self.now))
 
     def _fetch(self, fetcher: str, instr: we.GatherDep) -> Callable[[], None]:
-        peer, keys = instr.worker, list(instr.keys)
-        return lambda: self._serve(fetcher, peer, keys)
+        fetch = _Fetch(fetcher, instr.worker, list(instr.keys))
+        return lambda: self._serve(fetch)
 
     def _start_execution(self, address: str, key: Key) -> None:
         wts = self.workers[address].tasks[key]
@@ -628,28 +682,33 @@ class SimCluster:
             )
         self._worker_handle(address, event)
 
-    def _serve(self, fetcher: str, peer: str, keys: list[Key]) -> None:
-        """``peer`` answers a fetch from ``fetcher`` with what it has right now."""
+    def _serve(self, fetch: _Fetch) -> None:
+        """The peer answers a fetch with what it has right now."""
+        fetcher, peer = fetch.fetcher, fetch.peer
+        if fetch.done:
+            return
         if fetcher not in self.workers:
+            self._fetch_over(fetch)
             return
         if peer not in self.workers:
-            done = we.GatherDepDone(self.now, peer, {}, [], failed=True)
-            self._worker_handle(fetcher, done)
+            self._fetch_over(fetch)
+            self._worker_handle(fetcher, we.GatherDepDone(self.now, peer, {}, [], failed=True))
             return
         store = self.data[peer]
-        values = {k: store[k] for k in keys if k in store}
-        missing = [k for k in keys if k not in store]
-        self._send(
-            (peer, fetcher, "data"),
-            lambda: self._receive(fetcher, peer, values, missing),
-        )
+        values = {k: store[k] for k in fetch.keys if k in store}
+        missing = [k for k in fetch.keys if k not in store]
+        self._send((peer, fetcher, "data"), lambda: self._receive(fetch, values, missing))
 
-    def _receive(self, fetcher: str, peer: str, values: dict[Key, Any], missing: list[Key]) -> None:
+    def _receive(self, fetch: _Fetch, values: dict[Key, Any], missing: list[Key]) -> None:
+        if fetch.done:
+            return  # the fetcher gave up on it
+        self._fetch_over(fetch)
+        fetcher = fetch.fetcher
         if fetcher not in self.workers:
             return
         self.data[fetcher].update(values)
         sizes = {k: self.nbytes(k, v) for k, v in values.items()}
-        self._worker_handle(fetcher, we.GatherDepDone(self.now, peer, sizes, missing))
+        self._worker_handle(fetcher, we.GatherDepDone(self.now, fetch.peer, sizes, missing))
 
 
 def _worker_event_factory(instr: si.ToWorker) -> Callable[[float], we.WorkerEvent]:

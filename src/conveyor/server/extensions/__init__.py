@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from conveyor.server.extensions.control import ControlExtension
 from conveyor.server.extensions.coordination import CoordinationExtension
 from conveyor.server.extensions.datasets import DatasetsExtension
+from conveyor.server.extensions.dump import DumpExtension
 from conveyor.server.extensions.events import EventsExtension
 from conveyor.server.extensions.explain import ExplainExtension
 from conveyor.server.extensions.memory import MemoryExtension
@@ -27,6 +28,7 @@ DEFAULT_EXTENSIONS: dict[str, Callable[[Scheduler], Any]] = {
     "explain": ExplainExtension,
     "control": ControlExtension,
     "datasets": DatasetsExtension,
+    "dump": DumpExtension,
     "memory": MemoryExtension,
     "metadata": MetadataExtension,
     "nannies": NannyExtension,

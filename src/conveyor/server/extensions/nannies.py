@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 from conveyor import config
+from conveyor.core import events as se
 from conveyor.rpc import Handler, Msg, Peer, PeerPool
 from conveyor.server.plugin import SchedulerPlugin
 
@@ -44,6 +46,7 @@ class NannyExtension(SchedulerPlugin):
                 "restart-workers": self.restart_workers,
                 "register-nanny-plugin": self.register_plugin,
                 "unregister-nanny-plugin": self.unregister_plugin,
+                "worker-died": self.worker_died,
             }
         )
         register = scheduler.handlers["register-worker"]
@@ -62,6 +65,31 @@ class NannyExtension(SchedulerPlugin):
 
     async def close(self) -> None:
         await self.pool.close()
+
+    # -------------------------------------------------------------- deaths
+
+    def worker_died(self, peer: Peer, msg: Msg) -> None:
+        """A nanny's report on how its worker process ended and what it was running
+        (see :mod:`conveyor.core.deaths`); about a worker that has no nanny, or whose
+        verdict is settled already, it is ignored."""
+        address = msg["worker"]
+        cause = msg["cause"]
+        executing = msg.get("executing")
+        if not isinstance(address, str) or not isinstance(cause, str):
+            raise TypeError("worker-died: 'worker' and 'cause' must be strings")
+        if executing is not None and not isinstance(executing, (list, tuple)):
+            raise TypeError("worker-died: 'executing' must be a list of keys or None")
+        state = self.scheduler.state
+        ws = state.workers.get(address)
+        if not (ws is not None and ws.nanny) and address not in state.awaiting_verdict:
+            return
+        died = bool(msg.get("died", True))
+        keys = None if executing is None else [_key(k) for k in executing]
+        if died:
+            running = "nothing" if keys == [] else "unknown tasks" if keys is None else keys
+            logger.warning("Worker %s died (%s) while running %s", address, cause, running)
+        event = se.WorkerDied(time.time(), address, cause, keys, died)
+        self.scheduler.remove_worker_with(event)
 
     # -------------------------------------------------------------- restart
 
@@ -152,3 +180,8 @@ class NannyExtension(SchedulerPlugin):
             logger.warning(
                 "Nanny plugin %r failed on %s: %s", record["name"], nanny, reply.get("text")
             )
+
+
+def _key(key: Any) -> Any:
+    hash(key)  # TypeError: not a key (a map from the wire)
+    return key
