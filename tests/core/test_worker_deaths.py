@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 
 from conveyor.core import events as ev
-from conveyor.core.deaths import VERDICT_WAIT
-from conveyor.core.instructions import FreeKeys, Instruction, KeyErred
+from conveyor.core.deaths import UNSERVED_LIMIT, UNSERVED_WINDOW, VERDICT_WAIT
+from conveyor.core.instructions import CloseWorker, FreeKeys, Instruction, KeyErred
 from conveyor.core.scheduler import SchedulerState
 
 W1, W2 = "tcp://10.0.0.1:1000", "tcp://10.0.0.2:1000"
@@ -177,3 +177,31 @@ def test_a_poison_task_fails_after_allowed_failures_deaths_its_siblings_do_not()
     assert "on 2 different workers" in text and "killed by SIGKILL" in text
     assert marks(s) == {"a": 2}
     assert all(s.tasks[k].state in ("processing", "queued", "waiting") for k in "bcdef")
+
+
+def test_a_worker_whose_peers_keep_failing_to_fetch_from_it_is_removed() -> None:
+    s = SchedulerState(validate=True)
+    for w in (W1, W2):
+        s.handle(ev.AddWorker(0.0, w, w, 1, 2**30, "host"))
+    keys = [f"x-{i}" for i in range(UNSERVED_LIMIT)]
+    s.handle(ev.UpdateData(0.0, C, {k: [W1] for k in keys}, {k: 8 for k in keys}))
+    for i, key in enumerate(keys[:-1]):
+        out = s.handle(ev.MissingData(1.0 + i, W2, key, W1))
+        assert FreeKeys(W1, [key]) in out and W1 in s.workers
+    out = s.handle(ev.MissingData(10.0, W2, keys[-1], W1))
+    assert W1 not in s.workers
+    assert (
+        CloseWorker(W1, f"removed: its peers failed to fetch data from it {UNSERVED_LIMIT} times")
+        in out
+    )
+
+
+def test_failed_fetches_far_apart_do_not_remove_a_worker() -> None:
+    s = SchedulerState(validate=True)
+    for w in (W1, W2):
+        s.handle(ev.AddWorker(0.0, w, w, 1, 2**30, "host"))
+    keys = [f"x-{i}" for i in range(UNSERVED_LIMIT)]
+    s.handle(ev.UpdateData(0.0, C, {k: [W1] for k in keys}, {k: 8 for k in keys}))
+    for i, key in enumerate(keys):
+        s.handle(ev.MissingData(1.0 + i * (UNSERVED_WINDOW + 1), W2, key, W1))
+    assert W1 in s.workers

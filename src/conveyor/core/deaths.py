@@ -22,6 +22,9 @@ closed connection arrive in either order:
   If no report comes within :data:`VERDICT_WAIT` seconds (the nanny died too), every
   task the worker had is marked.
 
+A worker whose peers keep failing to fetch data it holds while it still answers the
+scheduler (:func:`unserving`) is removed too, and told to close.
+
 Without a nanny, and for a worker dropped for silence (``worker-ttl``), nothing tells
 which tasks were running, and every task the worker had is marked: the conservative
 rule, under which a poison task still ends as ``KilledWorker`` and an innocent one
@@ -36,18 +39,30 @@ from typing import TYPE_CHECKING
 
 from conveyor.core import events as ev
 from conveyor.core.instructions import FreeKeys
-from conveyor.core.records import TaskState
+from conveyor.core.records import TaskState, WorkerInfo
 from conveyor.core.transitions import ACTIVE, Recs
 from conveyor.core.types import Key
 
 if TYPE_CHECKING:
     from conveyor.core.scheduler import SchedulerState
 
-__all__ = ["VERDICT_WAIT", "expire_verdicts", "on_removal", "worker_died"]
+__all__ = [
+    "UNSERVED_LIMIT",
+    "UNSERVED_WINDOW",
+    "VERDICT_WAIT",
+    "expire_verdicts",
+    "on_removal",
+    "unserving",
+    "worker_died",
+]
 
 #: seconds to wait for a nanny's report on a worker whose connection closed, after
 #: which every task the worker had is marked
 VERDICT_WAIT = 5.0
+#: a worker whose peers failed this many times to fetch data it holds, each within
+#: UNSERVED_WINDOW seconds of the previous failure, is removed (and told to close)
+UNSERVED_LIMIT = 3
+UNSERVED_WINDOW = 600.0
 
 
 def on_removal(
@@ -102,6 +117,20 @@ def expire_verdicts(s: SchedulerState, now: float) -> None:
         del waiting[address]
         cause = f"its connection closed, and its nanny did not say why within {VERDICT_WAIT:g} s"
         _mark_later(s, address, cause, tasks)
+
+
+def unserving(ws: WorkerInfo, now: float) -> bool:
+    """Count a peer's failed fetch of data ``ws`` holds; whether ``ws`` is to go.
+
+    A worker that still answers the scheduler but serves no data (its listener broken,
+    say) would otherwise have every key it is asked for recomputed, on itself again,
+    without end: each failed fetch costs a peer ``comm.timeouts.tcp``, so a few in a
+    row mean it is broken, not slow.
+    """
+    count, last = ws.unserved
+    count = count + 1 if now - last <= UNSERVED_WINDOW else 1
+    ws.unserved = (count, now)
+    return count >= UNSERVED_LIMIT
 
 
 def _named(tasks: list[TaskState], keys: list[Key] | None) -> list[TaskState]:

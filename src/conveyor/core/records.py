@@ -271,6 +271,7 @@ class WorkerInfo:
         "processing",
         "resources",
         "status",
+        "unserved",
         "used_resources",
     )
 
@@ -289,6 +290,8 @@ class WorkerInfo:
         self.name = name
         #: a nanny runs this worker, and reports how its process ended
         self.nanny = nanny
+        #: peers' failed fetches of data it holds: (count, time of the last)
+        self.unserved = (0, 0.0)
         self.nthreads = nthreads
         self.memory_limit = memory_limit
         self.host = host

@@ -648,6 +648,10 @@ class SchedulerState(SchedulerTransitions):
             # the key: it drops that copy, so that it is not kept unknown to us forever.
             self._remove_replica(ts, errant)
             self._out.append(FreeKeys(errant.address, [ts.key]))
+            if deaths.unserving(errant, e.now):  # it answers us, but serves nobody
+                reason = f"its peers failed to fetch data from it {deaths.UNSERVED_LIMIT} times"
+                self._remove_worker(ev.RemoveWorker(e.now, errant.address, reason, True))
+                self._out.append(CloseWorker(errant.address, f"removed: {reason}"))
         recs: Recs = {}
         if ts.state == "memory" and not ts.who_has:
             self._transition(ts, "released", recs, force=True, lost=True)
