@@ -650,7 +650,8 @@ class SchedulerState(SchedulerTransitions):
             self._out.append(FreeKeys(errant.address, [ts.key]))
             if deaths.unserving(errant, e.now):  # it answers us, but serves nobody
                 reason = f"its peers failed to fetch data from it {deaths.UNSERVED_LIMIT} times"
-                self._remove_worker(ev.RemoveWorker(e.now, errant.address, reason, True))
+                # judged as a lost connection: it may be dying, its nanny will say
+                self._remove_worker(ev.RemoveWorker(e.now, errant.address, reason))
                 self._out.append(CloseWorker(errant.address, f"removed: {reason}"))
         recs: Recs = {}
         if ts.state == "memory" and not ts.who_has:
