@@ -205,3 +205,15 @@ def test_failed_fetches_far_apart_do_not_remove_a_worker() -> None:
     for i, key in enumerate(keys):
         s.handle(ev.MissingData(1.0 + i * (UNSERVED_WINDOW + 1), W2, key, W1))
     assert W1 in s.workers
+
+
+def test_one_failed_fetch_of_many_keys_counts_once() -> None:
+    s = SchedulerState(validate=True)
+    for w in (W1, W2):
+        s.handle(ev.AddWorker(0.0, w, w, 1, 2**30, "host"))
+    keys = [f"x-{i}" for i in range(10)]
+    s.handle(ev.UpdateData(0.0, C, {k: [W1] for k in keys}, {k: 8 for k in keys}))
+    for key in keys:  # one fetch's keys, reported together
+        s.handle(ev.MissingData(1.0, W2, key, W1))
+    assert W1 in s.workers
+    assert s.workers[W1].unserved == (1, 1.0)

@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "UNSERVED_LIMIT",
+    "UNSERVED_SPACING",
     "UNSERVED_WINDOW",
     "VERDICT_WAIT",
     "expire_verdicts",
@@ -63,6 +64,9 @@ VERDICT_WAIT = 5.0
 #: UNSERVED_WINDOW seconds of the previous failure, is removed (and told to close)
 UNSERVED_LIMIT = 3
 UNSERVED_WINDOW = 600.0
+#: reports closer than this to the last failure counted are the same failure (one
+#: failed fetch of many keys is reported key by key)
+UNSERVED_SPACING = 0.1
 
 
 def on_removal(
@@ -128,6 +132,8 @@ def unserving(ws: WorkerInfo, now: float) -> bool:
     row mean it is broken, not slow.
     """
     count, last = ws.unserved
+    if count and 0 <= now - last < UNSERVED_SPACING:
+        return False
     count = count + 1 if now - last <= UNSERVED_WINDOW else 1
     ws.unserved = (count, now)
     return count >= UNSERVED_LIMIT
