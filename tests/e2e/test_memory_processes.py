@@ -12,6 +12,7 @@ import dask.config
 import pytest
 
 from conveyor import Client, LocalCluster, wait
+from conveyor.testing.bounded import bounded
 
 pytestmark = pytest.mark.e2e
 
@@ -28,11 +29,13 @@ def test_persisting_three_times_the_memory_limit_kills_no_worker(tmp_path: Path)
         Client(cluster, set_as_default=False) as client,
     ):
         pids = client.run(os.getpid)
-        x = client.persist(da.arange(n, chunks=1_250_000, dtype="i8"))  # 10 MB chunks
-        wait(x, timeout=300)
-        spilled = client.run(lambda dask_worker: dask_worker.data.spilled_bytes)
-        assert sum(spilled.values()) > 2 * limit  # most of it went to disk
-        assert client.compute(x.sum()).result(timeout=300) == n * (n - 1) // 2
+        with bounded(client, 300, "persisting 3x the memory limit") as deadline:
+            x = client.persist(da.arange(n, chunks=1_250_000, dtype="i8"))  # 10 MB chunks
+            wait(x, timeout=deadline.remaining())
+            spilled = client.run(lambda dask_worker: dask_worker.data.spilled_bytes)
+            assert sum(spilled.values()) > 2 * limit  # most of it went to disk
+            total = client.compute(x.sum()).result(timeout=deadline.remaining())
+            assert total == n * (n - 1) // 2
         if client.run(os.getpid) != pids:
             for log in Path(tmp_path).rglob("worker-*.log"):
                 print(log, log.read_text()[-3000:])

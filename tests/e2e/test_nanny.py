@@ -19,6 +19,7 @@ import psutil
 import pytest
 
 from conveyor import Client, KilledWorker, NannyPlugin
+from conveyor.testing.bounded import bounded
 from conveyor.testing.cluster import until_sync
 
 pytestmark = pytest.mark.e2e
@@ -121,9 +122,10 @@ def test_a_killed_worker_is_restarted_by_its_nanny(cluster: Cluster) -> None:
         pid = worker_pid(client)
         assert pid != nanny.pid
         assert client.run(os.getppid) == {next(iter(client.scheduler_info()["workers"])): nanny.pid}
-        os.kill(pid, signal.SIGKILL)
-        until_sync(lambda: _new_worker(client, pid), timeout=30, what="a new worker")
-        assert client.submit(inc, 1).result(timeout=30) == 2
+        with bounded(client, 60, "restart after SIGKILL") as deadline:
+            os.kill(pid, signal.SIGKILL)
+            deadline.until(lambda: _new_worker(client, pid), "a new worker")
+            assert client.submit(inc, 1).result(timeout=deadline.remaining()) == 2
         assert nanny.poll() is None
 
 
@@ -141,10 +143,11 @@ def test_the_nanny_kills_a_worker_over_its_memory_limit(cluster: Cluster) -> Non
         client.wait_for_workers(1, timeout=30)
         pid = worker_pid(client)
         fut = client.submit(hog, 400_000_000)
-        with pytest.raises(KilledWorker, match=r"hog.*\(memory limit: \d+ MiB resident"):
-            fut.result(timeout=60)
-        until_sync(lambda: _new_worker(client, pid), timeout=30, what="a new worker")
-        assert client.submit(inc, 2).result(timeout=30) == 3
+        with bounded(client, 120, "a memory kill and restart", [fut]) as deadline:
+            with pytest.raises(KilledWorker, match=r"hog.*\(memory limit: \d+ MiB resident"):
+                fut.result(timeout=deadline.remaining())
+            deadline.until(lambda: _new_worker(client, pid), "a new worker")
+            assert client.submit(inc, 2).result(timeout=deadline.remaining()) == 3
         assert nanny.poll() is None
     nanny.send_signal(signal.SIGTERM)
     assert nanny.wait(30) == 0

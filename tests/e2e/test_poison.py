@@ -12,6 +12,7 @@ import cloudpickle
 import pytest
 
 from conveyor import Client, KilledWorker, LocalCluster
+from conveyor.testing.bounded import bounded
 from conveyor.testing.cluster import until_sync
 
 pytestmark = pytest.mark.e2e
@@ -46,13 +47,14 @@ def test_a_poison_task_fails_alone_and_its_waiting_siblings_finish(tmp_path: Pat
             timeout=30,
             what="the siblings on the worker",
         )
-        Path(trigger).touch()
-        with pytest.raises(KilledWorker) as info:
-            bad.result(timeout=60)
-        text = str(info.value)
-        assert "'poison'" in text and "4 different workers" in text
-        assert "exit code 1" in text
-        assert [f.result(timeout=30) for f in siblings] == [1, 2, 3, 4]
+        with bounded(client, 120, "a poison task and its siblings", [bad]) as deadline:
+            Path(trigger).touch()
+            with pytest.raises(KilledWorker) as info:
+                bad.result(timeout=deadline.remaining())
+            text = str(info.value)
+            assert "'poison'" in text and "4 different workers" in text
+            assert "exit code 1" in text
+            assert [f.result(timeout=deadline.remaining()) for f in siblings] == [1, 2, 3, 4]
         story = client.run_on_scheduler(
             lambda dask_scheduler: {
                 k: dask_scheduler.tasks[k].suspicious for k in ["poison", "sibling-0"]
