@@ -12,7 +12,7 @@ from typing import Any
 import dask
 import pytest
 
-from conveyor import Client, Scheduler, Worker
+from conveyor import Client, Scheduler, SchedulerPlugin, Worker
 from conveyor.core import events as se
 from conveyor.testing.cluster import until
 
@@ -45,9 +45,20 @@ def test_idle_timeout_waits_while_a_client_is_connected() -> None:
 def test_silent_worker_is_removed_after_worker_ttl() -> None:
     async def main() -> None:
         async with Scheduler(host="127.0.0.1", port=0, worker_ttl="0.5s") as s:
+            removed: list[str] = []
+
+            class Watch(SchedulerPlugin):
+                def remove_worker(self, scheduler: Any, worker: str) -> None:
+                    removed.append(worker)
+
+            await s.add_plugin(Watch())
             async with Worker(s.address, nthreads=1, heartbeat_interval="1h") as quiet:
                 await until(lambda: quiet.address in s.workers, what="registered")
                 await until(lambda: quiet.address not in s.workers, 10, "removed by ttl")
+                assert removed == [quiet.address]  # plugins hear of it at once
+                assert quiet.address not in s.stream_comms
+                await asyncio.wait_for(quiet.finished(), 10)  # told to close, it did
+            assert removed == [quiet.address]  # and only once
             async with Worker(s.address, nthreads=1, heartbeat_interval="50ms") as chatty:
                 ticks = _record_ticks(s)
                 start = time.time()

@@ -18,7 +18,7 @@ from typing import Any
 from conveyor import config
 from conveyor.comm import Listener, get_ip_interface, listen, unparse_host_port
 from conveyor.core import events as se
-from conveyor.core.instructions import KeyErred, KeyInMemory, ToWorker
+from conveyor.core.instructions import CloseWorker, KeyErred, KeyInMemory, ToWorker
 from conveyor.core.records import ClientInfo, TaskState, WorkerInfo
 from conveyor.core.replicas import workers_to_close as plan_workers_to_close
 from conveyor.core.scheduler import SchedulerState
@@ -433,6 +433,8 @@ class Scheduler(Server):
                 peer = self.client_comms.get(instr.client_id)
             if peer is not None:
                 peer.send(scheduler_instruction_to_msg(instr))
+                if type(instr) is CloseWorker and instr.worker not in self.state.workers:
+                    self._dropped(instr.worker, instr.reason)
         if settled:
             self._forget_fired(settled)
 
@@ -507,6 +509,14 @@ class Scheduler(Server):
         self._guarded("removal of a worker", self.apply, event)
         if peer is not None:
             self._notify("remove_worker", address)
+
+    def _dropped(self, address: str, reason: str) -> None:
+        """The state machine removed a connected worker itself (silent past worker-ttl,
+        or serving no data) and told it to close: its stream is no longer its own (it
+        stays open until the worker reads that and closes it), and plugins are told."""
+        del self.stream_comms[address]
+        logger.warning("Remove worker %s (%s)", address, reason)
+        self._notify("remove_worker", address)
 
     def _unregister_worker(self, peer: Peer, msg: Msg) -> None:
         """A worker closing on purpose: none of its tasks is to blame."""
