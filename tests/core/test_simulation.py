@@ -8,16 +8,14 @@ same ``PYTHONHASHSEED``).
 
 from __future__ import annotations
 
-import os
 import random
-import subprocess
-import sys
 from typing import Any
 
 import pytest
 
 from conveyor.core.instructions import KeyErred, KeyInMemory, KeysCancelled, LostData
 from conveyor.core.types import Key
+from conveyor.testing.replay import replay_digests
 from conveyor.testing.simulation import (
     SimCluster,
     SimStuck,
@@ -363,18 +361,7 @@ print(hashlib.sha256(repr((sim.trace, sim.logs())).encode()).hexdigest())
 
 def test_a_seed_replays_exactly_in_another_interpreter() -> None:
     # both state machines iterate sets of strings, so the hash seed must match too
-    env = {**os.environ, "PYTHONHASHSEED": "123"}
-    digests = {
-        subprocess.run(
-            [sys.executable, "-c", REPLAY_SCRIPT],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=60,
-        ).stdout.strip()
-        for _ in range(2)
-    }
+    digests = replay_digests(REPLAY_SCRIPT, 123)
     assert len(digests) == 1
     assert len(digests.pop()) == 64
 

@@ -11,10 +11,7 @@ every event (see :mod:`conveyor.testing.simulation` and :mod:`conveyor.testing.s
 
 from __future__ import annotations
 
-import os
 import random
-import subprocess
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +22,7 @@ from conveyor.core.deaths import UNSERVED_LIMIT
 from conveyor.core.instructions import FreeKeys, KeyInMemory, LostData, RefreshWhoHas
 from conveyor.core.scheduler import SchedulerState
 from conveyor.core.types import Key
+from conveyor.testing.replay import replay_digests
 from conveyor.testing.sim_faults import FaultySimCluster
 from conveyor.testing.simulation import SCHEDULER, SimCluster, expected_values, random_dag
 
@@ -386,18 +384,7 @@ print(hashlib.sha256(repr((sim.trace, sim.logs())).encode()).hexdigest())
 
 
 def test_a_faulty_seed_replays_exactly_in_another_interpreter() -> None:
-    env = {**os.environ, "PYTHONHASHSEED": "321"}
-    digests = {
-        subprocess.run(
-            [sys.executable, "-c", REPLAY_SCRIPT],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=60,
-        ).stdout.strip()
-        for _ in range(2)
-    }
+    digests = replay_digests(REPLAY_SCRIPT, 321)
     assert len(digests) == 1
     assert len(digests.pop()) == 64
 
