@@ -2,6 +2,11 @@
 
 from conveyor.protocol.codec import decode, encode
 from conveyor.protocol.errors import ProtocolError
+from conveyor.protocol.families import (
+    register_generic,
+    register_serialization_family,
+    register_type,
+)
 from conveyor.protocol.framing import FrameDecoder, encode_frames
 from conveyor.protocol.runspec import CallChunk, FunctionStore, build_task, unpickle_call
 from conveyor.protocol.serialize import (
@@ -33,6 +38,9 @@ __all__ = [
     "loads_function",
     "pack_exception",
     "pickle_bytes",
+    "register_generic",
+    "register_serialization_family",
+    "register_type",
     "unpack_traceback",
     "unpickle_bytes",
     "unpickle_call",

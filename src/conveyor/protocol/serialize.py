@@ -18,6 +18,8 @@ from typing import Generic, TypeVar
 
 import cloudpickle
 
+from conveyor.protocol import families
+
 __all__ = [
     "OUT_OF_BAND_THRESHOLD",
     "Serialized",
@@ -78,14 +80,27 @@ def dumps(obj: object) -> Serialized:
         return False
 
     try:
-        header = pickle.dumps(obj, protocol=5, buffer_callback=keep_large_out_of_band)
+        header = _pickle(obj, False, keep_large_out_of_band)
     except Exception:
         buffers.clear()
         try:
-            header = cloudpickle.dumps(obj, protocol=5, buffer_callback=keep_large_out_of_band)
+            header = _pickle(obj, True, keep_large_out_of_band)
         except Exception as e:
             raise _serialize_error(obj, e) from e
     return Serialized(header, buffers)
+
+
+def _pickle(
+    obj: object, by_value: bool, callback: Callable[[pickle.PickleBuffer], bool] | None = None
+) -> bytes:
+    """Pickle with plain pickle or (``by_value``) cloudpickle; registered user types
+    through their serializer families (:mod:`conveyor.protocol.families`)."""
+    if families.active():
+        return families.pickle_with_families(obj, by_value, callback)
+    if by_value:
+        data: bytes = cloudpickle.dumps(obj, protocol=5, buffer_callback=callback)
+        return data
+    return pickle.dumps(obj, protocol=5, buffer_callback=callback)
 
 
 def loads(ser: Serialized) -> object:
@@ -96,13 +111,12 @@ def loads(ser: Serialized) -> object:
 def pickle_bytes(obj: object) -> bytes:
     """Pickle a small object fully in band (cloudpickle when plain pickle cannot)."""
     try:
-        return pickle.dumps(obj, protocol=5)
+        return _pickle(obj, False)
     except Exception:
         try:
-            data: bytes = cloudpickle.dumps(obj, protocol=5)
+            return _pickle(obj, True)
         except Exception as e:
             raise _serialize_error(obj, e) from e
-        return data
 
 
 def dumps_spec(obj: object) -> bytes:
@@ -113,12 +127,12 @@ def dumps_spec(obj: object) -> bytes:
     a worker may not be able to import: those go through cloudpickle, by value.
     """
     try:
-        data = pickle.dumps(obj, protocol=5)
+        data = _pickle(obj, False)
     except Exception:
         data = b"__main__"
     if b"__main__" in data or _names_by_value_module(data):
         try:
-            data = cloudpickle.dumps(obj, protocol=5)
+            data = _pickle(obj, True)
         except Exception as e:
             raise _serialize_error(obj, e) from e
     return data
