@@ -58,6 +58,7 @@ def test_defaults_are_registered_with_dask() -> None:
         "retry": {"count": 0},
     }
     assert d["client"] == {"heartbeat": "5s"}
+    assert d["admin"] == {"log-length": 10_000}
     assert d["local"] == {
         "directory": None,
         "warm-imports-if-loaded": ["pandas", "dask.array", "dask.dataframe"],

@@ -35,6 +35,7 @@ from conveyor.client.graph import (
     normalize_key,
     submit_key,
 )
+from conveyor.client.logs import LogsMixin
 from conveyor.client.maintenance import MaintenanceMixin
 from conveyor.client.scatter import ScatterMixin
 from conveyor.client.secession import seceding_if_in_task
@@ -67,6 +68,7 @@ class Client(
     DebuggingMixin,
     EventsMixin,
     ExplainMixin,
+    LogsMixin,
     MaintenanceMixin,
     ScatterMixin,
 ):

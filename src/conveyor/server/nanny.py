@@ -47,6 +47,7 @@ from conveyor.rpc import Handler, Msg, Peer, PeerPool, serve_peer
 from conveyor.rpc.schedfile import read_scheduler_file
 from conveyor.server.calls import error_reply
 from conveyor.server.lifecycle import Server
+from conveyor.server.logs import logs_reply, process_logs
 from conveyor.server.plugin_host import PluginHost
 from conveyor.server.process import STOP_GRACE, WorkerProcess, exit_description
 from conveyor.server.running_file import read_running
@@ -148,6 +149,7 @@ class Nanny(Server):
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = asyncio.Event()
         self._plugins = PluginHost(self, "nanny")
+        process_logs()  # its log lines, for Client.get_worker_logs(nanny=True)
         #: the connection to the scheduler, for reports on the worker's end
         self._pool = PeerPool("nanny", {}, _PROBE_TIMEOUT)
         self._plugin_bytes: dict[str, bytes] = {}
@@ -158,6 +160,7 @@ class Nanny(Server):
             "plugin-remove": self._plugin_remove,
             "run": lambda p, m: run_call(m, self),
             "identity": lambda p, m: {"type": "Nanny", "id": self.id, "address": self.address},
+            "get-logs": lambda p, m: logs_reply(m),
         }
 
     def __repr__(self) -> str:

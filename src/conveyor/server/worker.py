@@ -30,6 +30,7 @@ from conveyor.rpc.threads import run_in_thread
 from conveyor.server.actors import ActorHost
 from conveyor.server.execute import Outcome, warm_imports
 from conveyor.server.lifecycle import Server
+from conveyor.server.logs import logs_reply, process_logs
 from conveyor.server.resources import parse_resources
 from conveyor.server.runner import TaskRunner
 from conveyor.server.running_file import RunningFile
@@ -140,6 +141,7 @@ class Worker(Server):
             "get-data": self._get_data,
             "update-data": self._update_data,
             "identity": lambda p, m: {"type": "Worker", "id": self.id, "address": self.address},
+            "get-logs": lambda p, m: logs_reply(m),
         }
         # peers are workers, which listen from start to end: one that refuses a
         # connection is gone (killed, say), and retrying for the whole connect timeout
@@ -167,6 +169,7 @@ class Worker(Server):
         self._handlers.update(self.actors.handlers())
         #: Client.run, worker plugins and uploaded files (see worker_control.py)
         self.control = WorkerControl(self)
+        process_logs()  # its log lines, for Client.get_worker_logs
 
     def __repr__(self) -> str:
         return f"<Worker {self.address or 'not started'} name={self.name!r} status={self.status}>"

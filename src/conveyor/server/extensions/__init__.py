@@ -15,6 +15,7 @@ from conveyor.server.extensions.datasets import DatasetsExtension
 from conveyor.server.extensions.dump import DumpExtension
 from conveyor.server.extensions.events import EventsExtension
 from conveyor.server.extensions.explain import ExplainExtension
+from conveyor.server.extensions.logs import LogsExtension
 from conveyor.server.extensions.memory import MemoryExtension
 from conveyor.server.extensions.metadata import MetadataExtension
 from conveyor.server.extensions.nannies import NannyExtension
@@ -26,6 +27,7 @@ DEFAULT_EXTENSIONS: dict[str, Callable[[Scheduler], Any]] = {
     "coordination": CoordinationExtension,
     "events": EventsExtension,
     "explain": ExplainExtension,
+    "logs": LogsExtension,
     "control": ControlExtension,
     "datasets": DatasetsExtension,
     "dump": DumpExtension,
