@@ -58,26 +58,52 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--host", default=None, help="Address to listen on, e.g. 127.0.0.1.")
+@click.option(
+    "--host",
+    default=None,
+    show_default="every interface",
+    help="Address to listen on, e.g. 127.0.0.1.",
+)
 @click.option("--port", type=int, default=8786, show_default=True, help="0: any free port.")
-@click.option("--interface", default=None, help="Network interface to listen on, e.g. eth0.")
-@click.option("--protocol", default=None, help="Transport, e.g. tcp (default) or tls.")
+@click.option(
+    "--interface",
+    default=None,
+    show_default="none: --host decides",
+    help="Network interface to listen on, e.g. eth0.",
+)
+@click.option(
+    "--protocol",
+    default=None,
+    show_default="tcp",
+    help="Transport: tcp (inproc is for in-process clusters only).",
+)
 @click.option(
     "--scheduler-file",
     type=click.Path(dir_okay=False),
     default=None,
+    show_default="none",
     help="Write the scheduler's address to this JSON file for workers and clients.",
 )
-@click.option("--dashboard-address", default=":8787", show_default=True)
-@click.option("--dashboard/--no-dashboard", default=True, help="Serve the dashboard.")
 @click.option(
-    "--idle-timeout", default=None, help="Close after this long without work, e.g. '1 hour'."
+    "--dashboard-address",
+    default=":8787",
+    show_default=True,
+    help="Where the dashboard listens; a free port if that one is taken.",
+)
+@click.option(
+    "--dashboard/--no-dashboard", default=True, show_default=True, help="Serve the dashboard."
+)
+@click.option(
+    "--idle-timeout",
+    default=None,
+    show_default="never",
+    help="Close after this long without clients or work, e.g. '1 hour'.",
 )
 @click.option(
     "--allow-remote-code/--no-allow-remote-code",
     default=None,
-    help="Run code that clients send to the scheduler (run_on_scheduler, scheduler "
-    "plugins). Default: the scheduler.allow-remote-code configuration (false).",
+    show_default="the scheduler.allow-remote-code configuration: false",
+    help="Run code that clients send to the scheduler (run_on_scheduler, scheduler plugins).",
 )
 def scheduler(
     host: str | None,
@@ -121,30 +147,69 @@ def scheduler(
     "--scheduler-file",
     type=click.Path(dir_okay=False),
     default=None,
+    show_default="none",
     help="Read the scheduler's address from this file (waits for it to appear).",
 )
-@click.option("--host", default=None, help="Address to listen on, e.g. 127.0.0.1.")
-@click.option("--interface", default=None, help="Network interface to listen on.")
-@click.option("--protocol", default=None, help="Transport, e.g. tcp (default) or tls.")
-@click.option("--nthreads", type=click.IntRange(min=1), default=None, help="Threads per worker.")
-@click.option("--nworkers", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--name", default=None, help="Worker name; NAME-0, NAME-1... with --nworkers.")
+@click.option(
+    "--host",
+    default=None,
+    show_default="the scheduler address's host",
+    help="Address to listen on, e.g. 127.0.0.1.",
+)
+@click.option(
+    "--interface",
+    default=None,
+    show_default="none: --host decides",
+    help="Network interface to listen on.",
+)
+@click.option(
+    "--protocol",
+    default=None,
+    show_default="the scheduler address's",
+    help="Transport: tcp (inproc is for in-process clusters only).",
+)
+@click.option(
+    "--nthreads",
+    type=click.IntRange(min=1),
+    default=None,
+    show_default="CPU count / nworkers",
+    help="Threads per worker.",
+)
+@click.option(
+    "--nworkers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Workers to start (each under a nanny of its own unless --no-nanny).",
+)
+@click.option(
+    "--name",
+    default=None,
+    show_default="its address",
+    help="Worker name; NAME-0, NAME-1... with --nworkers.",
+)
 @click.option(
     "--memory-limit",
     default="auto",
     show_default=True,
     help="Per worker: 'auto', bytes ('4GB'), a fraction of memory (0.5), or 0 for none.",
 )
-@click.option("--local-directory", default=None, help="Directory for spilled data.")
+@click.option(
+    "--local-directory",
+    default=None,
+    show_default="the system's temporary directory",
+    help="Where each worker makes its spill directory (removed when it closes).",
+)
 @click.option(
     "--resources",
     default=None,
-    help="Amounts of resources each worker offers to tasks that need them, e.g. "
-    "'GPU=2,MEM=10e9' (default: the worker.resources configuration).",
+    show_default="the worker.resources configuration",
+    help="Amounts of resources each worker offers to tasks that need them, e.g. 'GPU=2,MEM=10e9'.",
 )
 @click.option(
     "--dashboard/--no-dashboard",
     default=False,
+    show_default=True,
     help="Workers serve no dashboard (the scheduler's shows them): --dashboard is refused.",
 )
 @click.option(
@@ -240,8 +305,21 @@ def worker(
 
 
 @main.command()
-@click.option("--tasks", "n", type=click.IntRange(min=1), default=2_000, show_default=True)
-@click.option("--nworkers", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option(
+    "--tasks",
+    "n",
+    type=click.IntRange(min=1),
+    default=2_000,
+    show_default=True,
+    help="Tasks in the demo's graph.",
+)
+@click.option(
+    "--nworkers",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="Worker processes of the embedded cluster.",
+)
 def demo(n: int, nworkers: int) -> None:
     """Run a small computation on an embedded local cluster and check its result."""
     sys.exit(run_demo(n, nworkers))
