@@ -321,3 +321,31 @@ def test_a_paused_worker_keeps_what_it_has_and_may_be_retired() -> None:
     assert s.workers[W1].status == "closing_gracefully"
     assert s.tasks["x"].state in ("queued", "no-worker")
     assert s.tasks["x"].suspicious == 0
+
+
+# ------------------------------------------------------------ operator moves
+
+
+def test_an_operator_releases_a_task_in_memory_and_it_runs_again() -> None:
+    s = make()
+    s.handle(ev.UpdateGraph(0.0, C, [ev.TaskSpec("x", b"opaque", ())], ["x"]))
+    where = s.tasks["x"].processing_on
+    assert where is not None
+    s.handle(ev.TaskFinished(1.0, where.address, "x", 8, "int", 0.5, 1.0))
+    out = s.handle(ev.OperatorTransition(2.0, "x", "released", stimulus_id="ops-1"))
+    assert FreeKeys(where.address, ["x"]) in out
+    assert [i.key for i in of(out, ComputeTask)] == ["x"]  # still wanted: runs again
+    assert ("x", "memory", "released", "ops-1") in [e[:4] for e in s.story("x")]
+
+
+def test_an_operator_fails_a_running_task_and_its_dependents() -> None:
+    s = make()
+    tasks = [ev.TaskSpec("x", b"opaque", ()), ev.TaskSpec("y", b"opaque", ("x",))]
+    s.handle(ev.UpdateGraph(0.0, C, tasks, ["y"]))
+    where = s.tasks["x"].processing_on
+    assert where is not None
+    out = s.handle(ev.OperatorTransition(1.0, "x", "erred", "stuck on a bad node"))
+    assert FreeKeys(where.address, ["x"]) in out
+    [erred] = of(out, KeyErred)
+    assert (erred.key, erred.exception_text) == ("y", "stuck on a bad node")
+    assert {k: ts.state for k, ts in s.tasks.items()} == {"x": "erred", "y": "erred"}

@@ -53,6 +53,7 @@ def handlers(s: SchedulerState) -> dict[type, Callable[[Any], None]]:
         ev.RetryKeys: partial(retry_keys, s),
         ev.ForgetAll: partial(forget_all, s),
         ev.WorkerPaused: partial(worker_paused, s),
+        ev.OperatorTransition: partial(operator_transition, s),
     }
 
 
@@ -180,6 +181,43 @@ def retry_keys(s: SchedulerState, e: ev.RetryKeys) -> None:
         s._transition(ts, "released", recs)
     s.last_activity = e.now
     s._transitions(recs)
+
+
+#: where ``Scheduler.transition`` may move a task
+OPERATOR_FINISHES = ("released", "erred")
+
+
+def operator_transition(s: SchedulerState, e: ev.OperatorTransition) -> None:
+    """Move a task where an operator says (:class:`~conveyor.core.events.OperatorTransition`)."""
+    ts = s.tasks[e.key]
+    if e.stimulus_id:
+        s._stimulus = e.stimulus_id
+    recs: Recs = {}
+    if e.finish == "released":
+        s._transition(ts, "released", recs, force=True)
+    elif e.finish == "erred":
+        fail_where_it_is(s, ts, e.reason or "marked erred by the scheduler's operator", recs)
+    else:
+        raise ValueError(f"an operator may move a task to {OPERATOR_FINISHES}, not {e.finish!r}")
+    s.last_activity = e.now
+    s._transitions(recs)
+
+
+def fail_where_it_is(s: SchedulerState, ts: TaskState, text: str, recs: Recs) -> None:
+    """Make ``ts`` fail with ``text`` from any state but forgotten: a task in memory
+    drops its data, one running on a worker is freed there, and its dependents fail."""
+    if ts.state == "memory":
+        s._transition(ts, "released", recs, force=True)
+        recs.pop(ts, None)
+    ts.exception = ts.traceback = None
+    ts.exception_text, ts.traceback_text = text, ""
+    ts.exception_blame = ts
+    where = ts.processing_on
+    if where is not None:  # running on a worker: that worker drops it
+        s._out.append(FreeKeys(where.address, [ts.key]))
+        s._transition(ts, "erred", recs, exception_text=text)
+    else:
+        s._transition(ts, "erred", recs)
 
 
 def forget_all(s: SchedulerState, e: ev.ForgetAll) -> None:

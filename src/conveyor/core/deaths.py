@@ -38,7 +38,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from conveyor.core import events as ev
-from conveyor.core.instructions import FreeKeys
+from conveyor.core.control import fail_where_it_is
 from conveyor.core.records import TaskState, WorkerInfo
 from conveyor.core.transitions import ACTIVE, Recs
 from conveyor.core.types import Key
@@ -169,13 +169,5 @@ def _mark_later(s: SchedulerState, address: str, cause: str, tasks: list[TaskSta
         text = _mark(s, ts, address, cause)
         if text is None:
             continue
-        ts.exception = ts.traceback = None
-        ts.exception_text, ts.traceback_text = text, ""
-        ts.exception_blame = ts
-        where = ts.processing_on
-        if where is not None:  # running again elsewhere: that worker drops it
-            s._out.append(FreeKeys(where.address, [ts.key]))
-            s._transition(ts, "erred", recs, exception_text=text)
-        else:
-            s._transition(ts, "erred", recs)
+        fail_where_it_is(s, ts, text, recs)  # running again elsewhere: dropped there
     s._transitions(recs)

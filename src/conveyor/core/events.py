@@ -273,6 +273,18 @@ class RetryKeys(SchedulerEvent):
 
 
 @dataclass(slots=True)
+class OperatorTransition(SchedulerEvent):
+    """An operator moves a task (``Scheduler.transition``): to ``released`` (what it
+    holds is dropped and, if still wanted, it runs again) or to ``erred`` (it fails
+    with ``reason``, wherever it is). Checked by the shell before it is applied."""
+
+    key: Key
+    finish: str
+    reason: str = ""
+    stimulus_id: str | None = None
+
+
+@dataclass(slots=True)
 class ForgetAll(SchedulerEvent):
     """Every client releases every key (``Client.restart``); clients are told their
     keys were cancelled, with ``reason``."""

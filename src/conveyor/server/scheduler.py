@@ -18,6 +18,7 @@ from typing import Any
 from conveyor import config
 from conveyor.comm import Listener, get_ip_interface, listen, unparse_host_port
 from conveyor.core import events as se
+from conveyor.core.control import OPERATOR_FINISHES
 from conveyor.core.instructions import CloseWorker, KeyErred, KeyInMemory, ToWorker
 from conveyor.core.records import ClientInfo, TaskState, WorkerInfo
 from conveyor.core.replicas import workers_to_close as plan_workers_to_close
@@ -238,6 +239,22 @@ class Scheduler(Server):
     def story(self, *keys: Any) -> list[tuple[Any, str, str, str, float]]:
         """What happened to these keys, from the transition log."""
         return self.state.story(*keys)
+
+    def transition(
+        self, key: Any, finish: str, stimulus_id: str | None = None, reason: str = ""
+    ) -> str:
+        """Move the task ``key`` to ``finish``, for operators: ``"released"`` drops what
+        it holds and, if a client still wants it, runs it again; ``"erred"`` fails it
+        (and its dependents) with ``reason``, wherever it is. ``stimulus_id`` names the
+        move in ``story()``. Returns the task's state afterwards. KeyError for an
+        unknown task, ValueError for another ``finish``."""
+        if key not in self.state.tasks:
+            raise KeyError(f"the scheduler has no task {key!r}")
+        if finish not in OPERATOR_FINISHES:
+            raise ValueError(f"finish must be one of {OPERATOR_FINISHES}, not {finish!r}")
+        self.apply(se.OperatorTransition(time.time(), key, finish, reason, stimulus_id))
+        ts = self.state.tasks.get(key)
+        return "forgotten" if ts is None else ts.state
 
     def workers_to_close(
         self,
