@@ -34,6 +34,7 @@ def test_defaults_are_registered_with_dask() -> None:
         "worker-saturation": 1.1,
         "bandwidth": 100_000_000,
         "allow-remote-code": False,
+        "dashboard": {"enabled": True, "address": "127.0.0.1:8787"},
     }
     assert d["worker"] == {
         "heartbeat-interval": "500ms",

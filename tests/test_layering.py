@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -96,11 +97,15 @@ WORKER_SIDE = {
 }
 
 
+#: a name part that deserializes (``preloads`` is not one: ``loads`` must start a part)
+_DESERIALIZER = re.compile(r"(?:^|_)(?:loads|unpickle)")
+
+
 def _deserializes(path: Path) -> bool:
     """Whether ``path`` names a loads/unpickle function or imports a pickle module."""
     for node in ast.walk(ast.parse(path.read_text())):
         name = getattr(node, "id", None) or getattr(node, "attr", None) or ""
-        if "loads" in name or "unpickle" in name:
+        if _DESERIALIZER.search(name):  # loads, loads_function, unpickle_bytes...
             return True
     return any("pickle" in module or "serialize" in module for module, _, _ in _imports(path))
 

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -134,6 +135,18 @@ def test_scheduler_prints_its_address_and_writes_the_scheduler_file(
     p, address = start_scheduler(procs, sf)
     assert LOG_LINE.match(p.wait_for_line(STARTED).string)
     assert json.loads(sf.read_text())["address"] == address
+
+
+def test_scheduler_serves_its_dashboard(procs: list[Proc], tmp_path: Path) -> None:
+    sf = tmp_path / "scheduler.json"
+    args = ["--host", "127.0.0.1", "--port", "0", "--dashboard-address", "127.0.0.1:0"]
+    p = start(procs, "scheduler", *args, "--scheduler-file", str(sf))
+    link = p.wait_for_line(re.compile(r"Dashboard at (http://127\.0\.0\.1:(\d+)/)$"))
+    address = p.wait_for_line(STARTED).group(1)
+    with urllib.request.urlopen(link.group(1) + "api/v1/status", timeout=10) as r:
+        status = json.loads(r.read())
+    assert status["scheduler"] == address and status["workers"] == 0
+    assert json.loads(sf.read_text())["services"] == {"dashboard": int(link.group(2))}
 
 
 def test_worker_registers_through_the_scheduler_file(procs: list[Proc], tmp_path: Path) -> None:
@@ -257,3 +270,4 @@ def test_demo_runs_and_checks_its_result() -> None:
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "(correct)" in out.stdout
+    assert re.search(r"^Dashboard: http://127\.0\.0\.1:\d+/$", out.stdout, re.MULTILINE)

@@ -105,7 +105,7 @@ def test_worker_processes_start_register_and_stop(scratch: Path) -> None:
             r"LocalCluster\(tcp://127\.0\.0\.1:\d+, workers=2, threads=2, memory=.+\)",
             repr(cluster),
         )
-        assert cluster.dashboard_link is None
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+/", cluster.dashboard_link or "")
         assert len(list(scratch.iterdir())) == 1
     assert cluster.status == "closed"
 

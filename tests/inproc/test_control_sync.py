@@ -5,6 +5,7 @@ run_on_scheduler (a LocalCluster allows remote code) and shutdown."""
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -43,7 +44,8 @@ def test_introspection_from_a_sync_client(client: Client) -> None:
     assert sorted(client.run(worker_name).values()) == ["0", "1"]
     assert client.run_on_scheduler(os.getpid) == os.getpid()  # the scheduler is here
     assert set(client.get_versions(check=True)["workers"]) == set(held)
-    assert client.dashboard_link is None
+    # a LocalCluster serves a dashboard by default (on 127.0.0.1), the client links to it
+    assert re.fullmatch(r"http://127\.0\.0\.1:\d+/", client.dashboard_link or "")
 
 
 def test_datasets_as_a_mapping_shared_between_clients(cluster: LocalCluster) -> None:

@@ -13,10 +13,12 @@ from conveyor.testing.cluster import in_process_cluster
 
 def test_the_client_reads_the_scheduler_and_worker_logs() -> None:
     async def main() -> None:
-        async with in_process_cluster(n_workers=2) as (s, workers, c):
+        async with in_process_cluster(n_workers=2) as (_, workers, c):
             logging.getLogger("conveyor.scheduler").warning("a line to find %d", 42)
             records = await c.get_scheduler_logs()
-            assert any(level == "WARNING" and "a line to find 42" in line for level, line in records)
+            assert any(
+                level == "WARNING" and "a line to find 42" in line for level, line in records
+            )
             assert await c.get_scheduler_logs(n=1) == records[-1:]
             assert await c.get_scheduler_logs(n=0) == []
             by_worker = await c.get_worker_logs(n=5)

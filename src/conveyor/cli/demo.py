@@ -21,8 +21,7 @@ def run_demo(n: int = 2_000, n_workers: int = 2) -> int:
     with Client(n_workers=n_workers, threads_per_worker=1, processes=True) as client:
         info = client.scheduler_info()
         print(f"Scheduler: {info['address']}  workers: {len(info['workers'])}")
-        dashboard = client.cluster.dashboard_link if client.cluster is not None else None
-        print(f"Dashboard: {dashboard or 'not served yet (the dashboard is planned work)'}")
+        print(f"Dashboard: {client.dashboard_link or 'not served'}")
         t0 = time.perf_counter()
         squares = client.map(_slow_square, range(n))
         progress(squares, label="squares", file=sys.stdout)

@@ -57,7 +57,25 @@ def main() -> None:
     """conveyor: a dynamic distributed task scheduler with the dask.distributed API."""
 
 
+def _preload_options(command: Any) -> Any:
+    """``--preload`` and ``--preload-argv``, shared by the server commands."""
+    command = click.option(
+        "--preload-argv",
+        multiple=True,
+        show_default="none",
+        help="An argument for the preloads' conveyor_setup commands (repeat for more).",
+    )(command)
+    return click.option(
+        "--preload",
+        multiple=True,
+        show_default="none",
+        help="A module or .py file whose conveyor_setup(server) runs at start and "
+        "conveyor_teardown(server) at close (repeat for more).",
+    )(command)
+
+
 @main.command()
+@_preload_options
 @click.option(
     "--host",
     default=None,
@@ -115,6 +133,8 @@ def scheduler(
     dashboard: bool,
     idle_timeout: str | None,
     allow_remote_code: bool | None,
+    preload: tuple[str, ...],
+    preload_argv: tuple[str, ...],
 ) -> None:
     """Start a scheduler and serve until SIGINT or SIGTERM."""
     _configure_logging()
@@ -133,6 +153,8 @@ def scheduler(
                 scheduler_file=scheduler_file,
                 idle_timeout=idle,
                 allow_remote_code=allow_remote_code,
+                preload=list(preload),
+                preload_argv=list(preload_argv),
                 dashboard=dashboard,
                 dashboard_address=dashboard_address if dashboard else None,
             )
@@ -142,6 +164,7 @@ def scheduler(
 
 
 @main.command()
+@_preload_options
 @click.argument("address", required=False)
 @click.option(
     "--scheduler-file",
@@ -237,6 +260,8 @@ def worker(
     nanny: bool,
     nanny_address: str | None,
     running_file: str | None,
+    preload: tuple[str, ...],
+    preload_argv: tuple[str, ...],
 ) -> None:
     """Start NWORKERS workers connected to the scheduler at ADDRESS (each under a
     nanny unless --no-nanny)."""
@@ -274,8 +299,17 @@ def worker(
         "protocol": protocol,
         "local_directory": local_directory,
     }
-    if nanny:  # the nanny passes --resources on as given; each worker parses it
-        _run(_serve(lambda: [Nanny(address, name=n, resources=resources, **common) for n in names]))
+    if nanny:  # the nanny passes --resources and the preloads on; each worker loads them
+        passed = [f"--preload={p}" for p in preload]
+        passed += [f"--preload-argv={a}" for a in preload_argv]
+
+        def make_nannies() -> list[Nanny]:
+            return [
+                Nanny(address, name=n, resources=resources, worker_args=passed, **common)
+                for n in names
+            ]
+
+        _run(_serve(make_nannies))
         return
 
     workers: list[Worker] = []
@@ -288,6 +322,8 @@ def worker(
                 resources=offered,
                 nanny=nanny_address,
                 running_file=running_file,
+                preload=list(preload),
+                preload_argv=list(preload_argv),
                 **common,
             )
             for n in names

@@ -103,6 +103,8 @@ class Client(
         )
         self.cluster: Any = None
         self._own_cluster = False
+        #: the scheduler's dashboard URL, as it said when this client registered
+        self._scheduler_dashboard: str | None = None
         self._cluster_kwargs: dict[str, Any] | None = None
         self.scheduler_file = scheduler_file
         if address is not None and not isinstance(address, str):
@@ -161,8 +163,7 @@ class Client(
             return self
         self.loop = asyncio.get_running_loop()
         if self._cluster_kwargs is not None:
-            kwargs = {"dashboard_address": None, **self._cluster_kwargs}
-            self.cluster = await LocalCluster(asynchronous=True, **kwargs)
+            self.cluster = await LocalCluster(asynchronous=True, **self._cluster_kwargs)
             self._own_cluster = True
         if self.cluster is not None:
             address = self.cluster.scheduler_address
@@ -179,7 +180,8 @@ class Client(
         self.scheduler.on_unsendable = self._on_unsendable
         self._serve_task = self.loop.create_task(self._serve(self.scheduler))
         self.pool = PeerPool("client", {}, self._timeout)
-        await self.scheduler.request({"op": "register-client", "client": self.id})
+        reply = await self.scheduler.request({"op": "register-client", "client": self.id})
+        self._scheduler_dashboard = reply.get("dashboard") if isinstance(reply, dict) else None
         self.status = "running"
         return self
 

@@ -86,10 +86,10 @@ class ControlMixin:
 
     @property
     def dashboard_link(self: ClientShape) -> str | None:
-        """The dashboard's address. conveyor has no dashboard yet: this is the
-        ``dashboard_link`` of the client's cluster when it has one, else None."""
+        """The scheduler's dashboard URL (``http://127.0.0.1:8787/``; a ``LocalCluster``
+        serves one by default), or None when it serves none."""
         link = getattr(self.cluster, "dashboard_link", None)
-        return link if isinstance(link, str) else None
+        return link if isinstance(link, str) else self._scheduler_dashboard
 
     def write_scheduler_file(self: ClientShape, scheduler_file: str) -> Any:
         """Write the scheduler's identity (``scheduler_info()``, address included) as JSON

@@ -31,6 +31,8 @@ class ClientShape(Protocol):
     futures: dict[Any, FutureState]
     #: the cluster object given to (or started by) the client, if any
     cluster: Any
+    #: the scheduler's dashboard URL, as it said when the client registered (or None)
+    _scheduler_dashboard: str | None
     scheduler_file: str | None
     _lock: threading.Lock
     _handlers: dict[str, Callable[[Peer, Msg], Any]]

@@ -110,6 +110,7 @@ def validate_scheduler(s: SchedulerState) -> None:
         _check(s.workers.get(address) is ws, ws, "retiring but not registered")
     _check(sorted(w.address for w in s._ring) == sorted(s.workers), s, "placement ring")
     _validate_counts_and_links(s)
+    _validate_prefix_states(s)
     _check(not (s.queued and s.open_slots), s, "queued tasks while a worker has open slots")
     for heap in s.resource_book.waiting.values():
         _check(bool(heap), s, "empty resource queue kept")
@@ -154,3 +155,15 @@ def _validate_counts_and_links(s: SchedulerState) -> None:
             _check(blob is not None, ws, f"holds dropped blob {fid!r}")
             assert blob is not None
             _check(blob.holders.get(address) is ws, ws, f"not among holders of {fid!r}")
+
+
+def _validate_prefix_states(s: SchedulerState) -> None:
+    """Each prefix's per-state counts (the dashboard's snapshot) match its live tasks."""
+    counts: dict[str, dict[str, int]] = {}
+    for ts in s.tasks.values():
+        per = counts.setdefault(ts.group.prefix.name, {})
+        per[ts.state] = per.get(ts.state, 0) + 1
+    for name, prefix in s.task_prefixes.items():
+        live = {k: v for k, v in prefix.states.items() if v and k != "forgotten"}
+        _check(live == counts.get(name, {}), prefix, f"state counts {live} != {counts.get(name)}")
+        _check(min(prefix.states.values()) >= 0, prefix, "negative state count")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Final, Generic, TypeVar, cast
 
-from conveyor.core.types import Key, Priority
+from conveyor.core.types import SCHEDULER_STATES, Key, Priority
 
 T = TypeVar("T")
 
@@ -19,10 +19,14 @@ EMPTY: Final[set[Any]] = cast(set[Any], frozenset())
 class TaskPrefix:
     """All tasks sharing a key prefix (``"inc"`` for ``"inc-abc123"``); learns durations."""
 
-    __slots__ = ("_duration_count", "_duration_sum", "duration_average", "name")
+    __slots__ = ("_duration_count", "_duration_sum", "duration_average", "name", "states")
 
     def __init__(self, name: str, default_duration: float | None) -> None:
         self.name = name
+        #: How many of its tasks are in each state, kept up to date by every transition
+        #: (a snapshot for the dashboard: reading it never walks the tasks). The
+        #: ``"forgotten"`` entry counts the tasks forgotten so far; the others live tasks.
+        self.states: dict[str, int] = dict.fromkeys(SCHEDULER_STATES, 0)
         #: Exponentially weighted mean run time in seconds, or None while unknown.
         self.duration_average: float | None = default_duration
         self._duration_count = 0
@@ -47,11 +51,13 @@ class TaskPrefix:
 class TaskGroup:
     """Tasks sharing a group name (key prefix plus token); used to spot root-ish tasks."""
 
-    __slots__ = ("dependencies", "dependents", "name", "ntasks", "prefix")
+    __slots__ = ("dependencies", "dependents", "name", "ntasks", "prefix", "states")
 
     def __init__(self, name: str, prefix: TaskPrefix) -> None:
         self.name = name
         self.prefix = prefix
+        #: the prefix's per-state counts (the same dict: one lookup less per transition)
+        self.states = prefix.states
         #: Number of live (not forgotten) tasks in the group.
         self.ntasks = 0
         #: Other groups some task of this one depends on.

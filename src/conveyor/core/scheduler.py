@@ -8,6 +8,7 @@ into recommendations and answers read-only queries.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any
@@ -41,6 +42,9 @@ class SchedulerState(SchedulerTransitions):
     Feed it events with :meth:`handle`; carry out the instructions it returns.
     """
 
+    #: how many finished runs :attr:`task_stream` keeps
+    TASK_STREAM_SIZE = 10_000
+
     def __init__(self, *, worker_ttl: float | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.worker_ttl = worker_ttl
@@ -53,6 +57,13 @@ class SchedulerState(SchedulerTransitions):
         #: tasks of workers whose connection closed, kept until their nanny says which
         #: of them were running (:mod:`conveyor.core.deaths`), oldest first
         self.awaiting_verdict: dict[str, tuple[float, list[TaskState]]] = {}
+        #: the last runs that finished, oldest first, as ``(prefix, key, worker, start,
+        #: stop)`` (the worker's clock); bounded: the oldest go as new ones come
+        self.task_stream: deque[tuple[str, Key, str, float, float]] = deque(
+            maxlen=self.TASK_STREAM_SIZE
+        )
+        #: runs ever appended to ``task_stream``: a cursor for readers that poll it
+        self.task_stream_count = 0
         self._handlers: dict[type, Callable[[Any], None]] = {
             ev.AddWorker: self._add_worker,
             ev.RemoveWorker: self._remove_worker,
@@ -391,6 +402,7 @@ class SchedulerState(SchedulerTransitions):
             for ts in new:
                 ts.retries = b.retries
         group.ntasks += len(new)
+        group.states["released"] += len(new)
         chunk.refs += len(new)
         cs.wants_what.update(new)
         for dep in shared:
@@ -558,6 +570,9 @@ class SchedulerState(SchedulerTransitions):
             recs: Recs = {}
             # start == stop (0.0, 0.0) means the worker did not run it (it had the data)
             duration = e.stop - e.start if e.stop > e.start else None
+            if duration is not None:
+                self.task_stream.append((ts.group.prefix.name, e.key, e.worker, e.start, e.stop))
+                self.task_stream_count += 1
             self._transition(
                 ts,
                 "memory",

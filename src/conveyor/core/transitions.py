@@ -147,6 +147,9 @@ class SchedulerTransitions(Restrictions):
         self.total_nthreads = 0
         self.transition_log = TransitionLog(transition_log_length)
         self.transition_counter = 0
+        #: called as ``hook(key, start, finish, stimulus)`` after every transition (the
+        #: shell sets it only while a plugin listens: it must not raise)
+        self.transition_hook: Callable[[Key, str, str, str], None] | None = None
         self.run_counter = 0
         self._out: list[Instruction] = []
         self._stimulus = ""
@@ -183,7 +186,12 @@ class SchedulerTransitions(Restrictions):
         fn(self, ts, recs, **kwargs)
         if ts.state != start:
             self.transition_counter += 1
+            states = ts.group.states
+            states[start] -= 1
+            states[ts.state] += 1
             self.transition_log.append(ts.key, start, ts.state, self._stimulus, self._now)
+            if self.transition_hook is not None:
+                self.transition_hook(ts.key, start, ts.state, self._stimulus)
 
     # ----------------------------------------------------------- bookkeeping
 
@@ -205,6 +213,7 @@ class SchedulerTransitions(Restrictions):
         if group is None:
             group = self._group_of(key)
         group.ntasks += 1
+        group.states["released"] += 1
         ts = self.task_type(key, run_spec, group)
         self.tasks[key] = ts
         return ts
@@ -523,10 +532,17 @@ class SchedulerTransitions(Restrictions):
         for ts in tasks:
             ts.state = "waiting"
             ts.nwaiting = nwaiting
+            states = ts.group.states
+            states["released"] -= 1
+            states["waiting"] += 1
         self.transition_log.extend(
             [ts.key for ts in tasks], "released", "waiting", self._stimulus, self._now
         )
         self.transition_counter += len(tasks)
+        hook = self.transition_hook
+        if hook is not None:
+            for ts in tasks:
+                hook(ts.key, "released", "waiting", self._stimulus)
         return True
 
     def _waiting_processing(

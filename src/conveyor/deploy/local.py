@@ -113,7 +113,9 @@ class LocalCluster:
     among the workers; "4GB"; a fraction; 0/None for none). Extra keyword arguments go to
     the workers, e.g. ``resources={"GPU": 1}`` (amounts each worker offers to tasks that
     need them; ``"GPU=1"`` also works). With ``asynchronous=True``, ``await`` the cluster
-    (or use ``async with``) and await ``close()`` and ``scale()``.
+    (or use ``async with``) and await ``close()`` and ``scale()``. The scheduler serves
+    its dashboard at ``dashboard_address`` (":8787": 127.0.0.1, or a free port if taken;
+    None: no dashboard); see :attr:`dashboard_link`.
     """
 
     def __init__(
@@ -126,7 +128,7 @@ class LocalCluster:
         scheduler_port: int = 0,
         scheduler_kwargs: dict[str, Any] | None = None,
         worker_kwargs: dict[str, Any] | None = None,
-        dashboard_address: str | None = None,
+        dashboard_address: str | None = ":8787",
         asynchronous: bool = False,
         silence_logs: int | bool = logging.WARNING,
         name: str | None = None,
@@ -144,7 +146,6 @@ class LocalCluster:
         self.protocol, self.host = _protocol_and_host(protocol, host, processes, scheduler_port)
         self.name = name
         self.asynchronous = asynchronous
-        self.dashboard_link: str | None = None
         self.scheduler: Scheduler | None = None
         self.workers: dict[int, Worker | WorkerProcess] = {}
         self.status = "created"
@@ -181,6 +182,12 @@ class LocalCluster:
                 raise
 
     # -- public API ----------------------------------------------------------------------
+
+    @property
+    def dashboard_link(self) -> str | None:
+        """The scheduler's dashboard URL (``http://127.0.0.1:8787/``), or None when it
+        serves none (``dashboard_address=None``) or is not started."""
+        return self.scheduler.dashboard_link if self.scheduler is not None else None
 
     @property
     def scheduler_address(self) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from conveyor.core.records import WorkerInfo
     from conveyor.server.nanny import Nanny
     from conveyor.server.scheduler import Scheduler
     from conveyor.server.worker import Worker
@@ -36,8 +37,27 @@ class SchedulerPlugin:
     def start(self, scheduler: Scheduler) -> Any:
         """The scheduler is listening (or the plugin was added to a running one)."""
 
+    def before_close(self) -> Any:
+        """The scheduler starts closing: everything is still up."""
+
     def close(self) -> Any:
         """The scheduler is closing (or the plugin was removed)."""
+
+    def update_graph(
+        self, scheduler: Scheduler, *, client: str, keys: list[Any], tasks: list[Any]
+    ) -> None:
+        """Client ``client`` submitted ``tasks`` (their keys), of which it wants ``keys``."""
+
+    def restart(self, scheduler: Scheduler) -> None:
+        """Every task was forgotten (``Client.restart``)."""
+
+    def transition(self, key: Any, start: str, finish: str, *, stimulus_id: str) -> None:
+        """Task ``key`` moved from state ``start`` to ``finish``.
+
+        Called for every transition while the event that caused it is being handled:
+        keep it cheap. When no plugin overrides this hook, transitions cost nothing
+        extra.
+        """
 
     def add_worker(self, scheduler: Scheduler, worker: str) -> None:
         """A worker registered at ``worker``."""
@@ -53,6 +73,18 @@ class SchedulerPlugin:
 
     def log_event(self, topic: str, msg: Any) -> None:
         """``msg`` was logged under ``topic`` (``Client.log_event``)."""
+
+    def valid_workers_downscaling(
+        self, scheduler: Scheduler, workers: list[WorkerInfo]
+    ) -> list[WorkerInfo]:
+        """Of ``workers``, those this plugin allows to close when the cluster scales
+        down (``workers_to_close``, ``retire_workers()`` without names); all by default."""
+        return workers
+
+
+def overrides(plugin: SchedulerPlugin, hook: str) -> bool:
+    """Whether ``plugin`` implements ``hook`` itself (else calling it would do nothing)."""
+    return getattr(type(plugin), hook, None) is not getattr(SchedulerPlugin, hook)
 
 
 class WorkerPlugin:

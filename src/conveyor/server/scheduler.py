@@ -12,7 +12,7 @@ import inspect
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from conveyor import config
@@ -42,7 +42,8 @@ from conveyor.rpc.gcpause import BurstFreezer, gc_paused
 from conveyor.rpc.outgoing import outgoing_limit
 from conveyor.server.extensions import DEFAULT_EXTENSIONS
 from conveyor.server.lifecycle import Server
-from conveyor.server.plugin import SchedulerPlugin, plugin_name
+from conveyor.server.plugin import SchedulerPlugin, overrides, plugin_name
+from conveyor.server.preload import make_preloads
 
 logger = logging.getLogger("conveyor.scheduler")
 
@@ -54,11 +55,7 @@ FIRE_AND_FORGET = "fire-and-forget"
 _ACCEPTED_LATER = frozenset(
     {
         "services",
-        "preload",
-        "preload_argv",
-        "http_prefix",
         "security",
-        "dashboard",
         "jupyter",
         "blocked_handlers",
         "loop",
@@ -96,17 +93,31 @@ class Scheduler(Server):
         worker_ttl: float | str | None = None,
         idle_timeout: float | str | None = None,
         dashboard_address: str | None = None,
+        dashboard: bool | None = None,
+        http_prefix: str = "/",
         plugins: Iterable[SchedulerPlugin] = (),
         extensions: Mapping[str, Callable[[Scheduler], Any]] | None = None,
         allow_remote_code: bool | None = None,
+        preload: str | Sequence[str] | None = None,
+        preload_argv: Sequence[Any] | None = None,
         **kwargs: Any,
     ) -> None:
         unknown = set(kwargs) - _ACCEPTED_LATER
         if unknown:
             raise TypeError(f"Scheduler() got unexpected keyword arguments {sorted(unknown)}")
         self._listen_at = listen_address(protocol, host, port, interface)
+        #: the operator's modules run at start and close (imported now: errors show here)
+        self.preloads = make_preloads(preload, preload_argv)
         self.scheduler_file = scheduler_file
-        self.dashboard_address = dashboard_address
+        #: where the dashboard listens ("host:port"; no host: 127.0.0.1), and whether
+        #: it is served (``dashboard=None``: ``scheduler.dashboard.enabled``)
+        self.dashboard_address = str(
+            dashboard_address or config.get("scheduler.dashboard.address") or ":8787"
+        )
+        self.dashboard_enabled = bool(
+            config.get("scheduler.dashboard.enabled") if dashboard is None else dashboard
+        )
+        self.http_prefix = http_prefix
         self.validate = bool(config.get("scheduler.validate") if validate is None else validate)
         #: run code clients send (run_on_scheduler, scheduler plugins): see remote_code.py
         self.allow_remote_code = bool(
@@ -183,6 +194,8 @@ class Scheduler(Server):
         chosen = DEFAULT_EXTENSIONS if extensions is None else extensions
         for ext_name, make_ext in chosen.items():
             self.extensions[ext_name] = make_ext(self)
+        self._transition_listeners: list[SchedulerPlugin] = []
+        self._plugins_changed()
 
     # ------------------------------------------------------------- state views
 
@@ -226,13 +239,23 @@ class Scheduler(Server):
         """Learned mean duration per key prefix, in seconds."""
         return self.state.task_duration
 
+    @property
+    def dashboard_link(self) -> str | None:
+        """The dashboard's URL (``http://127.0.0.1:8787/``), or None when not served."""
+        board = self.services.get("dashboard")
+        return board.link if board is not None else None
+
+    def service_ports(self) -> dict[str, int]:
+        """The port of each HTTP service (``{"dashboard": 8787}``)."""
+        return {name: svc.port for name, svc in self.services.items()}
+
     def identity(self) -> dict[str, Any]:
         """A summary of the scheduler and its workers (``Client.scheduler_info()``)."""
         return {
             "type": "Scheduler",
             "id": self.id,
             "address": self.address,
-            "services": {},
+            "services": self.service_ports(),
             "workers": self.state.workers_info(),
         }
 
@@ -271,6 +294,9 @@ class Scheduler(Server):
         (default 2) times the data held; never fewer than ``minimum`` left. Returns
         each one's ``attribute`` (``"address"``, ``"name"``, ...)."""
         chosen = plan_workers_to_close(self.state, n, target, memory_ratio, minimum or 0, key)
+        for plugin in self._listening("valid_workers_downscaling"):
+            allowed = {id(ws) for ws in plugin.valid_workers_downscaling(self, list(chosen))}
+            chosen = [ws for ws in chosen if id(ws) in allowed]
         return [getattr(ws, attribute) for ws in chosen]
 
     async def retire_workers(
@@ -305,15 +331,34 @@ class Scheduler(Server):
         )
         await self._listener.start()
         self.address = self._listener.contact_address
+        if self.dashboard_enabled:
+            # imported here, not at the top: aiohttp and prometheus_client cost every
+            # process that imports conveyor (workers, nannies, clients) about 170 ms
+            from conveyor.server.dashboard import Dashboard
+
+            board = Dashboard(self, self.dashboard_address, self.http_prefix)
+            try:
+                await board.start()
+            except BaseException:
+                self._listener.stop()
+                raise
+            self.services["dashboard"] = board
         if self.scheduler_file:
             write_scheduler_file(
                 self.scheduler_file,
-                {"type": "Scheduler", "id": self.id, "address": self.address, "services": {}},
+                {
+                    "type": "Scheduler",
+                    "id": self.id,
+                    "address": self.address,
+                    "services": self.service_ports(),
+                },
             )
         self._spawn(self._tick_loop())
         self.status = "running"
         for plugin in list(self.plugins.values()):
             await self._start_plugin(plugin)
+        for preload in self.preloads:
+            await preload.setup(self)
         logger.info("Scheduler started at %s", self.address)
         return self
 
@@ -323,10 +368,19 @@ class Scheduler(Server):
             await self._closed.wait()
             return
         self.status = "closing"
+        await self._call_plugins("before_close")
         if self._listener is not None:
             self._listener.stop()
+        for preload in self.preloads:
+            try:
+                await preload.teardown(self)
+            except Exception:
+                logger.exception("Tearing down preload %r failed", preload.name)
         for plugin in list(self.plugins.values()):
             await self._close_plugin(plugin)
+        board = self.services.pop("dashboard", None)
+        if board is not None:
+            await board.close()
         for task in list(self._tasks):
             task.cancel()
         for peer in self.stream_comms.values():
@@ -350,14 +404,58 @@ class Scheduler(Server):
         if old is not None and self.status == "running":
             await self._close_plugin(old)
         self.plugins[name] = plugin
+        self._plugins_changed()
         if self.status == "running":
             await self._start_plugin(plugin)
 
     async def remove_plugin(self, name: str) -> None:
         """Remove the plugin called ``name`` (KeyError if there is none) and close it."""
         plugin = self.plugins.pop(name)
+        self._plugins_changed()
         if self.status == "running":
             await self._close_plugin(plugin)
+
+    def _graph_updated(self, event: se.UpdateGraph) -> None:
+        """Tell the plugins that implement ``update_graph`` (only they cost a walk of
+        the graph's keys)."""
+        listeners = self._listening("update_graph")
+        if not listeners:
+            return
+        tasks = [t.key for t in event.tasks] + [k for b in event.batches for k in b.keys]
+        for plugin in listeners:
+            try:
+                plugin.update_graph(
+                    self, client=event.client_id, keys=list(event.wanted), tasks=tasks
+                )
+            except Exception:
+                logger.exception("Scheduler plugin %r failed in update_graph", plugin_name(plugin))
+
+    def _listening(self, hook: str) -> list[SchedulerPlugin]:
+        """The plugins that implement ``hook`` (the others need not be called)."""
+        return [p for p in self.plugins.values() if overrides(p, hook)]
+
+    def _plugins_changed(self) -> None:
+        """Transitions reach plugins only while one listens: otherwise they cost nothing."""
+        self._transition_listeners = self._listening("transition")
+        self.state.transition_hook = self._on_transition if self._transition_listeners else None
+
+    def _on_transition(self, key: Any, start: str, finish: str, stimulus: str) -> None:
+        for plugin in self._transition_listeners:
+            try:
+                plugin.transition(key, start, finish, stimulus_id=stimulus)
+            except Exception:  # must not break the state machine mid-event
+                logger.exception("Scheduler plugin %r failed in transition", plugin_name(plugin))
+
+    async def _call_plugins(self, hook: str, *args: Any, **kwargs: Any) -> None:
+        """Call ``hook`` on the plugins that implement it (awaiting coroutines); a
+        failing one is logged."""
+        for plugin in self._listening(hook):
+            try:
+                result = getattr(plugin, hook)(*args, **kwargs)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                logger.exception("Scheduler plugin %r failed in %s", plugin_name(plugin), hook)
 
     async def _start_plugin(self, plugin: SchedulerPlugin) -> None:
         try:
@@ -486,6 +584,7 @@ class Scheduler(Server):
                     # before the collector is back: its next young collection would walk
                     # every new record
                     self._gc.after_burst(event.size(), time.monotonic())
+                self._graph_updated(event)
             else:
                 self.apply(event)
 
@@ -577,4 +676,9 @@ class Scheduler(Server):
         self.apply(se.AddClient(time.time(), client_id))
         logger.info("Receive client connection: %s", client_id)
         self._notify("add_client", client_id)
-        return {"status": "OK", "address": self.address, "id": self.id}
+        return {
+            "status": "OK",
+            "address": self.address,
+            "id": self.id,
+            "dashboard": self.dashboard_link,
+        }

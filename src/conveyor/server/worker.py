@@ -13,6 +13,7 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from conveyor import config
@@ -31,6 +32,7 @@ from conveyor.server.actors import ActorHost
 from conveyor.server.execute import Outcome, warm_imports
 from conveyor.server.lifecycle import Server
 from conveyor.server.logs import logs_reply, process_logs
+from conveyor.server.preload import make_preloads
 from conveyor.server.resources import parse_resources
 from conveyor.server.runner import TaskRunner
 from conveyor.server.running_file import RunningFile
@@ -82,6 +84,8 @@ class Worker(Server):
         resources: dict[str, float] | str | None = None,
         nanny: str | None = None,
         running_file: str | None = None,
+        preload: str | Sequence[str] | None = None,
+        preload_argv: Sequence[Any] | None = None,
     ) -> None:
         if scheduler_address is None and scheduler_file is None:
             raise ValueError("Worker needs a scheduler address or a scheduler_file")
@@ -92,6 +96,8 @@ class Worker(Server):
         )
         self._scheduler_address = scheduler_address
         self.scheduler_file = scheduler_file
+        #: the operator's modules run at start and close (imported now: errors show here)
+        self.preloads = make_preloads(preload, preload_argv)
         #: the address of the nanny that runs this worker process, if one does
         self.nanny = nanny
         #: the file, shared with the nanny, where task threads note what they run
@@ -121,6 +127,8 @@ class Worker(Server):
         #: memory limit and spilling; ``data`` is its mapping (in memory, and on disk)
         self.memory = WorkerMemory(self.memory_limit, local_directory)
         self.data: SpillBuffer = self.memory.data
+        #: bytes of data fetched from peers so far (in heartbeats, for the dashboard)
+        self.transfer_incoming_bytes = 0
         #: functions the scheduler sent, shared by the tasks that call them
         self.functions = FunctionStore()
         self.address = ""
@@ -242,6 +250,8 @@ class Worker(Server):
         self._spawn(self.memory.monitor(self.apply, lambda: self.status == "running"))
         if self.nanny is not None:
             await self._report_to_nanny(self.nanny, timeout)
+        for preload in self.preloads:
+            await preload.setup(self)
         logger.info("Worker started at %s, registered to %s", self.address, self.scheduler_address)
         return self
 
@@ -283,6 +293,11 @@ class Worker(Server):
             await self._closed.wait()
             return
         self.status = "closing"
+        for preload in self.preloads:
+            try:
+                await preload.teardown(self)
+            except Exception:
+                logger.exception("Tearing down preload %r failed", preload.name)
         await self.control.close()
         current = asyncio.current_task()
         for task in list(self._tasks):
@@ -341,6 +356,8 @@ class Worker(Server):
             "ready": len(st.ready) if st else 0,
             "in_memory": len(self.data),
             "in_flight": len(st.in_flight_workers) if st else 0,
+            "memory": self.memory.usage(),
+            "transfer_incoming_bytes": self.transfer_incoming_bytes,
         }
 
     # ------------------------------------------------------------ state machine
@@ -492,6 +509,7 @@ class Worker(Server):
             values, received, missing = unpack_data(reply)
             for k, value in values.items():
                 self.data.put(k, value, received.get(k, 0))
+            self.transfer_incoming_bytes += sum(received.values())
         except (TimeoutError, OSError) as e:
             logger.info("Could not fetch %d keys from %s: %s", len(instr.keys), instr.worker, e)
             failed = True

@@ -79,6 +79,19 @@ class WorkerMemory:
         #: look: tasks can make data much faster than it is written
         self.pause_bytes = int(self.pause_at * limit) if limit and self.pause_at else None
 
+    def usage(self) -> dict[str, Any]:
+        """The worker's memory and CPU now, for its heartbeat (the dashboard shows them):
+        ``rss`` bytes, ``cpu`` percent since the last call, ``managed`` bytes of data in
+        memory, ``spilled`` bytes of data on disk (their size in memory) and ``limit``."""
+        data = self.data
+        return {
+            "rss": self._process.memory_info().rss,
+            "cpu": self._process.cpu_percent(),
+            "managed": data.fast_bytes,
+            "spilled": sum(size for _, size in data.slow.values()),
+            "limit": self.limit,
+        }
+
     async def monitor(self, apply: Callable[[Any], None], running: Callable[[], bool]) -> None:
         """Every ``interval``: spill when the process holds too much, pause and resume
         the worker (``apply`` hands it the event) around the pause threshold."""

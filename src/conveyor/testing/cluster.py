@@ -23,12 +23,15 @@ async def in_process_cluster(
 ) -> AsyncIterator[tuple[Scheduler, list[Worker], Client]]:
     """Start a scheduler, ``n_workers`` workers and a client on the running loop.
 
-    Servers bind 127.0.0.1 (or use ``inproc://``); everything is closed on exit.
+    Servers bind 127.0.0.1 (or use ``inproc://``); everything is closed on exit. The
+    scheduler serves no dashboard unless ``scheduler_kwargs`` asks for one.
     """
     host = None if protocol == "inproc" else "127.0.0.1"
+    # no dashboard unless asked for: most tests do not look at it, and it takes a port
+    scheduler_kwargs = {"dashboard": False, **(scheduler_kwargs or {})}
     async with AsyncExitStack() as stack:
         s = await stack.enter_async_context(
-            Scheduler(host=host, port=0, protocol=protocol, **(scheduler_kwargs or {}))
+            Scheduler(host=host, port=0, protocol=protocol, **scheduler_kwargs)
         )
         workers = []
         for i in range(n_workers):

@@ -21,7 +21,7 @@ from conveyor.core import events as se
 from conveyor.rpc import Handler, Msg, Peer, ProtocolViolation
 from conveyor.rpc.versions import versions
 from conveyor.server import remote_code
-from conveyor.server.plugin import plugin_name
+from conveyor.server.plugin import SchedulerPlugin, overrides, plugin_name
 
 if TYPE_CHECKING:
     from conveyor.server.scheduler import Scheduler
@@ -96,10 +96,19 @@ class ControlExtension:
         """Forget every task (clients' futures are cancelled) and every published
         dataset. Restarting the workers is the client's part (see Client.restart)."""
         self.scheduler.apply(se.ForgetAll(time.time(), "scheduler-restart"))
-        for ext in self.scheduler.extensions.values():
-            forget = getattr(ext, "restart", None)
-            if ext is not self and callable(forget):
-                forget()
+        # plugins' restart(scheduler) hook, and extensions that have one
+        listeners: dict[int, Any] = {id(p): p for p in self.scheduler.plugins.values()}
+        listeners.update((id(e), e) for e in self.scheduler.extensions.values())
+        for obj in listeners.values():
+            hook = getattr(obj, "restart", None)
+            if obj is self or not callable(hook):
+                continue
+            if isinstance(obj, SchedulerPlugin) and not overrides(obj, "restart"):
+                continue
+            try:
+                hook(self.scheduler)
+            except Exception:
+                logger.exception("The restart hook of %r failed", obj)
 
     def terminate(self, peer: Peer, msg: Msg) -> None:
         """Close the scheduler (its workers close when it goes) after this reply."""

@@ -66,7 +66,7 @@ class DatasetsExtension:
             raise KeyError(f"Dataset {name!r} not found")
         self._let_go(self.datasets.pop(name)["keys"])
 
-    def restart(self) -> None:
+    def restart(self, scheduler: Scheduler) -> None:
         """Everything was forgotten (``Client.restart``): the datasets went with it."""
         self.datasets.clear()
         self._holds.clear()

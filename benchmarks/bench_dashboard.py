@@ -1,0 +1,132 @@
+#!/usr/bin/env python3
+"""The dashboard's cost: map throughput with the page open in headless Chromium vs closed.
+
+Run from the repository root (needs Debian's ``chromium``)::
+
+    python benchmarks/bench_dashboard.py [--tasks 30000] [--rounds 5]
+
+One LocalCluster (2 worker processes, 1 thread each, dashboard on 127.0.0.1, every server
+on 127.0.0.1) runs ``client.map(inc, ...)`` in rounds that alternate (ABBA order) between
+"closed" (no browser running at all) and "open" (a headless Chromium showing the live
+page, started before the round and closed after it, so its cost is included). Prints each
+round's throughput, the medians and the cost: ``1 - open / closed``. Correctness is
+checked (every round verifies its results); nothing here passes or fails on a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+# workers import the task function by reference, like a user's library
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (str(HERE), os.environ.get("PYTHONPATH", "")) if p
+)
+
+import psutil  # noqa: E402
+from bench_tasks import inc  # noqa: E402
+
+from conveyor import Client  # noqa: E402
+from conveyor.deploy.local import LocalCluster  # noqa: E402
+from conveyor.testing.browser import Browser, chromium_path  # noqa: E402
+
+
+async def page_live(browser: Browser, workers: int, timeout: float = 30.0) -> None:
+    """Wait until the page shows the cluster's workers: it is polling the API."""
+    deadline = time.monotonic() + timeout
+    expr = "(document.getElementById('workers-count') || {}).textContent"
+    while await browser.evaluate(expr) != str(workers):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the dashboard page never showed {workers} workers")
+        await asyncio.sleep(0.05)
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds of process ``pid`` and its live descendants so far."""
+    if pid is None:
+        return 0.0
+    total = 0.0
+    try:
+        root = psutil.Process(pid)
+        for p in [root, *root.children(recursive=True)]:
+            try:
+                t = p.cpu_times()
+                total += t.user + t.system
+            except psutil.NoSuchProcess:
+                pass
+    except psutil.NoSuchProcess:
+        pass
+    return total
+
+
+async def one_round(client: Client, n: int, offset: int) -> float:
+    """Tasks per second for ``n`` independent ``inc`` tasks, results checked."""
+    start = time.perf_counter()
+    futures = client.map(inc, range(offset, offset + n), pure=False)
+    out = await client.gather(futures)
+    elapsed = time.perf_counter() - start
+    if out != list(range(offset + 1, offset + n + 1)):
+        raise RuntimeError("map: wrong results")
+    del futures
+    return n / elapsed
+
+
+async def main(n: int, rounds: int) -> int:
+    if chromium_path() is None:
+        print("chromium is not installed", file=sys.stderr)
+        return 2
+    async with (
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address="127.0.0.1:0",
+            asynchronous=True,
+        ) as cluster,
+        Client(cluster, asynchronous=True) as client,
+    ):
+        link = cluster.dashboard_link
+        assert link is not None
+        await one_round(client, min(n, 1000), 0)  # warm up
+        figures: dict[str, list[float]] = {"closed": [], "open": []}
+        browser_cpu: list[float] = []
+        order = ["closed", "open", "open", "closed"]
+        for r in range(rounds * 2):
+            mode = order[r % 4]
+            if mode == "open":
+                async with Browser() as browser:
+                    await browser.goto(link)
+                    await page_live(browser, 2)
+                    cpu0, t0 = cpu_seconds(browser.pid), time.perf_counter()
+                    rate = await one_round(client, n, r * n)
+                    share = (cpu_seconds(browser.pid) - cpu0) / (time.perf_counter() - t0)
+                    browser_cpu.append(share)
+                    if browser.errors:
+                        raise RuntimeError(f"JavaScript errors: {browser.errors}")
+            else:
+                rate = await one_round(client, n, r * n)
+            figures[mode].append(rate)
+            print(f"round {r + 1:2d} {mode:6s} {rate:10.0f} tasks/s", file=sys.stderr)
+    closed = statistics.median(figures["closed"])
+    assert browser_cpu
+    opened = statistics.median(figures["open"])
+    print(f"map throughput, page closed: {closed:.0f} tasks/s (median of {rounds})")
+    print(f"map throughput, page open:   {opened:.0f} tasks/s (median of {rounds})")
+    cpu = statistics.median(browser_cpu)
+    print(f"chromium's CPU while the page is open: {100 * cpu:.0f}% of one core (median)")
+    print(f"dashboard cost: {100 * (1 - opened / closed):.1f}% of map throughput")
+    return 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=30000, help="tasks per round")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of each mode")
+    args = parser.parse_args()
+    sys.exit(asyncio.run(main(args.tasks, args.rounds)))

@@ -1,0 +1,257 @@
+"""The scheduler's dashboard over HTTP: the JSON API, /metrics, the page, the port
+fallback, ``http_prefix``, and ``dashboard=False``."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import re
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from conveyor import Client
+from conveyor.server.dashboard.service import normalize_prefix, parse_address
+from conveyor.server.scheduler import Scheduler
+from conveyor.server.worker import Worker
+from conveyor.testing.cluster import in_process_cluster, until
+
+Body = Callable[[Scheduler, list[Worker], Client, aiohttp.ClientSession], Awaitable[None]]
+
+
+def inc(x: int) -> int:
+    return x + 1
+
+
+def double(x: int) -> int:
+    return 2 * x
+
+
+def fail(x: int) -> int:
+    raise ValueError(x)
+
+
+def run(body: Body, **scheduler_kwargs: Any) -> None:
+    kwargs = {"dashboard": True, "dashboard_address": "127.0.0.1:0", **scheduler_kwargs}
+
+    async def main() -> None:
+        async with (
+            in_process_cluster(n_workers=2, scheduler_kwargs=kwargs) as (s, workers, c),
+            aiohttp.ClientSession() as http,
+        ):
+            await body(s, workers, c, http)
+
+    asyncio.run(main())
+
+
+async def get_json(http: aiohttp.ClientSession, url: str) -> Any:
+    async with http.get(url) as r:
+        assert r.status == 200, (url, r.status)
+        assert r.content_type == "application/json"
+        return await r.json()
+
+
+def test_api_reports_workers_prefixes_and_task_stream() -> None:
+    async def body(
+        s: Scheduler, workers: list[Worker], c: Client, http: aiohttp.ClientSession
+    ) -> None:
+        link = s.dashboard_link
+        assert link is not None and re.fullmatch(r"http://127\.0\.0\.1:\d+/", link)
+        assert c.dashboard_link == link  # a client connected by address learns it too
+        incs = c.map(inc, range(30))
+        doubles = c.map(double, incs)
+        errs = c.map(fail, range(3))
+        assert await c.gather(doubles) == [2 * (i + 1) for i in range(30)]
+        for f in errs:
+            with pytest.raises(ValueError):
+                await f
+        addresses = {w.address for w in workers}
+        # every worker has sent a heartbeat with its memory since the work ended
+        await until(lambda: all("memory" in ws.metrics for ws in s.state.workers.values()))
+
+        status = await get_json(http, link + "api/v1/status")
+        assert status["scheduler"] == s.address
+        assert (status["workers"], status["threads"], status["tasks"]) == (2, 2, 63)
+        assert status["states"]["memory"] == 60 and status["states"]["erred"] == 3
+        assert sum(status["states"].values()) == 63
+        assert status["loop_lag_ms"] >= 0 and status["uptime"] >= 0
+
+        ws_json = await get_json(http, link + "api/v1/workers")
+        assert {w["address"] for w in ws_json} == addresses
+        assert {w["name"] for w in ws_json} == {"w0", "w1"}
+        for w in ws_json:
+            assert w["nthreads"] == 1 and w["status"] == "running"
+            assert w["processing"] == 0 and w["executing"] == 0
+            assert w["memory"]["managed"] > 0 and w["memory"]["unmanaged"] > 0
+            assert w["memory"]["spilled"] == 0 and w["memory"]["limit"] > 0
+            assert w["cpu"] >= 0
+        assert sum(w["memory"]["managed"] for w in ws_json) == sum(
+            w.data.fast_bytes for w in workers
+        )
+
+        rows = {r["prefix"]: r for r in await get_json(http, link + "api/v1/prefixes")}
+        assert set(rows) == {"inc", "double", "fail"}
+        expected: dict[str, dict[str, int]] = {}
+        for ts in s.state.tasks.values():
+            per = expected.setdefault(ts.prefix.name, {})
+            per[ts.state] = per.get(ts.state, 0) + 1
+        for name, row in rows.items():
+            counts = {k: v for k, v in row.items() if k not in ("prefix", "total", "forgotten")}
+            assert {k: v for k, v in counts.items() if v} == expected[name]
+            assert row["total"] == sum(expected[name].values())
+        assert rows["inc"]["memory"] == 30 and rows["fail"]["erred"] == 3
+
+        stream = await get_json(http, link + "api/v1/task-stream")
+        assert stream["next"] == 60 == len(stream["tasks"])  # failed runs are not in it
+        assert {t["key"] for t in stream["tasks"]} == {f.key for f in incs + doubles}
+        assert {t["worker"] for t in stream["tasks"]} <= addresses
+        assert all(t["start"] <= t["stop"] for t in stream["tasks"])
+        assert {t["prefix"] for t in stream["tasks"]} == {"inc", "double"}
+        later = await get_json(http, link + "api/v1/task-stream?since=55")
+        assert later["next"] == 60 and later["tasks"] == stream["tasks"][55:]
+        assert (await get_json(http, link + "api/v1/task-stream?since=60"))["tasks"] == []
+        async with http.get(link + "api/v1/task-stream?since=x") as r:
+            assert r.status == 400
+
+        # released results: their tasks are forgotten and leave the live counts
+        del doubles, errs, f
+        gc.collect()  # the caught errors' tracebacks hold futures in reference cycles
+        await until(
+            lambda: all(ts.prefix.name == "inc" for ts in s.state.tasks.values()),
+            what=str([ts for ts in s.state.tasks.values() if ts.prefix.name != "inc"][:4]),
+        )
+        rows = {r["prefix"]: r for r in await get_json(http, link + "api/v1/prefixes")}
+        assert rows["double"]["total"] == 0 and rows["double"]["forgotten"] == 30
+        assert rows["fail"]["total"] == 0 and rows["fail"]["forgotten"] == 3
+        status = await get_json(http, link + "api/v1/status")
+        assert status["tasks"] == len(s.state.tasks) == sum(status["states"].values())
+
+    run(body)
+
+
+def test_metrics_are_prometheus_text() -> None:
+    async def body(
+        s: Scheduler, workers: list[Worker], c: Client, http: aiohttp.ClientSession
+    ) -> None:
+        futs = c.map(inc, range(10))
+        assert await c.gather(futs) == list(range(1, 11))
+        w0, w1 = (w.address for w in workers)
+        blob = c.submit(bytes, 100_000, workers=[w0])
+        assert await c.submit(len, blob, workers=[w1]) == 100_000  # w1 fetches it from w0
+        await until(
+            lambda: s.state.workers[w1].metrics.get("transfer_incoming_bytes", 0) >= 100_000
+        )
+        async with http.get(f"{s.dashboard_link}metrics") as r:
+            assert r.status == 200 and r.content_type == "text/plain"
+            text = await r.text()
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        assert {
+            "conveyor_tasks",
+            "conveyor_tasks_forgotten",
+            "conveyor_tasks_finished",
+            "conveyor_transitions",
+            "conveyor_workers",
+            "conveyor_threads",
+            "conveyor_worker_memory_bytes",
+            "conveyor_worker_memory_limit_bytes",
+            "conveyor_worker_cpu_percent",
+            "conveyor_worker_transfer_incoming_bytes",
+            "conveyor_event_loop_lag_seconds",
+        } <= set(families)
+        values = {
+            (x.name, tuple(sorted(x.labels.items()))): x.value
+            for f in families.values()
+            for x in f.samples
+        }
+        assert values[("conveyor_tasks", (("prefix", "inc"), ("state", "memory")))] == 10
+        assert values[("conveyor_workers", (("status", "running"),))] == 2
+        assert values[("conveyor_threads", ())] == 2
+        assert values[("conveyor_tasks_finished_total", ())] == 12
+        incoming = "conveyor_worker_transfer_incoming_bytes_total"
+        assert values[(incoming, (("worker", w1),))] >= 100_000
+        assert values[(incoming, (("worker", w0),))] == 0
+        kinds = {
+            (dict(labels)["worker"], dict(labels)["kind"])
+            for name, labels in values
+            if name == "conveyor_worker_memory_bytes"
+        }
+        assert kinds == {
+            (w.address, k) for w in workers for k in ("managed", "unmanaged", "spilled")
+        }
+
+    run(body)
+
+
+def test_page_and_static_files_are_served() -> None:
+    async def body(
+        s: Scheduler, workers: list[Worker], c: Client, http: aiohttp.ClientSession
+    ) -> None:
+        async with http.get(str(s.dashboard_link)) as r:
+            assert r.status == 200 and r.content_type == "text/html"
+            assert "<html" in (await r.text()).lower()
+        async with http.get(f"{s.dashboard_link}static/index.html") as r:
+            assert r.status == 200
+        async with http.get(f"{s.dashboard_link}static/../service.py") as r:
+            assert r.status in (403, 404)
+        async with http.get(f"{s.dashboard_link}api/v1/nothing") as r:
+            assert r.status == 404
+
+    run(body)
+
+
+def test_http_prefix_is_honoured() -> None:
+    async def body(
+        s: Scheduler, workers: list[Worker], c: Client, http: aiohttp.ClientSession
+    ) -> None:
+        link = str(s.dashboard_link)
+        assert link.endswith("/board/x/")
+        assert (await get_json(http, link + "api/v1/status"))["workers"] == 2
+        root = link[: -len("board/x/")]
+        async with http.get(root + "api/v1/status") as r:
+            assert r.status == 404
+
+    run(body, http_prefix="board/x")
+    assert normalize_prefix("/a//b") == "/a/b/" and normalize_prefix("") == "/"
+
+
+def test_a_busy_port_falls_back_to_a_free_one() -> None:
+    async def main() -> None:
+        with socket.socket() as busy:
+            busy.bind(("127.0.0.1", 0))
+            busy.listen()
+            port = busy.getsockname()[1]
+            async with Scheduler(
+                host="127.0.0.1", port=0, dashboard=True, dashboard_address=f":{port}"
+            ) as s:
+                board = s.services["dashboard"]
+                assert board.host == "127.0.0.1"
+                assert board.port not in (0, port)
+                assert s.dashboard_link == f"http://127.0.0.1:{board.port}/"
+                assert s.identity()["services"] == {"dashboard": board.port}
+                async with aiohttp.ClientSession() as http:
+                    status = await get_json(http, f"{s.dashboard_link}api/v1/status")
+                    assert status["scheduler"] == s.address
+            assert "dashboard" not in s.services
+
+    asyncio.run(main())
+
+
+def test_no_dashboard_when_disabled() -> None:
+    async def main() -> None:
+        async with Scheduler(host="127.0.0.1", port=0, dashboard=False) as s:
+            assert s.dashboard_link is None and s.services == {}
+            assert s.identity()["services"] == {}
+
+    asyncio.run(main())
+
+
+def test_addresses_default_to_loopback() -> None:
+    assert parse_address(":8787") == ("127.0.0.1", 8787)
+    assert parse_address("8787") == ("127.0.0.1", 8787)
+    assert parse_address("0.0.0.0:9000") == ("0.0.0.0", 9000)
+    assert parse_address("[::1]:9000") == ("::1", 9000)
+    assert parse_address("tcp://localhost:1") == ("localhost", 1)
