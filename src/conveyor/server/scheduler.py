@@ -50,17 +50,29 @@ logger = logging.getLogger("conveyor.scheduler")
 #: the pseudo-client that wants fired-and-forgotten keys until they settle
 FIRE_AND_FORGET = "fire-and-forget"
 
-#: Keywords of distributed's Scheduler accepted for compatibility; their features
-#: arrive with later work and are ignored until then.
-_ACCEPTED_LATER = frozenset(
-    {
-        "services",
-        "security",
-        "jupyter",
-        "blocked_handlers",
-        "loop",
-    }
-)
+
+def _refuse_unsupported(services: Any, service_kwargs: Any, security: Any, jupyter: bool) -> None:
+    """distributed's keywords whose features conveyor does not have yet: their default
+    (off) is accepted, anything else is refused with what is missing."""
+    if services or service_kwargs:
+        raise NotImplementedError(
+            "services= / service_kwargs=: conveyor serves no extra HTTP services yet (the "
+            "dashboard is its only one); leave them empty"
+        )
+    if security not in (None, False):
+        raise NotImplementedError(
+            "security=: conveyor has no TLS yet (only plain tcp:// and inproc://); pass "
+            "security=None"
+        )
+    if jupyter:
+        raise NotImplementedError("jupyter=True: conveyor serves no Jupyter server")
+
+
+def _blocked(op: str) -> Handler:
+    def refuse(peer: Peer, msg: Msg) -> None:
+        raise PermissionError(f"{op!r} is blocked on this scheduler (blocked_handlers)")
+
+    return refuse
 
 
 def listen_address(protocol: str, host: str | None, port: int | None, interface: str | None) -> str:
@@ -100,11 +112,18 @@ class Scheduler(Server):
         allow_remote_code: bool | None = None,
         preload: str | Sequence[str] | None = None,
         preload_argv: Sequence[Any] | None = None,
-        **kwargs: Any,
+        blocked_handlers: Iterable[str] | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+        services: Mapping[Any, Any] | None = None,
+        service_kwargs: Mapping[Any, Any] | None = None,
+        security: Any = None,
+        jupyter: bool = False,
     ) -> None:
-        unknown = set(kwargs) - _ACCEPTED_LATER
-        if unknown:
-            raise TypeError(f"Scheduler() got unexpected keyword arguments {sorted(unknown)}")
+        _refuse_unsupported(services, service_kwargs, security, jupyter)
+        #: the loop it must run on (start() refuses another); None: the running one
+        self._required_loop = loop
+        #: requests this scheduler refuses (operator's choice)
+        self.blocked_handlers = sorted(set(blocked_handlers or ()))
         self._listen_at = listen_address(protocol, host, port, interface)
         #: the operator's modules run at start and close (imported now: errors show here)
         self.preloads = make_preloads(preload, preload_argv)
@@ -195,6 +214,8 @@ class Scheduler(Server):
         for ext_name, make_ext in chosen.items():
             self.extensions[ext_name] = make_ext(self)
         self._transition_listeners: list[SchedulerPlugin] = []
+        for op in self.blocked_handlers:
+            self.handlers[op] = _blocked(op)
         self._plugins_changed()
 
     # ------------------------------------------------------------- state views
@@ -319,7 +340,10 @@ class Scheduler(Server):
         """Listen and start periodic checks; idempotent."""
         if self.status == "running":
             return self
-        self.loop = asyncio.get_running_loop()
+        running = asyncio.get_running_loop()
+        if self._required_loop is not None and self._required_loop is not running:
+            raise RuntimeError("Scheduler(loop=...) must be started on that loop")
+        self.loop = running
         handshake_timeout = config.parse_duration(config.get("comm.timeouts.handshake")) or 10.0
         #: what may wait for a peer that stops reading before it is dropped
         self._max_outgoing = outgoing_limit()
