@@ -19,10 +19,10 @@ from conveyor.core.instructions import (
     FreeFunctions,
     Instruction,
 )
+from conveyor.core.placement import PLACEMENT_SAMPLE
 from conveyor.core.records import WorkerInfo
 from conveyor.core.ring import Ring
 from conveyor.core.scheduler import SchedulerState
-from conveyor.core.transitions import PLACEMENT_SAMPLE
 from conveyor.core.types import Key
 from conveyor.core.worker import WorkerState
 

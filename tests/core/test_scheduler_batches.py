@@ -16,8 +16,8 @@ from conveyor.core.instructions import (
     Instruction,
     KeyErred,
 )
+from conveyor.core.placement import PLACEMENT_SAMPLE
 from conveyor.core.scheduler import SchedulerState, merge_free_keys
-from conveyor.core.transitions import PLACEMENT_SAMPLE
 from conveyor.core.types import Key
 
 W1 = "tcp://10.0.0.1:1000"

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from itertools import islice
 from typing import Any
 
 from dask.utils import key_split
@@ -46,6 +45,7 @@ from conveyor.core.instructions import (
 )
 from conveyor.core.liveness import Liveness
 from conveyor.core.log import TransitionLog
+from conveyor.core.placement import Placement
 from conveyor.core.records import (
     EMPTY,
     ClientInfo,
@@ -58,7 +58,7 @@ from conveyor.core.records import (
     add_to,
     discard_from,
 )
-from conveyor.core.restrictions import ResourceBook, Restrictions, acquire, release
+from conveyor.core.restrictions import ResourceBook, acquire, release
 from conveyor.core.ring import Ring
 from conveyor.core.types import Key
 
@@ -71,8 +71,6 @@ _split: Callable[[Key], str] = getattr(key_split, "__wrapped__", key_split)
 ACTIVE = frozenset({"waiting", "queued", "no-worker", "processing"})
 #: states a task leaves for ``released`` once nothing needs it
 RELEASABLE = ACTIVE | {"memory"}
-#: most workers weighed when placing one task: placement costs O(1), not O(workers)
-PLACEMENT_SAMPLE = 20
 
 
 def prefix_and_group(key: Key) -> tuple[str, str]:
@@ -88,7 +86,7 @@ class InvalidTransition(RuntimeError):
     """A transition that no table entry or route through ``released`` allows."""
 
 
-class SchedulerTransitions(Restrictions):
+class SchedulerTransitions(Placement):
     """State containers and the transition functions of the scheduler."""
 
     def __init__(
@@ -394,90 +392,6 @@ class SchedulerTransitions(Restrictions):
         while queued and ws.address in self.open_slots:
             ts = queued.pop()
             self._transition(ts, "processing", recs, worker=ws)
-
-    # -------------------------------------------------------------- placement
-
-    def _is_rootish(self, ts: TaskState) -> bool:
-        """Root-ish: an unrestricted task in a large group with few, small dependencies."""
-        rare = ts._rare
-        if rare is not None and (
-            rare.worker_restrictions is not None or rare.resource_restrictions is not None
-        ):
-            return False
-        if math.isinf(self.worker_saturation):
-            return False
-        group = ts.group
-        if group.ntasks <= 2 * self.total_nthreads:
-            return False
-        deps = group.dependencies
-        return len(deps) < 5 and sum(g.ntasks for g in deps) < 5
-
-    def _decide_rootish(self) -> WorkerInfo | None:
-        """The least loaded of the first ``PLACEMENT_SAMPLE`` workers with open slots;
-        the one chosen goes to the back, so the sample rotates through them all."""
-        best: WorkerInfo | None = None
-        best_load = math.inf
-        for ws in islice(self.open_slots.values(), PLACEMENT_SAMPLE):
-            load = (len(ws.processing) - len(ws.long_running)) / ws.nthreads
-            if load < best_load:
-                best, best_load = ws, load
-        if best is not None and len(self.open_slots) > 1:
-            del self.open_slots[best.address]
-            self.open_slots[best.address] = best
-        return best
-
-    def _some_workers(self) -> list[WorkerInfo]:
-        """``PLACEMENT_SAMPLE`` workers, taking turns (all of them if fewer)."""
-        ring = self._ring.members
-        n = len(ring)
-        if n <= PLACEMENT_SAMPLE:
-            return ring
-        start = self._ring_at % n
-        self._ring_at = start + PLACEMENT_SAMPLE
-        return [ring[(start + i) % n] for i in range(PLACEMENT_SAMPLE)]
-
-    def _decide_worker(self, ts: TaskState) -> WorkerInfo | None:
-        """The worker where ``ts`` would start earliest, or None if none can run it."""
-        if not self.workers:
-            return None
-        rare = ts._rare
-        pool: list[WorkerInfo] | set[WorkerInfo] | None = None
-        if rare is not None and (
-            rare.worker_restrictions is not None or rare.resource_restrictions is not None
-        ):
-            pool = self._restricted_pool(rare)
-            if pool is not None and not pool:
-                return None
-        elif self._is_rootish(ts):
-            return self._decide_rootish()
-        restricted = pool is not None
-        if pool is None:
-            if ts.dependencies:
-                pool = set()
-                for dep in ts.dependencies:
-                    pool.update(dep.who_has)
-                if len(self.idle) <= PLACEMENT_SAMPLE:
-                    pool.update(self.idle.values())
-                if not pool:
-                    pool = self._some_workers()
-            elif self.idle:
-                pool = list(islice(self.idle.values(), PLACEMENT_SAMPLE))
-            else:
-                pool = self._some_workers()
-        if self.retiring or self.paused:  # retiring and paused workers take no tasks
-            pool = [ws for ws in pool if ws.status == "running"]
-            if not pool and not restricted:
-                pool = [ws for ws in self._ring if ws.status == "running"][:PLACEMENT_SAMPLE]
-            if not pool:
-                return None
-        return min(pool, key=lambda ws: (self._start_time(ts, ws), ws.address))
-
-    def _start_time(self, ts: TaskState, ws: WorkerInfo) -> float:
-        missing = 0
-        for dep in ts.dependencies:
-            if ws not in dep.who_has:
-                missing += max(dep.nbytes, 0)
-        return ws.occupancy / ws.nthreads + missing / self.bandwidth
 
     # -------------------------------------------------------------- transitions
 
