@@ -33,6 +33,8 @@ def test_defaults_are_registered_with_dask() -> None:
         "default-task-durations": {},
         "worker-saturation": 1.1,
         "bandwidth": 100_000_000,
+        "delete-interval": "1 minute",
+        "synchronize-worker-interval": "1 minute",
         "allow-remote-code": False,
         "dashboard": {"enabled": True, "address": "127.0.0.1:8787"},
     }

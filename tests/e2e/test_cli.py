@@ -271,3 +271,32 @@ def test_demo_runs_and_checks_its_result() -> None:
     assert out.returncode == 0, out.stdout + out.stderr
     assert "(correct)" in out.stdout
     assert re.search(r"^Dashboard: http://127\.0\.0\.1:\d+/$", out.stdout, re.MULTILINE)
+
+
+def test_json_logs_carry_structured_fields(procs: list[Proc], tmp_path: Path) -> None:
+    sf = tmp_path / "scheduler.json"
+    args = ["--host", "127.0.0.1", "--port", "0", "--no-dashboard", "--log-format", "json"]
+    s = start(procs, "scheduler", *args, "--scheduler-file", str(sf))
+    started = json.loads(s.wait_for_line(re.compile(r'"message": "Scheduler started at')).string)
+    assert started["logger"] == "conveyor.scheduler" and started["level"] == "INFO"
+    assert started["address"].startswith("tcp://127.0.0.1:") and started["process"] > 0
+    # a worker under a nanny: the nanny passes the format on to the worker's process
+    w = start(
+        procs, "worker", "--scheduler-file", str(sf), "--nthreads", "1", "--host", "127.0.0.1",
+        "--log-format", "json",
+    )  # fmt: skip
+    registered = json.loads(s.wait_for_line(re.compile(r'"message": "Register worker')).string)
+    assert registered["worker"].startswith("tcp://127.0.0.1:") and registered["nthreads"] == 1
+    line = w.wait_for_line(re.compile(r'"message": "Worker started at'))
+    worker_record = json.loads(line.string)
+    assert worker_record["logger"] == "conveyor.worker"
+    assert worker_record["process"] != started["process"]
+    w.wait_for_line(re.compile(r'"message": "Registered to: '))
+    for text in s.lines + w.lines:  # every line either wrote is one JSON object
+        assert isinstance(json.loads(text), dict), text
+
+
+def test_a_bad_log_format_is_a_usage_error(procs: list[Proc]) -> None:
+    p = start(procs, "scheduler", "--log-format", "xml")
+    assert p.finish() == 2
+    assert "'xml' is not one of 'text', 'json'" in p.stderr()

@@ -14,17 +14,23 @@ from conveyor.testing.cluster import in_process_cluster
 def test_features_conveyor_lacks_are_refused_with_what_is_missing() -> None:
     with pytest.raises(NotImplementedError, match="no TLS yet"):
         Scheduler(security=object())
-    with pytest.raises(NotImplementedError, match="no extra HTTP services"):
-        Scheduler(services={"bokeh": object})
-    with pytest.raises(NotImplementedError, match="no extra HTTP services"):
-        Scheduler(service_kwargs={"bokeh": {}})
     with pytest.raises(NotImplementedError, match="Jupyter"):
         Scheduler(jupyter=True)
     with pytest.raises(TypeError):
         Scheduler(no_such_option=1)  # type: ignore[call-arg]
     Scheduler(security=None, services={}, jupyter=False)  # the defaults are fine
     params = inspect.signature(Scheduler).parameters
-    for name in ("loop", "blocked_handlers", "services", "security", "http_prefix", "preload"):
+    for name in (
+        "loop",
+        "blocked_handlers",
+        "services",
+        "service_kwargs",
+        "security",
+        "http_prefix",
+        "preload",
+        "delete_interval",
+        "synchronize_worker_interval",
+    ):
         assert name in params
 
 
@@ -58,3 +64,16 @@ def test_a_scheduler_runs_only_on_the_loop_it_was_given() -> None:
         other.run_until_complete(on_it())
     finally:
         other.close()
+
+
+def test_scheduler_retire_workers_refuses_what_it_would_ignore() -> None:
+    async def main() -> None:
+        async with in_process_cluster(n_workers=2) as (s, ws, _c):
+            with pytest.raises(TypeError, match="not both"):
+                await s.retire_workers([ws[0].address], n=1)
+            with pytest.raises(TypeError):
+                await s.retire_workers(bogus=1)  # type: ignore[call-arg]
+            retired = await s.retire_workers(n=1, close_workers=False)
+            assert len(retired) == 1 and len(s.workers) == 1
+
+    asyncio.run(main())

@@ -2,8 +2,10 @@
 
 Each command runs its servers on one event loop (uvloop when installed) until SIGINT or
 SIGTERM arrives, or until the servers close by themselves (an idle scheduler, workers whose
-scheduler went away); then it closes them and exits with status 0. Start-up problems (bad
-options, an unreachable scheduler) print a one-line ``Error: ...`` and exit with status 1.
+scheduler went away); then it closes them and exits with status 0. Start-up problems (an
+unreachable scheduler, a server that fails to start) print a one-line ``Error: ...`` and
+exit with status 1; a bad option value (a ``--plugin`` that is not one, say) is a usage
+error: status 2, before anything listens.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import click
 
 from conveyor import config
 from conveyor.cli.demo import run_demo
+from conveyor.cli.logging_setup import FORMATS, configure_logging
+from conveyor.cli.plugins import load_plugins, plugin_option
 from conveyor.rpc.gcpause import tune_server_gc
 from conveyor.rpc.loop import new_event_loop
 from conveyor.server.nanny import Nanny, WorkerStartError
@@ -29,7 +33,6 @@ from conveyor.server.worker import Worker
 
 __all__ = ["main"]
 
-LOG_FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"
 CLOSE_TIMEOUT = 20.0  # seconds allowed for closing the servers after a signal
 
 logger = logging.getLogger("conveyor.cli")
@@ -58,7 +61,15 @@ def main() -> None:
 
 
 def _preload_options(command: Any) -> Any:
-    """``--preload`` and ``--preload-argv``, shared by the server commands."""
+    """``--preload``, ``--preload-argv`` and ``--log-format``, shared by the server
+    commands."""
+    command = click.option(
+        "--log-format",
+        type=click.Choice(FORMATS),
+        default=None,
+        show_default="the logging.format configuration: text",
+        help="Log lines as text, or as one JSON object each (with structured fields).",
+    )(command)
     command = click.option(
         "--preload-argv",
         multiple=True,
@@ -76,6 +87,7 @@ def _preload_options(command: Any) -> Any:
 
 @main.command()
 @_preload_options
+@plugin_option("SchedulerPlugin")
 @click.option(
     "--host",
     default=None,
@@ -135,13 +147,16 @@ def scheduler(
     allow_remote_code: bool | None,
     preload: tuple[str, ...],
     preload_argv: tuple[str, ...],
+    log_format: str | None,
+    plugins: tuple[str, ...],
 ) -> None:
     """Start a scheduler and serve until SIGINT or SIGTERM."""
-    _configure_logging()
+    _configure_logging(log_format)
     try:
         idle = config.parse_duration(idle_timeout)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--idle-timeout") from None
+    loaded = load_plugins(plugins, ("scheduler",))
 
     def make_servers() -> list[Scheduler]:
         return [
@@ -157,6 +172,7 @@ def scheduler(
                 preload_argv=list(preload_argv),
                 dashboard=dashboard,
                 dashboard_address=dashboard_address if dashboard else None,
+                plugins=[p.make() for p in loaded],
             )
         ]
 
@@ -165,6 +181,7 @@ def scheduler(
 
 @main.command()
 @_preload_options
+@plugin_option("WorkerPlugin (in each worker) or NannyPlugin (in each nanny)")
 @click.argument("address", required=False)
 @click.option(
     "--scheduler-file",
@@ -262,10 +279,12 @@ def worker(
     running_file: str | None,
     preload: tuple[str, ...],
     preload_argv: tuple[str, ...],
+    log_format: str | None,
+    plugins: tuple[str, ...],
 ) -> None:
     """Start NWORKERS workers connected to the scheduler at ADDRESS (each under a
     nanny unless --no-nanny)."""
-    _configure_logging()
+    _configure_logging(log_format)
     if (address is None) == (scheduler_file is None):
         raise click.ClickException(
             "give the scheduler's ADDRESS or --scheduler-file (exactly one of them)"
@@ -289,6 +308,15 @@ def worker(
         offered = None if resources is None else parse_resources(resources)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--resources") from None
+    # a nanny's worker process makes its own worker plugins: here they are only checked
+    loaded = load_plugins(plugins, ("worker", "nanny"), instantiate=not nanny)
+    if not nanny:
+        for p in loaded:
+            if p.kind == "nanny":
+                raise click.BadParameter(
+                    f"{p.spec} is a NannyPlugin, and --no-nanny workers have no nanny",
+                    param_hint="'--plugin'",
+                )
 
     common: dict[str, Any] = {
         "scheduler_file": scheduler_file,
@@ -299,13 +327,24 @@ def worker(
         "protocol": protocol,
         "local_directory": local_directory,
     }
-    if nanny:  # the nanny passes --resources and the preloads on; each worker loads them
+    if nanny:  # the nanny passes --resources, preloads and worker plugins on; each worker
+        # process loads them
         passed = [f"--preload={p}" for p in preload]
         passed += [f"--preload-argv={a}" for a in preload_argv]
+        passed += [f"--plugin={p.spec}" for p in loaded if p.kind == "worker"]
+        if log_format:
+            passed.append(f"--log-format={log_format}")
 
         def make_nannies() -> list[Nanny]:
             return [
-                Nanny(address, name=n, resources=resources, worker_args=passed, **common)
+                Nanny(
+                    address,
+                    name=n,
+                    resources=resources,
+                    worker_args=passed,
+                    plugins=[p.make() for p in loaded if p.kind == "nanny"],
+                    **common,
+                )
                 for n in names
             ]
 
@@ -324,6 +363,7 @@ def worker(
                 running_file=running_file,
                 preload=list(preload),
                 preload_argv=list(preload_argv),
+                plugins=[p.make() for p in loaded],
                 **common,
             )
             for n in names
@@ -361,14 +401,14 @@ def demo(n: int, nworkers: int) -> None:
     sys.exit(run_demo(n, nworkers))
 
 
-def _configure_logging() -> None:
-    """Log to stderr: WARNING and above from libraries, INFO and above from conveyor."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
-    root = logging.getLogger()
-    root.addHandler(handler)
-    root.setLevel(logging.WARNING)
-    logging.getLogger("conveyor").setLevel(logging.INFO)
+def _configure_logging(log_format: str | None) -> None:
+    """Log to stderr (see ``conveyor.cli.logging_setup``): the format given, else the
+    configured one."""
+    fmt = log_format or str(config.get("logging.format"))
+    try:
+        configure_logging(fmt, str(config.get("logging.level")))
+    except ValueError as e:  # a bad configuration value
+        raise click.ClickException(f"logging configuration: {e}") from None
 
 
 def _run(main: Coroutine[Any, Any, None]) -> None:

@@ -226,6 +226,23 @@ class MissingData(SchedulerEvent):
 
 
 @dataclass(slots=True)
+class WorkerMemorySynced(SchedulerEvent):
+    """A worker's answer to a sync request (``conveyor.core.housekeeping``): keys it
+    was believed to hold but does not, and keys it holds that were not named."""
+
+    worker: str
+    missing: tuple[Key, ...]
+    extra: tuple[Key, ...]
+
+
+@dataclass(slots=True)
+class ForgetPrefixes(SchedulerEvent):
+    """Housekeeping: forget the task prefixes with no task since ``emptied_before``."""
+
+    emptied_before: float
+
+
+@dataclass(slots=True)
 class Tick(SchedulerEvent):
     """Periodic check (worker time-to-live)."""
 

@@ -163,7 +163,13 @@ def _validate_prefix_states(s: SchedulerState) -> None:
     for ts in s.tasks.values():
         per = counts.setdefault(ts.group.prefix.name, {})
         per[ts.state] = per.get(ts.state, 0) + 1
+    ngroups: dict[str, int] = {}
+    for g in s.task_groups.values():
+        ngroups[g.prefix.name] = ngroups.get(g.prefix.name, 0) + 1
+        _check(s.task_prefixes.get(g.prefix.name) is g.prefix, g, "its prefix was forgotten")
     for name, prefix in s.task_prefixes.items():
+        _check(prefix.ngroups == ngroups.get(name, 0), prefix, "wrong count of groups")
+        _check((prefix.ngroups == 0) == (name in s.empty_prefixes), prefix, "empty_prefixes wrong")
         live = {k: v for k, v in prefix.states.items() if v and k != "forgotten"}
         _check(live == counts.get(name, {}), prefix, f"state counts {live} != {counts.get(name)}")
         _check(min(prefix.states.values()) >= 0, prefix, "negative state count")

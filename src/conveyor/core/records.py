@@ -19,7 +19,14 @@ EMPTY: Final[set[Any]] = cast(set[Any], frozenset())
 class TaskPrefix:
     """All tasks sharing a key prefix (``"inc"`` for ``"inc-abc123"``); learns durations."""
 
-    __slots__ = ("_duration_count", "_duration_sum", "duration_average", "name", "states")
+    __slots__ = (
+        "_duration_count",
+        "_duration_sum",
+        "duration_average",
+        "name",
+        "ngroups",
+        "states",
+    )
 
     def __init__(self, name: str, default_duration: float | None) -> None:
         self.name = name
@@ -31,6 +38,8 @@ class TaskPrefix:
         self.duration_average: float | None = default_duration
         self._duration_count = 0
         self._duration_sum = 0.0
+        #: live task groups of this prefix (at 0 it may be forgotten: core/housekeeping.py)
+        self.ngroups = 0
 
     def add_duration(self, seconds: float) -> None:
         """Fold one observed run time into the running estimate."""

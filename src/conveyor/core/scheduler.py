@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any
 
-from conveyor.core import control, deaths
+from conveyor.core import control, deaths, housekeeping
 from conveyor.core import events as ev
 from conveyor.core.instructions import (
     CloseWorker,
@@ -82,6 +82,8 @@ class SchedulerState(SchedulerTransitions):
             ev.MissingData: self._missing_data,
             ev.Tick: self._tick,
             ev.WorkerDied: partial(deaths.worker_died, self),
+            ev.WorkerMemorySynced: partial(housekeeping.memory_synced, self),
+            ev.ForgetPrefixes: partial(housekeeping.forget_prefixes, self),
             **control.handlers(self),
         }
 
@@ -693,13 +695,10 @@ class SchedulerState(SchedulerTransitions):
         return {a: ws.nthreads for a, ws in self.workers.items()}
 
     @property
-    def task_duration(self) -> dict[str, float]:
-        """Learned average duration per key prefix, in seconds."""
-        return {
-            name: p.duration_average
-            for name, p in self.task_prefixes.items()
-            if p.duration_average is not None
-        }
+    def task_duration(self) -> housekeeping.TaskDurations:
+        """Expected run time per key prefix, in seconds: learned, or set by an operator
+        (``state.task_duration["load"] = 2.0``)."""
+        return housekeeping.TaskDurations(self)
 
     def run_spec_of(self, key: Key, blame: bool = False) -> dict[str, Any] | None:
         """What a client needs to run task ``key`` itself (``recreate_error_locally``):

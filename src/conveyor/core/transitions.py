@@ -34,6 +34,7 @@ from typing import Any
 from dask.utils import key_split
 
 from conveyor.core.heapset import HeapSet
+from conveyor.core.housekeeping import PrefixMemory
 from conveyor.core.instructions import (
     ComputeTask,
     FreeFunctions,
@@ -116,6 +117,10 @@ class SchedulerTransitions(Placement):
         self.tasks: dict[Key, TaskState] = {}
         self.task_prefixes: dict[str, TaskPrefix] = {}
         self.task_groups: dict[str, TaskGroup] = {}
+        #: prefixes with no task group left, and since when (oldest first)
+        self.empty_prefixes: dict[str, float] = {}
+        #: learned durations of prefixes forgotten since (core/housekeeping.py)
+        self.prefix_memory = PrefixMemory()
         self.workers: dict[str, WorkerInfo] = {}
         self.clients: dict[str, ClientInfo] = {}
         #: workers running fewer tasks than they have threads
@@ -200,11 +205,21 @@ class SchedulerTransitions(Placement):
         if group is None:
             prefix = self.task_prefixes.get(pname)
             if prefix is None:
-                prefix = TaskPrefix(pname, self.default_task_durations.get(pname))
-                self.task_prefixes[pname] = prefix
+                prefix = self._new_prefix(pname)
+            elif prefix.ngroups == 0:
+                self.empty_prefixes.pop(pname, None)
+            prefix.ngroups += 1
             group = TaskGroup(gname, prefix)
             self.task_groups[gname] = group
         return group
+
+    def _new_prefix(self, name: str) -> TaskPrefix:
+        """A prefix seen for the first time (or again after it was forgotten)."""
+        remembered = self.prefix_memory.recall(name)
+        default = self.default_task_durations.get(name)
+        prefix = TaskPrefix(name, remembered if remembered is not None else default)
+        self.task_prefixes[name] = prefix
+        return prefix
 
     def _new_task(self, key: Key, run_spec: Any, group: TaskGroup | None = None) -> TaskState:
         """A new task in ``released``; ``group`` when the caller knows it already."""
@@ -653,6 +668,10 @@ class SchedulerTransitions(Placement):
         """``group`` has no task left: forget it, and the links other groups have to it
         (O(its links), each made once: no scan of every group)."""
         del self.task_groups[group.name]
+        prefix = group.prefix
+        prefix.ngroups -= 1
+        if prefix.ngroups == 0:
+            self.empty_prefixes[prefix.name] = self._now
         for g in group.dependents:
             g.dependencies.discard(group)
         for g in group.dependencies:

@@ -9,7 +9,8 @@ The driver looks the pair up in :data:`TRANSITIONS` (a pair missing from it rais
 the state, and calls the pair's function, which does the bookkeeping of leaving
 ``start`` and entering ``finish``, emits the instructions that belong to the move into
 ``self._out``, and may move other tasks (a result in memory readies its dependents; a
-release may drop the dependencies it alone kept). There is no arrow from a state to
+release may drop the dependencies it alone kept); then it calls ``transition_hook``, if
+the shell set one (worker plugins that listen). There is no arrow from a state to
 itself: new holders for a ``fetch`` task re-queue it without a state change.
 
 Containers kept in step by these functions, one per state that has one:
@@ -192,6 +193,10 @@ class WorkerTransitions:
         self.fetchable_peers: OrderedDict[str, None] = OrderedDict()
         self.missing: set[WTask] = set()
         self.log: deque[tuple[Key, str, str, float]] = deque(maxlen=log_length)
+        #: called as ``hook(key, start, finish, now)`` after every transition, once its
+        #: bookkeeping is done (the shell sets it only while a plugin listens: it must
+        #: not raise)
+        self.transition_hook: Callable[[Key, str, str, float], None] | None = None
         self._out: list[we.WorkerInstruction] = []
         self._now = 0.0
 
@@ -212,6 +217,8 @@ class WorkerTransitions:
         self.log.append((ts.key, start, finish, self._now))
         ts.state = finish
         fn(self, ts, arg)
+        if self.transition_hook is not None:
+            self.transition_hook(ts.key, start, finish, self._now)
 
     # ----------------------------------------------------- decisions shared by events
 

@@ -212,6 +212,10 @@ def _paused(w: str, m: Msg, now: float) -> se.SchedulerEvent:
     return se.WorkerPaused(now, w, paused)
 
 
+def _memory_synced(w: str, m: Msg, now: float) -> se.SchedulerEvent:
+    return se.WorkerMemorySynced(now, w, _keys(m.get("missing")), _keys(m.get("extra")))
+
+
 def _heartbeat(w: str, m: Msg, now: float) -> se.SchedulerEvent:
     return se.WorkerHeartbeat(now, w, dict(m.get("metrics") or {}))
 
@@ -225,6 +229,7 @@ WORKER_STREAM_OPS: dict[str, Callable[[str, Msg, float], se.SchedulerEvent]] = {
     "long-running": _long_running,
     "heartbeat-worker": _heartbeat,
     "worker-paused": _paused,
+    "memory-synced": _memory_synced,
 }
 
 

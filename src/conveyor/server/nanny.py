@@ -36,6 +36,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
 import psutil
@@ -48,6 +49,7 @@ from conveyor.rpc.schedfile import read_scheduler_file
 from conveyor.server.calls import error_reply
 from conveyor.server.lifecycle import Server
 from conveyor.server.logs import logs_reply, process_logs
+from conveyor.server.plugin import NannyPlugin
 from conveyor.server.plugin_host import PluginHost
 from conveyor.server.process import STOP_GRACE, WorkerProcess, exit_description
 from conveyor.server.running_file import read_running
@@ -84,7 +86,9 @@ class Nanny(Server):
     ``resources`` are the worker's (``conveyor worker`` options); ``worker_args`` adds
     further options. ``host``/``port``/``interface``/``protocol`` are where the nanny
     listens (the worker listens on the same host). ``env`` is the worker's environment
-    (default: this process's).
+    (default: this process's). ``plugins`` (:class:`~conveyor.NannyPlugin` instances) are
+    set up when the nanny starts, before its worker process: a ``setup`` that raises
+    stops the start.
     """
 
     def __init__(
@@ -103,9 +107,15 @@ class Nanny(Server):
         resources: str | None = None,
         worker_args: list[str] | None = None,
         env: dict[str, str] | None = None,
+        plugins: Iterable[NannyPlugin] = (),
     ) -> None:
         if (scheduler_address is None) == (scheduler_file is None):
             raise ValueError("Nanny needs a scheduler address or a scheduler_file (one)")
+        #: plugins given here, set up at start (before the worker process starts)
+        self._initial_plugins = list(plugins)
+        for plugin in self._initial_plugins:
+            if not isinstance(plugin, NannyPlugin):
+                raise TypeError(f"{plugin!r} is not a conveyor NannyPlugin")
         self.scheduler_address = scheduler_address
         self.scheduler_file = scheduler_file
         self.name = name
@@ -186,6 +196,8 @@ class Nanny(Server):
         self.address = self._listener.contact_address
         self.status = "running"
         try:
+            for plugin in self._initial_plugins:  # in place before the worker starts
+                await self._plugins.install(plugin)
             await self._start_worker()
         except BaseException:
             await self.close()

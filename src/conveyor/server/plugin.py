@@ -82,9 +82,11 @@ class SchedulerPlugin:
         return workers
 
 
-def overrides(plugin: SchedulerPlugin, hook: str) -> bool:
-    """Whether ``plugin`` implements ``hook`` itself (else calling it would do nothing)."""
-    return getattr(type(plugin), hook, None) is not getattr(SchedulerPlugin, hook)
+def overrides(plugin: object, hook: str, base: type = SchedulerPlugin) -> bool:
+    """Whether ``plugin`` implements ``hook`` itself, rather than inheriting the no-op of
+    ``base`` or lacking it (calling it then would do nothing)."""
+    method = getattr(type(plugin), hook, None)
+    return method is not None and method is not getattr(base, hook, None)
 
 
 class WorkerPlugin:
@@ -106,6 +108,23 @@ class WorkerPlugin:
 
     def teardown(self, worker: Worker) -> Any:
         """The plugin is leaving ``worker`` (unregistered, replaced, or the worker closes)."""
+
+    def transition(self, key: Any, start: str, finish: str, **kwargs: Any) -> None:
+        """Task ``key`` moved from state ``start`` to ``finish`` on this worker.
+
+        Called for every state change of every task on the worker (``released``,
+        ``waiting``, ``ready``, ``executing``, ``long-running``, ``memory``, ``error``,
+        ``fetch``, ``flight``, ``missing``, ``cancelled``, ``forgotten``), after the change
+        and its bookkeeping, while the worker handles the event that caused it: keep it
+        cheap and synchronous (it may not be a coroutine). Keywords:
+
+        * ``timestamp``: when the worker handled that event (seconds since the epoch;
+          the time ``Worker.state.story(key)`` logs).
+
+        Accept ``**kwargs``: later versions may pass more. An exception is logged (with
+        its traceback, once per plugin) and the worker goes on. When no plugin overrides
+        this hook, transitions cost nothing extra.
+        """
 
 
 def plugin_name(plugin: SchedulerPlugin) -> str:

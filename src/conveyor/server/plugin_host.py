@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import uuid
 from collections.abc import Awaitable
 from typing import Any
 
@@ -48,6 +49,26 @@ class PluginHost:
             return await outcome if inspect.isawaitable(outcome) else outcome
 
         return then_setup()
+
+    async def install(self, plugin: Any) -> str:
+        """Install a plugin given to the host's constructor under its ``name`` (default:
+        the class name and a unique suffix); what its ``setup`` raises propagates, and
+        the plugin is then not installed. Returns the name."""
+        name = getattr(plugin, "name", None) or f"{type(plugin).__name__}-{uuid.uuid4()}"
+        old = self.plugins.pop(name, None)
+        if old is not None:
+            outcome = self.hook(name, old, "teardown")
+            if inspect.isawaitable(outcome):
+                await outcome
+        self.plugins[name] = plugin
+        try:
+            result = plugin.setup(**{self.role: self.host})
+            if inspect.isawaitable(result):
+                await result
+        except BaseException:
+            self.plugins.pop(name, None)
+            raise
+        return name
 
     def remove(self, name: str) -> Any:
         """Tear ``name`` down and forget it (a no-op if there is none)."""

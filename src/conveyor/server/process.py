@@ -17,7 +17,7 @@ from typing import Any
 
 __all__ = ["STOP_GRACE", "WorkerProcess", "exit_description", "process_exit"]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("conveyor.nanny")
 
 STOP_GRACE = 10.0  # seconds a worker process may take to exit after SIGTERM
 STDERR_TAIL_LINES = 20

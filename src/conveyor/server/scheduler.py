@@ -19,6 +19,7 @@ from conveyor import config
 from conveyor.comm import Listener, get_ip_interface, listen, unparse_host_port
 from conveyor.core import events as se
 from conveyor.core.control import OPERATOR_FINISHES
+from conveyor.core.housekeeping import TaskDurations
 from conveyor.core.instructions import CloseWorker, KeyErred, KeyInMemory, ToWorker
 from conveyor.core.records import ClientInfo, TaskState, WorkerInfo
 from conveyor.core.replicas import workers_to_close as plan_workers_to_close
@@ -41,9 +42,15 @@ from conveyor.rpc import (
 from conveyor.rpc.gcpause import BurstFreezer, gc_paused
 from conveyor.rpc.outgoing import outgoing_limit
 from conveyor.server.extensions import DEFAULT_EXTENSIONS
+from conveyor.server.housekeeping import (
+    forget_prefixes_loop,
+    logged_sync_answers,
+    sync_workers_loop,
+)
 from conveyor.server.lifecycle import Server
 from conveyor.server.plugin import SchedulerPlugin, overrides, plugin_name
 from conveyor.server.preload import make_preloads
+from conveyor.server.services import parse_services, start_service, stop_service
 
 logger = logging.getLogger("conveyor.scheduler")
 
@@ -51,14 +58,9 @@ logger = logging.getLogger("conveyor.scheduler")
 FIRE_AND_FORGET = "fire-and-forget"
 
 
-def _refuse_unsupported(services: Any, service_kwargs: Any, security: Any, jupyter: bool) -> None:
+def _refuse_unsupported(security: Any, jupyter: bool) -> None:
     """distributed's keywords whose features conveyor does not have yet: their default
     (off) is accepted, anything else is refused with what is missing."""
-    if services or service_kwargs:
-        raise NotImplementedError(
-            "services= / service_kwargs=: conveyor serves no extra HTTP services yet (the "
-            "dashboard is its only one); leave them empty"
-        )
     if security not in (None, False):
         raise NotImplementedError(
             "security=: conveyor has no TLS yet (only plain tcp:// and inproc://); pass "
@@ -118,8 +120,21 @@ class Scheduler(Server):
         service_kwargs: Mapping[Any, Any] | None = None,
         security: Any = None,
         jupyter: bool = False,
+        delete_interval: float | str | None = None,
+        synchronize_worker_interval: float | str | None = None,
     ) -> None:
-        _refuse_unsupported(services, service_kwargs, security, jupyter)
+        _refuse_unsupported(security, jupyter)
+        #: extra services started with the scheduler (see conveyor.server.services)
+        self._service_specs = parse_services(services, service_kwargs)
+        #: how often empty task prefixes are forgotten, and workers' memory reconciled
+        self.delete_interval = config.parse_duration(
+            config.get("scheduler.delete-interval") if delete_interval is None else delete_interval
+        )
+        self.synchronize_worker_interval = config.parse_duration(
+            config.get("scheduler.synchronize-worker-interval")
+            if synchronize_worker_interval is None
+            else synchronize_worker_interval
+        )
         #: the loop it must run on (start() refuses another); None: the running one
         self._required_loop = loop
         #: requests this scheduler refuses (operator's choice)
@@ -200,6 +215,7 @@ class Scheduler(Server):
         }
         for op, make in WORKER_STREAM_OPS.items():
             self.handlers[op] = self._stream_handler("worker", make)
+        self.handlers["memory-synced"] = logged_sync_answers(self, self.handlers["memory-synced"])
         for op, make in CLIENT_STREAM_OPS.items():
             self.handlers[op] = self._stream_handler("client", make)
         #: plugins by name, told of workers and clients coming and going
@@ -256,8 +272,10 @@ class Scheduler(Server):
         return self.state.host_info
 
     @property
-    def task_duration(self) -> dict[str, float]:
-        """Learned mean duration per key prefix, in seconds."""
+    def task_duration(self) -> TaskDurations:
+        """Expected run time per key prefix, in seconds, used for placement: learned
+        from finished tasks, or set by an operator (``s.task_duration["load"] = 2.0``
+        sets the current estimate and the default when the prefix is seen again)."""
         return self.state.task_duration
 
     @property
@@ -325,10 +343,33 @@ class Scheduler(Server):
         workers: list[str] | None = None,
         names: list[Any] | None = None,
         close_workers: bool = True,
-        **choosing: Any,
+        *,
+        n: int | None = None,
+        target: int | None = None,
+        memory_ratio: float | None = None,
+        minimum: int | None = None,
+        key: Callable[[WorkerInfo], Any] | None = None,
     ) -> dict[str, Any]:
         """Retire workers gracefully (see ``Client.retire_workers``); without
-        ``workers`` or ``names``, those ``workers_to_close(**choosing)`` picks."""
+        ``workers`` or ``names``, those ``workers_to_close(n=, target=, memory_ratio=,
+        minimum=, key=)`` picks (those keywords choose: they are refused beside
+        ``workers`` or ``names``)."""
+        choosing = {
+            k: v
+            for k, v in (
+                ("n", n),
+                ("target", target),
+                ("memory_ratio", memory_ratio),
+                ("minimum", minimum),
+                ("key", key),
+            )
+            if v is not None
+        }
+        if choosing and (workers is not None or names is not None):
+            raise TypeError(
+                f"{sorted(choosing)} choose which workers to retire: pass them or "
+                "workers/names, not both"
+            )
         memory = self.extensions["memory"]
         msg = {"workers": workers, "names": names, "close_workers": close_workers, **choosing}
         result: dict[str, Any] = await memory.retire_workers(None, msg)
@@ -367,6 +408,13 @@ class Scheduler(Server):
                 self._listener.stop()
                 raise
             self.services["dashboard"] = board
+        for spec in self._service_specs:
+            try:
+                self.services[spec.name] = await start_service(spec, self, "127.0.0.1")
+            except BaseException:
+                self._listener.stop()
+                await self._stop_services()
+                raise
         if self.scheduler_file:
             write_scheduler_file(
                 self.scheduler_file,
@@ -378,12 +426,16 @@ class Scheduler(Server):
                 },
             )
         self._spawn(self._tick_loop())
+        if self.delete_interval:
+            self._spawn(forget_prefixes_loop(self, self.delete_interval))
+        if self.synchronize_worker_interval:
+            self._spawn(sync_workers_loop(self, self.synchronize_worker_interval))
         self.status = "running"
         for plugin in list(self.plugins.values()):
             await self._start_plugin(plugin)
         for preload in self.preloads:
             await preload.setup(self)
-        logger.info("Scheduler started at %s", self.address)
+        logger.info("Scheduler started at %s", self.address, extra={"address": self.address})
         return self
 
     async def close(self) -> None:
@@ -402,9 +454,7 @@ class Scheduler(Server):
                 logger.exception("Tearing down preload %r failed", preload.name)
         for plugin in list(self.plugins.values()):
             await self._close_plugin(plugin)
-        board = self.services.pop("dashboard", None)
-        if board is not None:
-            await board.close()
+        await self._stop_services()
         for task in list(self._tasks):
             task.cancel()
         for peer in self.stream_comms.values():
@@ -415,6 +465,14 @@ class Scheduler(Server):
         self.status = "closed"
         self._closed.set()
         logger.info("Scheduler at %s closed", self.address)
+
+    async def _stop_services(self) -> None:
+        while self.services:
+            name, service = self.services.popitem()
+            try:
+                await stop_service(service)
+            except Exception:
+                logger.exception("Stopping service %r failed", name)
 
     # ----------------------------------------------------------------- plugins
 
@@ -629,7 +687,7 @@ class Scheduler(Server):
             self.remove_worker_with(se.RemoveWorker(time.time(), peer.ident, "connection closed"))
         elif peer.role == "client" and self.client_comms.get(peer.ident) is peer:
             del self.client_comms[peer.ident]
-            logger.info("Remove client %s", peer.ident)
+            logger.info("Remove client %s", peer.ident, extra={"client": peer.ident})
             left = se.RemoveClient(time.time(), peer.ident)
             self._guarded("removal of a client", self.apply, left)
             self._notify("remove_client", peer.ident)
@@ -642,9 +700,19 @@ class Scheduler(Server):
         peer = self.stream_comms.pop(address, None)
         if peer is not None:
             if isinstance(event, se.RemoveWorker):
-                logger.info("Remove worker %s (%s)", address, event.reason)
+                logger.info(
+                    "Remove worker %s (%s)",
+                    address,
+                    event.reason,
+                    extra={"worker": address, "reason": event.reason},
+                )
             else:  # its process is gone: so is the connection, whether seen yet or not
-                logger.info("Remove worker %s (%s)", address, event.cause)
+                logger.info(
+                    "Remove worker %s (%s)",
+                    address,
+                    event.cause,
+                    extra={"worker": address, "reason": event.cause},
+                )
                 peer.abort()
         self._guarded("removal of a worker", self.apply, event)
         if peer is not None:
@@ -655,7 +723,9 @@ class Scheduler(Server):
         or serving no data) and told it to close: its stream is no longer its own (it
         stays open until the worker reads that and closes it), and plugins are told."""
         del self.stream_comms[address]
-        logger.warning("Remove worker %s (%s)", address, reason)
+        logger.warning(
+            "Remove worker %s (%s)", address, reason, extra={"worker": address, "reason": reason}
+        )
         self._notify("remove_worker", address)
 
     def _unregister_worker(self, peer: Peer, msg: Msg) -> None:
@@ -689,7 +759,13 @@ class Scheduler(Server):
                 bool(msg.get("nanny")),
             )
         )
-        logger.info("Register worker %s (name %r, %s threads)", address, name, msg["nthreads"])
+        logger.info(
+            "Register worker %s (name %r, %s threads)",
+            address,
+            name,
+            msg["nthreads"],
+            extra={"worker": address, "worker_name": str(name), "nthreads": msg["nthreads"]},
+        )
         self._notify("add_worker", address)
         return {"status": "OK", "address": self.address, "id": self.id}
 
@@ -698,7 +774,7 @@ class Scheduler(Server):
         peer.role, peer.ident = "client", client_id
         self.client_comms[client_id] = peer
         self.apply(se.AddClient(time.time(), client_id))
-        logger.info("Receive client connection: %s", client_id)
+        logger.info("Receive client connection: %s", client_id, extra={"client": client_id})
         self._notify("add_client", client_id)
         return {
             "status": "OK",

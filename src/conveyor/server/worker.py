@@ -13,7 +13,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from conveyor import config
@@ -32,6 +32,7 @@ from conveyor.server.actors import ActorHost
 from conveyor.server.execute import Outcome, warm_imports
 from conveyor.server.lifecycle import Server
 from conveyor.server.logs import logs_reply, process_logs
+from conveyor.server.plugin import WorkerPlugin
 from conveyor.server.preload import make_preloads
 from conveyor.server.resources import parse_resources
 from conveyor.server.runner import TaskRunner
@@ -63,7 +64,9 @@ class Worker(Server):
     """A worker: runs tasks with ``nthreads`` threads and keeps their results.
 
     ``async with Worker(scheduler.address) as w:`` runs one in-process;
-    ``conveyor worker ADDRESS`` runs one from the command line.
+    ``conveyor worker ADDRESS`` runs one from the command line. ``plugins``
+    (:class:`~conveyor.WorkerPlugin` instances) are set up when it starts, before it
+    registers: a ``setup`` that raises stops the start.
     """
 
     def __init__(
@@ -86,9 +89,15 @@ class Worker(Server):
         running_file: str | None = None,
         preload: str | Sequence[str] | None = None,
         preload_argv: Sequence[Any] | None = None,
+        plugins: Iterable[WorkerPlugin] = (),
     ) -> None:
         if scheduler_address is None and scheduler_file is None:
             raise ValueError("Worker needs a scheduler address or a scheduler_file")
+        #: plugins given here, set up at start (before the worker registers)
+        self._initial_plugins = list(plugins)
+        for plugin in self._initial_plugins:
+            if not isinstance(plugin, WorkerPlugin):
+                raise TypeError(f"{plugin!r} is not a conveyor WorkerPlugin")
         #: amounts of abstract resources this worker offers to tasks that need them
         #: (``{"GPU": 2}``); default: the ``worker.resources`` configuration
         self.resources = parse_resources(
@@ -170,6 +179,7 @@ class Worker(Server):
             "refresh-who-has": self._from_scheduler,
             "acquire-replicas": self._from_scheduler,
             "free-functions": self._free_functions,
+            "sync-memory": self._sync_memory,
             "close": self._close_requested,
         }
         #: method calls and attribute reads of the actors held here
@@ -242,6 +252,9 @@ class Worker(Server):
         # running before the reply comes: tasks (and plugins) may arrive ahead of it
         self.status = "running"
         try:
+            self.control.plugins_changed()  # a plugin may have come before the state
+            for plugin in self._initial_plugins:  # before any task can arrive
+                await self.control.install(plugin)
             await self._register(timeout)
         except BaseException:
             await self.close("failed to register")
@@ -337,6 +350,18 @@ class Worker(Server):
             self.exit_code = EXIT_REPLACE
             self._spawn(self.close("scheduler connection closed"))
 
+    def _sync_memory(self, peer: Peer, msg: Msg) -> None:
+        """Answer the scheduler's reconciliation (``conveyor.core.housekeeping``): of
+        the keys it believes are held here, those that are not; of the keys held here,
+        those it did not name."""
+        named = set(msg.get("keys") or ())
+        held = self.data
+        missing = [key for key in named if key not in held]
+        extra = [key for key in held if key not in named]
+        if missing:  # lost here: this worker's state forgets them too, to run them again
+            self.apply(we.FreeKeysEvent(time.time(), missing))
+        peer.send({"op": "memory-synced", "missing": missing, "extra": extra})
+
     def _close_requested(self, peer: Peer, msg: Msg) -> None:
         reason = str(msg.get("reason") or "the scheduler asked")
         if reason.startswith("removed"):  # dropped (silent too long), not retired
@@ -372,6 +397,12 @@ class Worker(Server):
             for fid, blob in blobs.items():
                 self.functions.add(fid, blob)
         self.apply(worker_event_from_msg(msg, time.time()))
+        if msg["op"] == "free-keys" and self.state is not None:
+            # data this worker's state does not know (leaked: found by the scheduler's
+            # reconciliation) has no task to release it: drop it here
+            for key in msg["keys"]:
+                if key not in self.state.tasks:
+                    self.data.discard(key)
 
     def apply(self, event: we.WorkerEvent) -> None:
         """Hand one event to the state machine and carry out its instructions.

@@ -25,7 +25,7 @@ from conveyor.protocol import unpickle_bytes, unpickle_call
 from conveyor.rpc import Msg, Peer
 from conveyor.rpc.versions import versions
 from conveyor.server.calls import accepts_keyword, call_packed, error_reply
-from conveyor.server.plugin import WorkerPlugin
+from conveyor.server.plugin import WorkerPlugin, overrides
 from conveyor.server.plugin_host import PluginHost
 
 if TYPE_CHECKING:
@@ -112,6 +112,11 @@ class WorkerControl:
         self.plugins: dict[str, Any] = self._plugins.plugins
         self._directory: str | None = None
         self._paths: list[str] = []
+        #: the plugins that implement ``transition``, by name: only while there are any
+        #: does the state machine call back on every transition
+        self._transition_listeners: list[tuple[str, Any]] = []
+        #: plugins whose ``transition`` raised (logged once each)
+        self._failed_transition: set[str] = set()
         worker._handlers.update({"run": self._run, "versions": lambda p, m: versions()})
         worker._scheduler_handlers.update(
             {"plugin-add": self._plugin_add, "plugin-remove": self._plugin_remove}
@@ -136,10 +141,48 @@ class WorkerControl:
         except Exception as e:
             logger.exception("Could not load worker plugin %r", name)
             return error_reply(e)
-        return self._plugins.add(name, plugin)
+        outcome = self._plugins.add(name, plugin)
+        self._failed_transition.discard(name)  # a new plugin: its first failure is logged
+        self.plugins_changed()
+        return outcome
 
     def _plugin_remove(self, peer: Peer, msg: Msg) -> Any:
-        return self._plugins.remove(str(msg["name"]))
+        outcome = self._plugins.remove(str(msg["name"]))
+        self.plugins_changed()
+        return outcome
+
+    async def install(self, plugin: WorkerPlugin) -> None:
+        """Set up a plugin given to the Worker itself; what its ``setup`` raises
+        propagates (the worker does not start)."""
+        await self._plugins.install(plugin)
+        self.plugins_changed()
+
+    def plugins_changed(self) -> None:
+        """Transitions reach plugins only while one listens: otherwise they cost nothing."""
+        self._transition_listeners = [
+            (name, plugin)
+            for name, plugin in self.plugins.items()
+            if overrides(plugin, "transition", WorkerPlugin)
+        ]
+        state = self.worker.state
+        if state is not None:
+            state.transition_hook = self._on_transition if self._transition_listeners else None
+
+    def _on_transition(self, key: Any, start: str, finish: str, now: float) -> None:
+        for name, plugin in self._transition_listeners:
+            try:
+                plugin.transition(key, start, finish, timestamp=now)
+            except Exception:
+                if name not in self._failed_transition:  # not once per task
+                    self._failed_transition.add(name)
+                    logger.exception(
+                        "Worker plugin %r failed in transition (%r: %s -> %s); further "
+                        "failures of its transition hook are not logged",
+                        name,
+                        key,
+                        start,
+                        finish,
+                    )
 
     # ------------------------------------------------------------- uploads
 
@@ -163,6 +206,7 @@ class WorkerControl:
     async def close(self) -> None:
         """Tear the plugins down, then take the uploads off ``sys.path`` and disk."""
         await self._plugins.close()
+        self.plugins_changed()
         for path in self._paths:
             with contextlib.suppress(ValueError):
                 sys.path.remove(path)

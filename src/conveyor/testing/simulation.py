@@ -49,6 +49,7 @@ from typing import Any
 from conveyor.core import events as ev
 from conveyor.core import instructions as si
 from conveyor.core import worker_events as we
+from conveyor.core.housekeeping import memory_of
 from conveyor.core.scheduler import SchedulerState
 from conveyor.core.transitions import prefix_and_group
 from conveyor.core.types import Key
@@ -233,6 +234,8 @@ class SimCluster:
         self.blobs: dict[str, list[tuple[Any, ...]]] = {}
         #: the shared blobs each worker was sent and not yet told to free
         self.worker_blobs: dict[str, set[str]] = {}
+        #: answers to :meth:`sync_memory`: (worker, missing, extra)
+        self.synced: list[tuple[str, tuple[Key, ...], tuple[Key, ...]]] = []
         for i in range(n_workers):
             self.add_worker(f"sim://worker-{i}", nthreads)
 
@@ -415,6 +418,32 @@ class SimCluster:
             self._worker_handle(address, we.UpdateDataEvent(self.now, dict(sizes)))
         who_has = {k: list(addresses) for k in data}
         self._from_client(client_id, lambda now: ev.UpdateData(now, client_id, who_has, sizes))
+
+    def sync_memory(self, address: str) -> None:
+        """The scheduler asks ``address`` to reconcile its memory (``conveyor.core.
+        housekeeping``): the request names what the scheduler believes now and travels
+        the scheduler's link in order; the answer, made from the worker's data when the
+        request arrives, travels back on the worker's link. ``self.synced`` records each
+        answer's ``(address, missing, extra)``."""
+        named = set(memory_of(self.scheduler, address))
+
+        def deliver() -> None:
+            if address not in self.workers:
+                return
+            data = self.data[address]
+            missing = tuple(k for k in named if k not in data)
+            extra = tuple(k for k in data if k not in named)
+            self.synced.append((address, missing, extra))
+            if missing:
+                self._worker_handle(address, we.FreeKeysEvent(self.now, list(missing)))
+            self._send(
+                (address, SCHEDULER, "ctl"),
+                lambda: self._to_scheduler(
+                    ev.WorkerMemorySynced(self.now, address, missing, extra)
+                ),
+            )
+
+        self._send((SCHEDULER, address, "ctl"), deliver)
 
     def result(self, key: Key) -> Any:
         """The value of ``key``, read from a worker the scheduler says holds it."""

@@ -87,7 +87,13 @@ class NannyExtension(SchedulerPlugin):
         keys = None if executing is None else [_key(k) for k in executing]
         if died:
             running = "nothing" if keys == [] else "unknown tasks" if keys is None else keys
-            logger.warning("Worker %s died (%s) while running %s", address, cause, running)
+            logger.warning(
+                "Worker %s died (%s) while running %s",
+                address,
+                cause,
+                running,
+                extra={"worker": address, "reason": cause, "running": running},
+            )
         event = se.WorkerDied(time.time(), address, cause, keys, died)
         self.scheduler.remove_worker_with(event)
 
