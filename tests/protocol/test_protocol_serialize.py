@@ -168,3 +168,34 @@ def test_dumps_function_error_is_clear() -> None:
 
     with pytest.raises(TypeError, match="Could not serialize object of type Bad: nope"):
         dumps_function(Bad())
+
+
+def test_values_of_script_classes_travel_by_value_to_other_processes() -> None:
+    import subprocess
+    import sys
+
+    from conveyor.protocol.serialize import dumps, pickle_bytes
+
+    # a class as a script defines it: module __main__, found there by plain pickle
+    script: dict[str, object] = {"__name__": "__main__"}
+    exec("class ScriptPoint:\n    def __init__(self, x):\n        self.x = x\n", script)
+    point = script["ScriptPoint"]
+    main = sys.modules["__main__"]
+    main.ScriptPoint = point
+    try:
+        ser = dumps([point(41), np.ones(20_000)])  # type: ignore[operator]
+        small = pickle_bytes(point(7))  # type: ignore[operator]
+    finally:
+        delattr(main, "ScriptPoint")
+    assert ser.buffers  # large buffers still travel out of band
+    code = (
+        "import pickle, sys\n"
+        "h, b, s = pickle.loads(sys.stdin.buffer.read())\n"
+        "p, arr = pickle.loads(h, buffers=[b])\n"
+        "print(p.x + pickle.loads(s).x + int(arr.sum()))\n"
+    )
+    payload = pickle.dumps((ser.header, bytes(ser.buffers[0]), small))
+    out = subprocess.run(
+        [sys.executable, "-c", code], input=payload, capture_output=True, check=False, timeout=60
+    )
+    assert out.stdout.decode().strip() == "20048", out.stderr.decode()

@@ -66,7 +66,9 @@ def _serialize_error(obj: object, exc: Exception) -> TypeError:
 
 
 def dumps(obj: object) -> Serialized:
-    """Serialize ``obj``; buffers of >= 64 KiB are kept out of band, uncopied."""
+    """Serialize ``obj``; buffers of >= 64 KiB are kept out of band, uncopied. Plain
+    pickle unless it fails or names ``__main__`` (a script's classes: the receiving
+    process may not have them) or a by-value module: then cloudpickle, by value."""
     buffers: list[memoryview | bytes] = []
 
     def keep_large_out_of_band(buf: pickle.PickleBuffer) -> bool:
@@ -82,6 +84,8 @@ def dumps(obj: object) -> Serialized:
     try:
         header = _pickle(obj, False, keep_large_out_of_band)
     except Exception:
+        header = b"__main__"
+    if _needs_by_value(header):
         buffers.clear()
         try:
             header = _pickle(obj, True, keep_large_out_of_band)
@@ -111,12 +115,15 @@ def loads(ser: Serialized) -> object:
 def pickle_bytes(obj: object) -> bytes:
     """Pickle a small object fully in band (cloudpickle when plain pickle cannot)."""
     try:
-        return _pickle(obj, False)
+        data = _pickle(obj, False)
     except Exception:
+        data = b"__main__"
+    if _needs_by_value(data):
         try:
-            return _pickle(obj, True)
+            data = _pickle(obj, True)
         except Exception as e:
             raise _serialize_error(obj, e) from e
+    return data
 
 
 def dumps_spec(obj: object) -> bytes:
@@ -130,7 +137,7 @@ def dumps_spec(obj: object) -> bytes:
         data = _pickle(obj, False)
     except Exception:
         data = b"__main__"
-    if b"__main__" in data or _names_by_value_module(data):
+    if _needs_by_value(data):
         try:
             data = _pickle(obj, True)
         except Exception as e:
@@ -138,8 +145,13 @@ def dumps_spec(obj: object) -> bytes:
     return data
 
 
-def _names_by_value_module(data: bytes) -> bool:
-    """Whether pickled ``data`` may refer to a module that cloudpickle pickles by value."""
+def _needs_by_value(data: bytes) -> bool:
+    """Whether plainly pickled ``data`` may refer to ``__main__`` or to a module that
+    cloudpickle pickles by value: classes and functions another process may not be able
+    to import (a value of a class defined in a script, scattered to worker processes).
+    A false positive (the bytes ``__main__`` inside a string) only costs a cloudpickle."""
+    if b"__main__" in data:
+        return True
     return any(name.encode() in data for name in cloudpickle.list_registry_pickle_by_value())
 
 
