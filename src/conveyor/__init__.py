@@ -6,6 +6,7 @@ from conveyor.client.collections import fire_and_forget, futures_of
 from conveyor.client.coordination import Event, Lock, Queue, Semaphore, Variable
 from conveyor.client.future import CancelledError, Future, KilledWorker
 from conveyor.client.secession import rejoin, secede
+from conveyor.client.task_stream import get_task_stream
 from conveyor.client.waiting import (
     ALL_COMPLETED,
     FIRST_COMPLETED,
@@ -15,6 +16,8 @@ from conveyor.client.waiting import (
 )
 from conveyor.client.worker_client import get_client, worker_client
 from conveyor.deploy.local import LocalCluster
+from conveyor.diagnostics.progress import progress
+from conveyor.diagnostics.report import performance_report
 from conveyor.rpc import RemoteError
 from conveyor.server.nanny import Nanny
 from conveyor.server.plugin import NannyPlugin, SchedulerPlugin, WorkerPlugin
@@ -52,7 +55,10 @@ __all__ = [
     "fire_and_forget",
     "futures_of",
     "get_client",
+    "get_task_stream",
     "get_worker",
+    "performance_report",
+    "progress",
     "rejoin",
     "secede",
     "wait",

@@ -37,9 +37,11 @@ from conveyor.client.graph import (
 )
 from conveyor.client.logs import LogsMixin
 from conveyor.client.maintenance import MaintenanceMixin
+from conveyor.client.reprs import ReprMixin
 from conveyor.client.scatter import ScatterMixin
 from conveyor.client.secession import seceding_if_in_task
 from conveyor.client.structure import collect_futures, substitute
+from conveyor.client.task_stream import TaskStreamMixin
 from conveyor.comm import connect
 from conveyor.deploy.local import LocalCluster
 from conveyor.protocol import unpickle_bytes
@@ -70,7 +72,9 @@ class Client(
     ExplainMixin,
     LogsMixin,
     MaintenanceMixin,
+    ReprMixin,
     ScatterMixin,
+    TaskStreamMixin,
 ):
     """Connect to a cluster (or start a LocalCluster) and run work on it.
 
@@ -151,10 +155,6 @@ class Client(
                 self._release_runner()
                 current.unset_default(self)
                 raise
-
-    def __repr__(self) -> str:
-        address = self.scheduler.address if self.scheduler is not None else "not connected"
-        return f"<Client: {address} status={self.status}>"
 
     # --------------------------------------------------------------- lifecycle
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from dask._task_spec import TaskRef
 
 from conveyor.client.current import default_client
+from conveyor.client.reprs import future_html
 from conveyor.client.secession import seceding_if_in_task
 from conveyor.protocol import unpack_traceback, unpickle_bytes
 
@@ -228,6 +229,10 @@ class Future(TaskRef):
     def __repr__(self) -> str:
         extra = f", type: {self._state.type}" if self._state.type else ""
         return f"<Future: {self.status}{extra}, key: {self.key}>"
+
+    def _repr_html_(self) -> str:
+        """Jupyter's view: key, status and result type (when known), escaped."""
+        return future_html(self)
 
     def __dask_tokenize__(self) -> Any:
         return (type(self).__name__, self.key)

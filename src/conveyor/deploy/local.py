@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import html
 import logging
 import math
 import os
@@ -32,6 +33,7 @@ import dask.config
 from dask.utils import format_bytes
 
 from conveyor import config
+from conveyor.deploy.reprs import cluster_html, link, rows_from_state
 from conveyor.rpc.loop import LoopRunner
 from conveyor.server.nanny import Nanny
 from conveyor.server.process import STOP_GRACE, WorkerProcess
@@ -41,7 +43,7 @@ from conveyor.server.worker import Worker
 
 __all__ = ["LocalCluster", "WorkerProcess"]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("conveyor.deploy")
 
 DEFAULT_START_TIMEOUT = 60.0  # seconds for the scheduler to see every worker start
 REGISTRATION_POLL = 0.01  # seconds between looks at the scheduler's workers
@@ -254,6 +256,18 @@ class LocalCluster:
             f"{type(self).__name__}({address}, workers={n}, "
             f"threads={n * self.threads_per_worker}, memory={memory})"
         )
+
+    def _repr_html_(self) -> str:
+        """Jupyter's view: scheduler address, dashboard link, status, workers, threads,
+        memory, and a table of the workers (as the scheduler lists them)."""
+        s = self.scheduler
+        rows = rows_from_state(s.workers) if s is not None and self.status == "running" else None
+        fields = {
+            "Scheduler": html.escape(self.scheduler_address) if rows is not None else "not started",
+            "Dashboard": link(self.dashboard_link),
+            "Status": html.escape(self.status),
+        }
+        return cluster_html(type(self).__name__, fields, rows, show_workers=True)
 
     # -- implementation ------------------------------------------------------------------
 

@@ -19,6 +19,8 @@ from conveyor.server.extensions.logs import LogsExtension
 from conveyor.server.extensions.memory import MemoryExtension
 from conveyor.server.extensions.metadata import MetadataExtension
 from conveyor.server.extensions.nannies import NannyExtension
+from conveyor.server.extensions.progress import ProgressExtension
+from conveyor.server.extensions.task_stream import TaskStreamExtension
 
 if TYPE_CHECKING:
     from conveyor.server.scheduler import Scheduler
@@ -34,4 +36,6 @@ DEFAULT_EXTENSIONS: dict[str, Callable[[Scheduler], Any]] = {
     "memory": MemoryExtension,
     "metadata": MetadataExtension,
     "nannies": NannyExtension,
+    "progress": ProgressExtension,
+    "task-stream": TaskStreamExtension,
 }
