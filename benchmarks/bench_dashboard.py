@@ -8,9 +8,12 @@ Run from the repository root (needs Debian's ``chromium``)::
 One LocalCluster (2 worker processes, 1 thread each, dashboard on 127.0.0.1, every server
 on 127.0.0.1) runs ``client.map(inc, ...)`` in rounds that alternate (ABBA order) between
 "closed" (no browser running at all) and "open" (a headless Chromium showing the live
-page, started before the round and closed after it, so its cost is included). Prints each
-round's throughput, the medians and the cost: ``1 - open / closed``. Correctness is
-checked (every round verifies its results); nothing here passes or fails on a time.
+page, started before the round and closed after it, so its cost is included). Every
+round starts once the scheduler has forgotten the previous round's tasks, after a pause
+of a second. Prints each round's throughput and the CPU the benchmark's own process (the
+scheduler and the client) spent per task, the medians with their ranges, Chromium's CPU
+and the cost: ``1 - open / closed``. Correctness is checked (every round verifies its
+results); nothing here passes or fails on a time.
 """
 
 from __future__ import annotations
@@ -65,16 +68,38 @@ def cpu_seconds(pid: int | None) -> float:
     return total
 
 
-async def one_round(client: Client, n: int, offset: int) -> float:
-    """Tasks per second for ``n`` independent ``inc`` tasks, results checked."""
+async def one_round(client: Client, n: int, offset: int, cpu: list[float] | None = None) -> float:
+    """Tasks per second for ``n`` independent ``inc`` tasks, results checked; appends
+    to ``cpu`` this process's CPU microseconds per task (the scheduler and the client
+    run here: a figure that other jobs on the machine disturb less than throughput)."""
+    cpu0 = time.process_time()
     start = time.perf_counter()
     futures = client.map(inc, range(offset, offset + n), pure=False)
     out = await client.gather(futures)
     elapsed = time.perf_counter() - start
+    if cpu is not None:
+        cpu.append((time.process_time() - cpu0) / n * 1e6)
     if out != list(range(offset + 1, offset + n + 1)):
         raise RuntimeError("map: wrong results")
     del futures
     return n / elapsed
+
+
+async def settle(cluster: LocalCluster, pause: float = 1.0) -> None:
+    """Wait until the scheduler has forgotten the previous round's tasks, then ``pause``
+    seconds: every round starts from the same quiet state. (Without it, a round right
+    after another shares the CPU with the clean-up of the last one, while a round after
+    a browser's start does not: that favoured "open" by about 10%.)"""
+    s = cluster.scheduler
+    deadline = time.monotonic() + 60
+    while s is not None and s.state.tasks and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(pause)
+
+
+def spread(values: list[float]) -> str:
+    """``median [min-max]``, rounded."""
+    return f"{statistics.median(values):.0f} [{min(values):.0f}-{max(values):.0f}]"
 
 
 async def main(n: int, rounds: int) -> int:
@@ -95,6 +120,7 @@ async def main(n: int, rounds: int) -> int:
         assert link is not None
         await one_round(client, min(n, 1000), 0)  # warm up
         figures: dict[str, list[float]] = {"closed": [], "open": []}
+        own_cpu: dict[str, list[float]] = {"closed": [], "open": []}
         browser_cpu: list[float] = []
         order = ["closed", "open", "open", "closed"]
         for r in range(rounds * 2):
@@ -103,21 +129,33 @@ async def main(n: int, rounds: int) -> int:
                 async with Browser() as browser:
                     await browser.goto(link)
                     await page_live(browser, 2)
+                    await settle(cluster)
                     cpu0, t0 = cpu_seconds(browser.pid), time.perf_counter()
-                    rate = await one_round(client, n, r * n)
+                    rate = await one_round(client, n, r * n, own_cpu[mode])
                     share = (cpu_seconds(browser.pid) - cpu0) / (time.perf_counter() - t0)
                     browser_cpu.append(share)
                     if browser.errors:
                         raise RuntimeError(f"JavaScript errors: {browser.errors}")
             else:
-                rate = await one_round(client, n, r * n)
+                await settle(cluster)
+                rate = await one_round(client, n, r * n, own_cpu[mode])
             figures[mode].append(rate)
-            print(f"round {r + 1:2d} {mode:6s} {rate:10.0f} tasks/s", file=sys.stderr)
+            print(
+                f"round {r + 1:2d} {mode:6s} {rate:10.0f} tasks/s"
+                f" {own_cpu[mode][-1]:6.1f} us CPU/task (scheduler + client)",
+                file=sys.stderr,
+            )
     closed = statistics.median(figures["closed"])
     assert browser_cpu
     opened = statistics.median(figures["open"])
-    print(f"map throughput, page closed: {closed:.0f} tasks/s (median of {rounds})")
-    print(f"map throughput, page open:   {opened:.0f} tasks/s (median of {rounds})")
+    print(f"map throughput, page closed: {spread(figures['closed'])} tasks/s (median [range])")
+    print(f"map throughput, page open:   {spread(figures['open'])} tasks/s (median [range])")
+    cpu_closed = statistics.median(own_cpu["closed"])
+    cpu_open = statistics.median(own_cpu["open"])
+    print(
+        f"scheduler + client CPU per task: closed {cpu_closed:.1f} us, open {cpu_open:.1f} us"
+        f" (median): {100 * (cpu_open / cpu_closed - 1):+.1f}%"
+    )
     cpu = statistics.median(browser_cpu)
     print(f"chromium's CPU while the page is open: {100 * cpu:.0f}% of one core (median)")
     print(f"dashboard cost: {100 * (1 - opened / closed):.1f}% of map throughput")

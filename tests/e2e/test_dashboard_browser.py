@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import statistics
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -60,6 +61,13 @@ def text(selector: str) -> str:
     return f"(document.querySelector({sel}) || {{textContent: null}}).textContent"
 
 
+#: milliseconds between the page's successive requests for api/v1/snapshot
+POLL_GAPS = (
+    "(() => { const t = performance.getEntriesByType('resource')"
+    ".filter(e => e.name.includes('api/v1/snapshot')).map(e => e.startTime);"
+    " return t.slice(1).map((x, i) => x - t[i]); })()"
+)
+
 #: every resource the page loaded came from its own origin
 SAME_ORIGIN = (
     "performance.getEntriesByType('resource')"
@@ -101,7 +109,15 @@ def test_dashboard_against_real_scheduler() -> None:
                 browser, "Number(document.getElementById('task-stream').dataset.tasks) > 0", True
             )
             assert tasks
+            assert (
+                await browser.evaluate("document.getElementById('stream-legend').dataset.prefixes")
+                == "sleep"
+            )
             assert await browser.evaluate(SAME_ORIGIN)
+            # it polled at least once a second all along (the page asks every second,
+            # timed from the start of the previous request; slack for a loaded machine)
+            gaps = await browser.evaluate(POLL_GAPS)
+            assert len(gaps) >= 2 and statistics.median(gaps) <= 1100 and max(gaps) <= 2000
             await browser.screenshot(artifacts_dir() / "dashboard.png")
             assert browser.errors == []
 
@@ -135,9 +151,9 @@ WORKERS = [
 PREFIXES = [
     {
         "prefix": "inc",
-        "waiting": 50,
+        "waiting": 40,
         "queued": 0,
-        "no-worker": 0,
+        "no-worker": 10,
         "processing": 50,
         "memory": 290,
         "erred": 10,
@@ -151,31 +167,37 @@ PREFIXES = [
 async def stub_api(http_prefix: str) -> AsyncIterator[dict[str, Any]]:
     """Serve the static page and canned API answers under ``http_prefix``; the yielded
     dict has ``url`` and a ``fail`` switch that makes every API call answer 503."""
-    control: dict[str, Any] = {"fail": False, "stream_calls": 0}
+    control: dict[str, Any] = {"fail": False, "stream_calls": 0, "stream_queries": []}
     t0 = time.time()
 
     def api(payload: Any) -> Any:
         async def handler(request: web.Request) -> web.Response:
             if control["fail"]:
                 return web.Response(status=503)
-            return web.json_response(payload() if callable(payload) else payload)
+            return web.json_response(payload(request) if callable(payload) else payload)
 
         return handler
 
-    def stream() -> dict[str, Any]:
+    def snapshot(request: web.Request) -> dict[str, Any]:
+        # the task stream in the compact form: a run on each worker, the last second
+        control["stream_queries"].append(dict(request.query))
         control["stream_calls"] += 1
         now = time.time()
-        tasks = [
-            {
-                "prefix": "inc",
-                "key": f"inc-{i}",
-                "worker": w["address"],
-                "start": now - 1,
-                "stop": now,
-            }
-            for i, w in enumerate(WORKERS)
-        ]
-        return {"next": control["stream_calls"], "tasks": tasks if now - t0 < 5 else []}
+        n = len(WORKERS) if now - t0 < 5 else 0
+        stream = {
+            "next": control["stream_calls"],
+            "skipped": 0,
+            "t0": now - 1,
+            "tasks": {
+                "prefix": [0] * n,
+                "worker": list(range(n)),
+                "start": [0] * n,
+                "duration": [1000] * n,
+            },
+            "prefixes": ["inc"],
+            "workers": [w["address"] for w in WORKERS],
+        }
+        return {"status": STATUS, "workers": WORKERS, "prefixes": PREFIXES, "task_stream": stream}
 
     async def index(request: web.Request) -> web.FileResponse:
         return web.FileResponse(STATIC / "index.html")
@@ -183,10 +205,7 @@ async def stub_api(http_prefix: str) -> AsyncIterator[dict[str, Any]]:
     app = web.Application()
     app.router.add_get(http_prefix, index)
     app.router.add_static(http_prefix + "static/", STATIC)
-    app.router.add_get(http_prefix + "api/v1/status", api(STATUS))
-    app.router.add_get(http_prefix + "api/v1/workers", api(WORKERS))
-    app.router.add_get(http_prefix + "api/v1/prefixes", api(PREFIXES))
-    app.router.add_get(http_prefix + "api/v1/task-stream", api(stream))
+    app.router.add_get(http_prefix + "api/v1/snapshot", api(snapshot))
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -223,9 +242,16 @@ def test_dashboard_page_renders_known_numbers_and_disconnection() -> None:
             assert await browser.evaluate(widths) == ["25.00%", "12.50%", "0.00%"]
             # done = everything not waiting/queued/processing: 300 of 400
             await wait_js(browser, text('[data-prefix="inc"] .done-percent'), "75%")
+            assert await browser.evaluate(text('[data-prefix="inc"] .counts')) == "300 / 400"
+            # every state's count, in the bar's order (no-worker tasks count as waiting)
             assert (
-                await browser.evaluate(text('[data-prefix="inc"] .counts'))
-                == "300 / 400 (10 erred)"
+                await browser.evaluate(text('[data-prefix="inc"] .states'))
+                == "290 in memory · 50 processing · 50 waiting · 10 erred"
+            )
+            label = text("#workers tbody tr:first-child .mem .label")
+            assert (
+                await browser.evaluate(label)
+                == "256.0 MiB managed + 128.0 MiB unmanaged / 1.0 GiB, 0 B spilled"
             )
             await wait_js(
                 browser, "Number(document.getElementById('task-stream').dataset.tasks) > 0", True
@@ -233,6 +259,8 @@ def test_dashboard_page_renders_known_numbers_and_disconnection() -> None:
             await wait_js(
                 browser, "document.getElementById('connection').dataset.state", "connected"
             )
+            legend = "document.getElementById('stream-legend').dataset.prefixes"
+            assert await browser.evaluate(legend) == "inc"  # the prefix drawn, named
             await browser.screenshot(artifacts_dir() / "dashboard-stub.png")
 
             api["fail"] = True
@@ -240,6 +268,12 @@ def test_dashboard_page_renders_known_numbers_and_disconnection() -> None:
             api["fail"] = False
             await wait_js(browser, text("#connection"), "connected", timeout=20)
             assert await browser.evaluate(SAME_ORIGIN)
+            # the page read the task stream a bounded number of runs at a time, each poll
+            # from where the last answered one ended
+            queries = api["stream_queries"]
+            assert len(queries) >= 2
+            assert {q["limit"] for q in queries} == {"10000"}
+            assert [q["since"] for q in queries] == [str(i) for i in range(len(queries))]
             # the 503s themselves are logged by the browser as failed loads, not JS errors
             assert [e for e in browser.errors if "503" not in e] == []
 

@@ -15,7 +15,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conveyor import Client
-from conveyor.server.dashboard.service import normalize_prefix, parse_address
+from conveyor.server.dashboard import Dashboard
+from conveyor.server.dashboard.service import link_host, normalize_prefix, parse_address
 from conveyor.server.scheduler import Scheduler
 from conveyor.server.worker import Worker
 from conveyor.testing.cluster import in_process_cluster, until
@@ -129,6 +130,74 @@ def test_api_reports_workers_prefixes_and_task_stream() -> None:
         assert rows["fail"]["total"] == 0 and rows["fail"]["forgotten"] == 3
         status = await get_json(http, link + "api/v1/status")
         assert status["tasks"] == len(s.state.tasks) == sum(status["states"].values())
+
+    run(body)
+
+
+def test_task_stream_limit_and_compact_form() -> None:
+    """``limit`` keeps the newest runs and counts the rest as skipped; the compact form
+    (the page's) holds the same runs in a fraction of the bytes."""
+
+    async def body(
+        s: Scheduler, workers: list[Worker], c: Client, http: aiohttp.ClientSession
+    ) -> None:
+        stream = s.dashboard_link + "api/v1/task-stream"
+        assert await c.gather(c.map(inc, range(30))) == list(range(1, 31))
+        full = await get_json(http, stream)
+        runs = full["tasks"]
+        assert (full["next"], full["skipped"], len(runs)) == (30, 0, 30)
+        for query, expected, skipped in [
+            ("?limit=5", runs[-5:], 25),
+            ("?since=20&limit=5", runs[-5:], 5),
+            ("?since=28&limit=5", runs[28:], 0),
+            ("?since=10", runs[10:], 0),
+            ("?limit=0", [], 30),
+            ("?since=30&limit=0", [], 0),
+        ]:
+            answer = await get_json(http, stream + query)
+            assert answer == {"next": 30, "skipped": skipped, "tasks": expected}, query
+        for query in ("?limit=-1", "?limit=x", "?format=xml"):
+            async with http.get(stream + query) as r:
+                assert r.status == 400, query
+
+        async with http.get(stream) as r:
+            full_bytes = len(await r.read())
+        async with http.get(stream + "?format=compact") as r:
+            compact_bytes = len(await r.read())
+        compact = await get_json(http, stream + "?format=compact")
+        assert (compact["next"], compact["skipped"]) == (30, 0)
+        assert compact["prefixes"] == ["inc"]
+        assert set(compact["workers"]) == {w.address for w in workers}
+        t0 = compact["t0"]
+        assert t0 == min(r["start"] for r in runs)
+        columns = compact["tasks"]
+        assert set(columns) == {"prefix", "worker", "start", "duration"}
+        rows = zip(*(columns[c] for c in ("prefix", "worker", "start", "duration")), strict=True)
+        for (p, w, start, duration), run in zip(rows, runs, strict=True):
+            assert all(isinstance(x, int) for x in (p, w, start, duration))
+            assert compact["prefixes"][p] == run["prefix"]
+            assert compact["workers"][w] == run["worker"]
+            assert abs(t0 + start / 1000 - run["start"]) <= 0.0005 + 1e-9
+            assert abs(duration / 1000 - (run["stop"] - run["start"])) <= 0.0005 + 1e-9
+        assert compact_bytes * 5 < full_bytes  # the page's traffic per task, several-fold
+        newest = await get_json(http, stream + "?format=compact&since=20&limit=3")
+        assert (newest["next"], newest["skipped"]) == (30, 7)
+        assert [newest["workers"][w] for w in newest["tasks"]["worker"]] == [
+            r["worker"] for r in runs[-3:]
+        ]
+        empty = await get_json(http, stream + "?format=compact&since=30")
+        assert empty["tasks"] == {"prefix": [], "worker": [], "start": [], "duration": []}
+        assert empty["prefixes"] == [] and empty["next"] == 30
+
+        # the page's one request: the four answers in one, the stream in compact form
+        snap = await get_json(http, s.dashboard_link + "api/v1/snapshot?since=20&limit=3")
+        assert set(snap) == {"status", "workers", "prefixes", "task_stream"}
+        assert snap["task_stream"] == newest
+        assert (snap["status"]["workers"], snap["status"]["tasks"]) == (2, len(s.state.tasks))
+        assert [w["address"] for w in snap["workers"]] == sorted(w.address for w in workers)
+        assert snap["prefixes"] == await get_json(http, s.dashboard_link + "api/v1/prefixes")
+        async with http.get(s.dashboard_link + "api/v1/snapshot?since=y") as r:
+            assert r.status == 400
 
     run(body)
 
@@ -255,3 +324,37 @@ def test_addresses_default_to_loopback() -> None:
     assert parse_address("0.0.0.0:9000") == ("0.0.0.0", 9000)
     assert parse_address("[::1]:9000") == ("::1", 9000)
     assert parse_address("tcp://localhost:1") == ("localhost", 1)
+
+
+def test_the_link_never_names_a_wildcard_host() -> None:
+    """Bound to every interface, the link names the scheduler's contact host, or
+    127.0.0.1 when the scheduler has none (in-process, or itself a wildcard)."""
+    tcp = "tcp://10.1.2.3:8786"
+    for wildcard in ("0.0.0.0", "", "::", "[::]"):
+        assert link_host(wildcard, tcp) == "10.1.2.3"
+        assert link_host(wildcard, "tcp://[fe80::1]:8786") == "[fe80::1]"
+        assert link_host(wildcard, "inproc://10.1.2.3/123/1") == "127.0.0.1"
+        assert link_host(wildcard, "tcp://0.0.0.0:8786") == "127.0.0.1"
+        assert link_host(wildcard, "") == "127.0.0.1"
+        assert link_host(wildcard, None) == "127.0.0.1"
+    # a specific host is named as it is, IPv6 bracketed
+    assert link_host("127.0.0.1", tcp) == "127.0.0.1"
+    assert link_host("localhost", tcp) == "localhost"
+    assert link_host("::1", tcp) == "[::1]"
+
+
+def test_the_dashboard_link_of_a_wildcard_bound_board() -> None:
+    """``Dashboard.link`` uses :func:`link_host` (checked without binding: a test binds
+    127.0.0.1 only)."""
+
+    async def main() -> None:
+        async with Scheduler(host="127.0.0.1", port=0, dashboard=False) as s:
+            board = Dashboard(s, "0.0.0.0:8787", "/x")
+            board.port = 8787  # what start() would have set
+            assert board.link == "http://127.0.0.1:8787/x/"  # s.address is tcp://127.0.0.1
+            address, s.address = s.address, "tcp://192.0.2.7:8786"
+            assert board.link == "http://192.0.2.7:8787/x/"
+            s.address = address
+            assert "0.0.0.0" not in Dashboard(s, "[::]:1").link
+
+    asyncio.run(main())

@@ -111,6 +111,9 @@ class SpillBuffer(MutableMapping[Key, Any]):
         self._weights: dict[Key, int] = {}
         #: spilled keys: their file and their size in memory
         self.slow: dict[Key, tuple[str, int]] = {}
+        #: the sum of the sizes in memory of the spilled values (kept as they move, so
+        #: a heartbeat reads it in O(1) rather than summing over ``slow``)
+        self.slow_bytes = 0
         #: bytes written to disk so far, and how many values
         self.spilled_bytes = 0
         self.spilled_count = 0
@@ -202,6 +205,7 @@ class SpillBuffer(MutableMapping[Key, Any]):
             self.fast_bytes -= self._weights.pop(key)
         spilled = self.slow.pop(key, None)
         if spilled is not None:
+            self.slow_bytes -= spilled[1]
             _remove(spilled[0])
         if self._writing:
             self._writing.pop(key, None)  # a write under way is discarded when it ends
@@ -209,6 +213,7 @@ class SpillBuffer(MutableMapping[Key, Any]):
 
     def _unspill(self, key: Key, value: Any) -> None:
         path, weight = self.slow.pop(key)
+        self.slow_bytes -= weight
         _remove(path)
         self.fast[key] = value
         self._weights[key] = weight
@@ -282,6 +287,7 @@ class SpillBuffer(MutableMapping[Key, Any]):
             weight = self._weights.pop(key)
             self.fast_bytes -= weight
             self.slow[key] = (path, weight)
+            self.slow_bytes += weight
             self.spilled_bytes += written
             self.spilled_count += 1
 
@@ -297,6 +303,7 @@ class SpillBuffer(MutableMapping[Key, Any]):
             weight = self._weights.pop(key)
             self.fast_bytes -= weight
             self.slow[key] = (path, weight)
+            self.slow_bytes += weight
 
     # -------------------------------------------------------------- plumbing
 
@@ -326,6 +333,7 @@ class SpillBuffer(MutableMapping[Key, Any]):
         self._weights.clear()
         self.fast_bytes = 0
         self.slow.clear()
+        self.slow_bytes = 0
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)
             self._executor = None

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from conveyor.comm.addressing import parse_address as parse_comm_address
+from conveyor.comm.addressing import parse_host_port, unparse_host_port
 from conveyor.server.dashboard.api import add_routes
 
 if TYPE_CHECKING:
@@ -30,6 +32,9 @@ STATIC = Path(__file__).parent / "static"
 #: the host an address without one (":8787") binds: loopback, never every interface
 DEFAULT_HOST = "127.0.0.1"
 
+#: hosts that mean "every interface": a server can bind them, nobody can connect to them
+WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::", "[::]"})
+
 
 def parse_address(address: str) -> tuple[str, int]:
     """``(host, port)`` from ``"host:port"``, ``":port"``, ``"port"`` or
@@ -42,6 +47,32 @@ def parse_address(address: str) -> tuple[str, int]:
         raise ValueError(f"dashboard address {address!r} is not host:port")
     host = host.strip("[]") or DEFAULT_HOST
     return host, int(port)
+
+
+def link_host(bind_host: str, scheduler_address: str | None) -> str:
+    """The host to name in the dashboard's link, which must be reachable.
+
+    A specific ``bind_host`` is named as it is. A wildcard (``0.0.0.0``, ``::`` or
+    ``""``: every interface) is replaced by the host of the scheduler's contact address
+    when it has one that is not a wildcard itself (a TCP scheduler's contact address
+    names an interface of this machine, which the dashboard then listens on too), and
+    otherwise by 127.0.0.1: an in-process (``inproc://``) scheduler is only reachable
+    from this machine anyway, and 127.0.0.1 always is, where the machine's hostname may
+    not resolve. IPv6 hosts come bracketed (``[::1]``).
+    """
+    host = bind_host
+    if host in WILDCARD_HOSTS:
+        host = DEFAULT_HOST
+        if scheduler_address:
+            try:
+                scheme, loc = parse_comm_address(scheduler_address)
+                host_port = scheme in ("tcp", "tls")
+                contact = parse_host_port(loc, default_port=0)[0] if host_port else ""
+            except ValueError:
+                contact = ""
+            if contact not in WILDCARD_HOSTS:
+                host = contact
+    return unparse_host_port(host.strip("[]"))
 
 
 def normalize_prefix(http_prefix: str | None) -> str:
@@ -113,10 +144,9 @@ class Dashboard:
 
     @property
     def link(self) -> str:
-        """The page's URL, e.g. ``http://127.0.0.1:8787/``."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        if host in ("0.0.0.0", "[::]", ""):
-            host = DEFAULT_HOST
+        """The page's URL, e.g. ``http://127.0.0.1:8787/``; when the dashboard listens
+        on every interface, the host is the one :func:`link_host` picks."""
+        host = link_host(self.host, self.scheduler.address)
         return f"http://{host}:{self.port}{self.prefix}"
 
     async def start(self) -> None:

@@ -1,16 +1,22 @@
 // conveyor live dashboard: polls the scheduler's JSON API (relative URLs, so any
 // http_prefix works) and renders into the static page. No framework, no other host.
-// One request in flight per endpoint; rendering happens in requestAnimationFrame and
-// only for the parts whose data changed; DOM rows are kept and updated, never rebuilt.
+// One request a second, for a snapshot of everything; rendering happens in
+// requestAnimationFrame and only for the parts whose data changed; DOM rows are kept
+// and updated, never rebuilt.
 "use strict";
 
 (function () {
-  const POLL_MS = 1000; // one request per endpoint per second, measured from its start
+  const POLL_MS = 1000; // one snapshot request a second, measured from its start
   const MAX_BACKOFF_MS = 5000;
   const WINDOW_S = 20; // task stream span
   const MAX_RECTS = 20000;
+  const LABEL_PX = 64; // the task stream's margin for worker names
+  const STREAM_LIMIT = 10000; // runs per task-stream poll (the scheduler keeps 10,000)
   const PENDING = ["waiting", "queued", "no-worker", "processing"];
   const BAR_STATES = ["memory", "processing", "queued", "waiting", "erred"];
+  const STATE_LABELS = {
+    memory: "in memory", processing: "processing", queued: "queued", waiting: "waiting", erred: "erred",
+  };
 
   const state = {
     status: null,
@@ -116,47 +122,70 @@
     return true;
   }
 
-  function start() {
-    poll("status", () => "api/v1/status", (data) => {
-      const was = state.status;
-      state.status = data;
-      return changed("status", was, data);
-    });
-    poll("workers", () => "api/v1/workers", (data) => {
-      const was = state.workers;
-      state.workers = data;
-      return changed("workers", was, data);
-    });
-    poll("prefixes", () => "api/v1/prefixes", (data) => {
-      const was = state.prefixes;
-      state.prefixes = data;
-      return changed("prefixes", was, data);
-    });
-    poll("task-stream", () => "api/v1/task-stream?since=" + state.cursor, (data) => {
-      if (typeof data.next === "number") state.cursor = data.next;
-      const tasks = data.tasks || [];
-      const nowBrowser = Date.now() / 1000;
-      const gap = WINDOW_S / Math.max(200, $("task-stream").clientWidth || 800);
-      for (const t of tasks) {
-        if (t.stop - nowBrowser > state.clockOffset) state.clockOffset = t.stop - nowBrowser;
-        const prev = state.lastRect.get(t.worker);
-        if (prev && prev.prefix === t.prefix && t.start <= prev.stop + gap && t.stop >= prev.start - gap) {
-          if (t.stop > prev.stop) prev.stop = t.stop;
-          if (t.start < prev.start) prev.start = t.start;
-          prev.n += 1;
-        } else {
-          const rect = { prefix: t.prefix, worker: t.worker, start: t.start, stop: t.stop, n: 1 };
-          state.stream.push(rect);
-          state.lastRect.set(t.worker, rect);
-        }
+  // the parts of a snapshot; each returns true if its data changed
+  function onStatus(data) {
+    const was = state.status;
+    state.status = data;
+    return changed("status", was, data);
+  }
+  function onWorkers(data) {
+    const was = state.workers;
+    state.workers = data;
+    return changed("workers", was, data);
+  }
+  function onPrefixes(data) {
+    const was = state.prefixes;
+    state.prefixes = data;
+    return changed("prefixes", was, data);
+  }
+  // the task stream in its compact form: no keys, the runs as columns (prefix and
+  // worker indices, start ms after t0, duration ms); at most STREAM_LIMIT runs a poll
+  function onStream(data) {
+    if (typeof data.next === "number") state.cursor = data.next;
+    const tasks = data.tasks || {};
+    const ps = tasks.prefix || [], ws = tasks.worker || [];
+    const starts = tasks.start || [], durations = tasks.duration || [];
+    const prefixes = data.prefixes || [];
+    const workers = data.workers || [];
+    const t0 = Number(data.t0) || 0;
+    const nowBrowser = Date.now() / 1000;
+    const gap = WINDOW_S / Math.max(200, $("task-stream").clientWidth || 800);
+    for (let j = 0; j < ps.length; j++) {
+      const prefix = prefixes[ps[j]];
+      const worker = workers[ws[j]];
+      const start = t0 + starts[j] / 1000;
+      const stop = start + durations[j] / 1000;
+      if (stop - nowBrowser > state.clockOffset) state.clockOffset = stop - nowBrowser;
+      const prev = state.lastRect.get(worker);
+      if (prev && prev.prefix === prefix && start <= prev.stop + gap && stop >= prev.start - gap) {
+        if (stop > prev.stop) prev.stop = stop;
+        if (start < prev.start) prev.start = start;
+        prev.n += 1;
+      } else {
+        const rect = { prefix: prefix, worker: worker, start: start, stop: stop, n: 1 };
+        state.stream.push(rect);
+        state.lastRect.set(worker, rect);
       }
-      if (state.stream.length > MAX_RECTS) state.stream.splice(0, state.stream.length - MAX_RECTS);
-      // Redraw while anything is still inside the window (it scrolls with time).
-      const now = nowBrowser + state.clockOffset;
-      const visible = state.stream.length > 0 &&
-        state.stream[state.stream.length - 1].stop > now - WINDOW_S - 1;
-      if (tasks.length || visible) state.dirty.stream = true;
-      return state.dirty.stream;
+    }
+    if (state.stream.length > MAX_RECTS) state.stream.splice(0, state.stream.length - MAX_RECTS);
+    // Redraw while anything is still inside the window (it scrolls with time).
+    const now = nowBrowser + state.clockOffset;
+    const visible = state.stream.length > 0 &&
+      state.stream[state.stream.length - 1].stop > now - WINDOW_S - 1;
+    if (ps.length || visible) state.dirty.stream = true;
+    return state.dirty.stream;
+  }
+
+  function start() {
+    // one request a second for everything: a request costs the browser (and the
+    // scheduler) more than its bytes, so the page asks for one snapshot, not four parts
+    const url = () => "api/v1/snapshot?limit=" + STREAM_LIMIT + "&since=" + state.cursor;
+    poll("snapshot", url, (data) => {
+      const a = onStatus(data.status);
+      const b = onWorkers(data.workers);
+      const c = onPrefixes(data.prefixes);
+      const d = onStream(data.task_stream || {});
+      return a || b || c || d;
     });
   }
 
@@ -229,8 +258,8 @@
       setWidth(spans[1], (m.unmanaged || 0) / limit);
       setWidth(spans[2], (m.spilled || 0) / limit);
       setText(row.querySelector(".mem .label"),
-        fmtBytes((m.managed || 0) + (m.unmanaged || 0)) + " / " + (m.limit ? fmtBytes(m.limit) : "no limit") +
-        (m.spilled ? " (+" + fmtBytes(m.spilled) + " spilled)" : ""));
+        fmtBytes(m.managed || 0) + " managed + " + fmtBytes(m.unmanaged || 0) + " unmanaged / " +
+        (m.limit ? fmtBytes(m.limit) : "no limit") + ", " + fmtBytes(m.spilled || 0) + " spilled");
       setText(row.querySelector(".w-executing"), String(w.executing));
       setText(row.querySelector(".w-processing"), String(w.processing));
     }
@@ -257,6 +286,7 @@
         row.appendChild(bar);
         row.appendChild(el("span", "done-percent"));
         row.appendChild(el("span", "counts"));
+        row.appendChild(el("span", "states"));
       }
       const expectedPosition = previous ? previous.nextSibling : container.firstChild;
       if (row !== expectedPosition) container.insertBefore(row, expectedPosition);
@@ -264,14 +294,21 @@
       const total = Number(p.total) || 0;
       const pending = PENDING.reduce((n, s) => n + (Number(p[s]) || 0), 0);
       const done = total > 0 ? (total - pending) / total : 0;
+      const parts = [];
       for (const s of BAR_STATES) {
-        const share = total > 0 ? (Number(p[s]) || 0) / total : 0;
-        setWidth(row.querySelector(".bar ." + s), s === "waiting" ? share + (total > 0 ? (Number(p["no-worker"]) || 0) / total : 0) : share);
+        // tasks no worker can run yet are drawn and counted with the waiting ones
+        const n = (Number(p[s]) || 0) + (s === "waiting" ? Number(p["no-worker"]) || 0 : 0);
+        const segment = row.querySelector(".bar ." + s);
+        setWidth(segment, total > 0 ? n / total : 0);
+        const label = n + " " + STATE_LABELS[s];
+        if (segment.title !== label) segment.title = label;
+        if (n) parts.push(label);
       }
+      setText(row.querySelector(".states"), parts.join(" · "));
       const percent = Math.floor(done * 100);
       row.dataset.done = String(percent);
       setText(row.querySelector(".done-percent"), percent + "%");
-      setText(row.querySelector(".counts"), (total - pending) + " / " + total + (p.erred ? " (" + p.erred + " erred)" : ""));
+      setText(row.querySelector(".counts"), (total - pending) + " / " + total);
     }
     for (const [prefix, row] of rows) if (!seen.has(prefix)) row.remove();
   }
@@ -302,7 +339,9 @@
     const ctx = canvas.getContext("2d");
     ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
     ctx.clearRect(0, 0, width, height);
-    const scale = width / WINDOW_S;
+    // a margin on the left names each row's worker
+    const left = rowHeight >= 9 ? LABEL_PX : 0;
+    const scale = Math.max(100, width - left) / WINDOW_S;
     const colours = new Map();
     let drawn = 0;
     for (const t of state.stream) {
@@ -310,7 +349,7 @@
       let c = colours.get(t.prefix);
       if (!c) { c = colour(t.prefix); colours.set(t.prefix, c); }
       ctx.fillStyle = c;
-      const x = (Math.max(t.start, t0) - t0) * scale;
+      const x = left + (Math.max(t.start, t0) - t0) * scale;
       const w = Math.max(1, (t.stop - Math.max(t.start, t0)) * scale);
       ctx.fillRect(x, rowOf.get(t.worker) * rowHeight + 1, w, rowHeight - 2);
       drawn += t.n;
@@ -318,11 +357,38 @@
     ctx.fillStyle = "#777";
     ctx.font = "10px sans-serif";
     for (let s = 0; s <= WINDOW_S; s += 5) {
-      const x = (WINDOW_S - s) * scale;
+      const x = left + (WINDOW_S - s) * scale;
       ctx.fillRect(Math.min(x, width - 1), height - 16, 1, 4);
-      ctx.fillText(s === 0 ? "now" : "-" + s + " s", Math.max(0, Math.min(x - 10, width - 30)), height - 2);
+      ctx.fillText(s === 0 ? "now" : "-" + s + " s", Math.max(left, Math.min(x - 10, width - 30)), height - 2);
+    }
+    if (left) {
+      const names = new Map((state.workers || []).map((w) => [w.address, String(w.name)]));
+      ctx.fillStyle = "#555";
+      ctx.font = Math.min(11, rowHeight - 2) + "px sans-serif";
+      ctx.textBaseline = "middle";
+      for (const [address, row] of rowOf) {
+        ctx.fillText(names.get(address) || address, 2, row * rowHeight + rowHeight / 2, left - 6);
+      }
+      ctx.textBaseline = "alphabetic";
     }
     canvas.dataset.tasks = String(drawn);
+    renderStreamLegend(colours);
+  }
+
+  // the colour of each prefix drawn in the task stream, rebuilt only when the set changes
+  function renderStreamLegend(colours) {
+    const names = Array.from(colours.keys()).sort();
+    const key = names.join("\n");
+    const legend = $("stream-legend");
+    if (legend.dataset.prefixes === key) return;
+    legend.dataset.prefixes = key;
+    legend.textContent = "";
+    for (const name of names) {
+      const chip = el("i");
+      chip.style.background = colours.get(name);
+      legend.appendChild(chip);
+      legend.appendChild(document.createTextNode(name));
+    }
   }
 
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
