@@ -37,7 +37,7 @@ def test_counts_follow_every_transition_and_forgetting() -> None:
     s.handle(ev.TaskFinished(1.0, W1, first.key, 8, start=0.5, stop=0.9, run_id=first.run_id))
     assert live(s, "inc") == {"processing": 2, "queued": 1, "memory": 1}
     assert s.task_stream_count == 1
-    assert list(s.task_stream) == [("inc", first.key, W1, 0.5, 0.9)]
+    assert list(s.task_stream) == [("inc", first.key, W1, 0.5, 0.9, False)]
 
     second = next(
         ts for ts in s.tasks.values() if ts.state == "processing" and ts.prefix.name == "inc"
@@ -46,7 +46,8 @@ def test_counts_follow_every_transition_and_forgetting() -> None:
     s.handle(ev.TaskErred(2.0, W1, key, b"exc", b"tb", run_id=run_id, start=1.0, stop=1.5))
     counts = live(s, "inc")
     assert counts["erred"] == 1 and sum(counts.values()) == 4
-    assert s.task_stream_count == 1  # failed runs are not in the stream
+    assert s.task_stream_count == 2  # a failed run is in the stream, marked
+    assert s.task_stream[-1] == ("inc", key, W1, 1.0, 1.5, True)
 
     # the client lets go of everything: every task is forgotten, the counts say so
     s.handle(ev.ClientReleasesKeys(3.0, C, [sp.key for sp in specs]))

@@ -107,14 +107,20 @@ def test_api_reports_workers_prefixes_and_task_stream() -> None:
         assert rows["inc"]["memory"] == 30 and rows["fail"]["erred"] == 3
 
         stream = await get_json(http, link + "api/v1/task-stream")
-        assert stream["next"] == 60 == len(stream["tasks"])  # failed runs are not in it
-        assert {t["key"] for t in stream["tasks"]} == {f.key for f in incs + doubles}
+        # 60 runs and the 3 failed ones, marked
+        assert stream["next"] == 63 == len(stream["tasks"])
+        ok = [t for t in stream["tasks"] if t["status"] == "OK"]
+        assert {t["key"] for t in ok} == {f.key for f in incs + doubles} and len(ok) == 60
+        assert {t["prefix"] for t in stream["tasks"] if t["status"] == "error"} == {"fail"}
         assert {t["worker"] for t in stream["tasks"]} <= addresses
         assert all(t["start"] <= t["stop"] for t in stream["tasks"])
-        assert {t["prefix"] for t in stream["tasks"]} == {"inc", "double"}
         later = await get_json(http, link + "api/v1/task-stream?since=55")
-        assert later["next"] == 60 and later["tasks"] == stream["tasks"][55:]
-        assert (await get_json(http, link + "api/v1/task-stream?since=60"))["tasks"] == []
+        assert later["next"] == 63 and later["tasks"] == stream["tasks"][55:]
+        assert (await get_json(http, link + "api/v1/task-stream?since=63"))["tasks"] == []
+        compact = await get_json(http, link + "api/v1/task-stream?format=compact")
+        failed = compact["tasks"]["erred"]
+        assert len(failed) == 3
+        assert {compact["prefixes"][compact["tasks"]["prefix"][j]] for j in failed} == {"fail"}
         async with http.get(link + "api/v1/task-stream?since=x") as r:
             assert r.status == 400
 
@@ -171,7 +177,8 @@ def test_task_stream_limit_and_compact_form() -> None:
         t0 = compact["t0"]
         assert t0 == min(r["start"] for r in runs)
         columns = compact["tasks"]
-        assert set(columns) == {"prefix", "worker", "start", "duration"}
+        assert set(columns) == {"prefix", "worker", "start", "duration", "erred"}
+        assert columns["erred"] == []  # no run raised
         rows = zip(*(columns[c] for c in ("prefix", "worker", "start", "duration")), strict=True)
         for (p, w, start, duration), run in zip(rows, runs, strict=True):
             assert all(isinstance(x, int) for x in (p, w, start, duration))
@@ -186,7 +193,13 @@ def test_task_stream_limit_and_compact_form() -> None:
             r["worker"] for r in runs[-3:]
         ]
         empty = await get_json(http, stream + "?format=compact&since=30")
-        assert empty["tasks"] == {"prefix": [], "worker": [], "start": [], "duration": []}
+        assert empty["tasks"] == {
+            "prefix": [],
+            "worker": [],
+            "start": [],
+            "duration": [],
+            "erred": [],
+        }
         assert empty["prefixes"] == [] and empty["next"] == 30
 
         # the page's one request: the four answers in one, the stream in compact form

@@ -85,18 +85,19 @@ def test_report_of_a_real_computation(client: Client, tmp_path: Path) -> None:
     root, _ = _parse(path)
     rows = _prefix_rows(root)
     assert rows["inc"][0] == "30"  # runs
-    assert rows["fail"][0] == "0" and rows["fail"][3] == "1"  # no finished run, 1 erred
+    assert rows["fail"][0] == "1" and rows["fail"][3] == "1"  # one run, and it raised
     # the timeline: one bar per run, rows labelled by worker address and slot
     svg = root.find(".//svg")
     assert svg is not None
-    assert len(svg.findall("rect")) == 30
+    assert len(svg.findall("rect")) == 31
     labels = {t.text for t in svg.findall("text")}
     workers = client.scheduler_info()["workers"]
     for address in workers:
         assert f"{address} #0" in labels
         assert address in path.read_text()
     assert f"conveyor {conveyor.__version__}" in "".join(root.itertext())
-    assert report.dropped == 0 and len(report.records) == 30
+    assert report.dropped == 0 and len(report.records) == 31
+    assert [r["status"] for r in report.records].count("error") == 1
     assert "Duration" in "".join(root.itertext())
 
 

@@ -31,7 +31,7 @@ class TaskStreamRecords(list[dict[str, Any]]):
 
     Each record: ``key``, ``prefix``, ``worker`` (address), ``startstops`` (one
     ``{"action": "compute", "start": t0, "stop": t1}``, epoch seconds on the worker's
-    clock), ``status`` (``"OK"``: the ring holds finished runs only) and ``nbytes``
+    clock), ``status`` (``"OK"``, or ``"error"`` for a run that raised) and ``nbytes``
     (the result's size while the scheduler still knows it, else None).
     """
 

@@ -57,9 +57,10 @@ class SchedulerState(SchedulerTransitions):
         #: tasks of workers whose connection closed, kept until their nanny says which
         #: of them were running (:mod:`conveyor.core.deaths`), oldest first
         self.awaiting_verdict: dict[str, tuple[float, list[TaskState]]] = {}
-        #: the last runs that finished, oldest first, as ``(prefix, key, worker, start,
-        #: stop)`` (the worker's clock); bounded: the oldest go as new ones come
-        self.task_stream: deque[tuple[str, Key, str, float, float]] = deque(
+        #: the last runs that ended, oldest first, as ``(prefix, key, worker, start,
+        #: stop, erred)`` (the worker's clock; ``erred``: the run raised); bounded: the
+        #: oldest go as new ones come
+        self.task_stream: deque[tuple[str, Key, str, float, float, bool]] = deque(
             maxlen=self.TASK_STREAM_SIZE
         )
         #: runs ever appended to ``task_stream``: a cursor for readers that poll it
@@ -573,7 +574,8 @@ class SchedulerState(SchedulerTransitions):
             # start == stop (0.0, 0.0) means the worker did not run it (it had the data)
             duration = e.stop - e.start if e.stop > e.start else None
             if duration is not None:
-                self.task_stream.append((ts.group.prefix.name, e.key, e.worker, e.start, e.stop))
+                run = (ts.group.prefix.name, e.key, e.worker, e.start, e.stop, False)
+                self.task_stream.append(run)
                 self.task_stream_count += 1
             self._transition(
                 ts,
@@ -603,6 +605,9 @@ class SchedulerState(SchedulerTransitions):
             self._out.append(FreeKeys(e.worker, [e.key]))
             return
         recs: Recs = {}
+        if e.stop > e.start:  # a failed run is a run: the task stream shows it too
+            self.task_stream.append((ts.group.prefix.name, e.key, e.worker, e.start, e.stop, True))
+            self.task_stream_count += 1
         if ts.retries > 0:
             ts.retries -= 1
             self._transition(ts, "released", recs, force=True)

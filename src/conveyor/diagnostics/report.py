@@ -15,6 +15,7 @@ from __future__ import annotations
 import html
 import time
 import zlib
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -44,24 +45,20 @@ svg text{font-size:11px;font-family:sans-serif}
 
 
 class _Snapshot:
-    """What the report needs from the scheduler at one moment."""
+    """What the report needs from the scheduler at its start: the stream's cursor."""
 
-    def __init__(self, cursor: int, counts: dict[str, dict[str, int]]) -> None:
+    def __init__(self, cursor: int) -> None:
         self.cursor = cursor
-        self.counts = counts
 
 
 async def _snapshot(client: ClientShape) -> _Snapshot:
-    cursor = await _cursor(client)
-    counts = await client._request({"op": "prefix-counts"})
-    return _Snapshot(cursor, counts)
+    return _Snapshot(await _cursor(client))
 
 
-async def _collect(client: ClientShape, since: int) -> tuple[TaskStreamRecords, Any, Any]:
+async def _collect(client: ClientShape, since: int) -> tuple[TaskStreamRecords, Any]:
     records = await _task_stream(client, since, None, None, None)
-    counts = await client._request({"op": "prefix-counts"})
     info = await client._request({"op": "scheduler-info"})
-    return records, counts, info
+    return records, info
 
 
 class performance_report:
@@ -132,13 +129,10 @@ class performance_report:
         assert self._start is not None
         self._write(time.time(), *await _collect(self._client(), self._start.cursor))
 
-    def _write(self, t1: float, records: TaskStreamRecords, counts: Any, info: Any) -> None:
+    def _write(self, t1: float, records: TaskStreamRecords, info: Any) -> None:
         assert self._start is not None
         self.records = records
-        erred = {
-            name: max(c.get("erred", 0) - self._start.counts.get(name, {}).get("erred", 0), 0)
-            for name, c in counts.items()
-        }
+        erred = Counter(r["prefix"] for r in records if r["status"] == "error")
         page = render_report(
             title=self.title,
             t0=self._t0,
@@ -268,8 +262,8 @@ def render_report(
     scheduler: str,
 ) -> str:
     """The report's HTML (a complete, well-formed document) for a block that ran from
-    ``t0`` to ``t1`` (epoch seconds), ran ``records``, made ``erred`` tasks fail per
-    prefix, on ``workers`` (``scheduler_info()["workers"]``)."""
+    ``t0`` to ``t1`` (epoch seconds), ran ``records`` (``erred``: how many of them raised,
+    per prefix), on ``workers`` (``scheduler_info()["workers"]``)."""
     e = html.escape
     packages = versions()["packages"]
     worker_rows = []

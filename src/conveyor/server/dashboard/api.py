@@ -70,7 +70,7 @@ PREFIX_STATES = ("waiting", "queued", "no-worker", "processing", "memory", "erre
 LIVE_STATES = tuple(s for s in SCHEDULER_STATES if s != "forgotten")
 
 #: one finished run as the scheduler keeps it: prefix, key, worker, start, stop
-Run = tuple[str, Key, str, float, float]
+Run = tuple[str, Key, str, float, float, bool]
 
 #: JSON without the optional spaces: a tenth fewer bytes, nothing else changes
 _dumps = partial(json.dumps, separators=(",", ":"))
@@ -165,8 +165,9 @@ def task_stream(d: Dashboard, since: int, limit: int | None = None) -> dict[str,
             "worker": address,
             "start": start,
             "stop": stop,
+            "status": "error" if erred else "OK",
         }
-        for prefix, key, address, start, stop in runs
+        for prefix, key, address, start, stop, erred in runs
     ]
     return {"next": count, "skipped": max(skipped, 0), "tasks": tasks}
 
@@ -193,6 +194,8 @@ def task_stream_compact(d: Dashboard, since: int, limit: int | None = None) -> d
             "worker": [worker_at.setdefault(run[2], len(worker_at)) for run in chosen],
             "start": [round((run[3] - t0) * 1000) for run in chosen],
             "duration": [round((run[4] - run[3]) * 1000) for run in chosen],
+            # the runs that raised, by index (few: a column of flags would cost every run)
+            "erred": [j for j, run in enumerate(chosen) if run[5]],
         },
         # after the columns: they fill the indices
         "prefixes": list(prefix_at),

@@ -45,7 +45,7 @@ class TaskStreamExtension:
         start, stop, n = msg.get("start"), msg.get("stop"), msg.get("count")
         tasks = st.tasks
         records = []
-        for prefix, key, worker, begin, end in islice(ring, skip, None):
+        for prefix, key, worker, begin, end, erred in islice(ring, skip, None):
             if (start is not None and end < start) or (stop is not None and begin > stop):
                 continue
             ts = tasks.get(key)
@@ -57,7 +57,7 @@ class TaskStreamExtension:
                     "worker": worker,
                     "start": begin,
                     "stop": end,
-                    "status": "OK",
+                    "status": "error" if erred else "OK",
                     "nbytes": nbytes,
                 }
             )

@@ -11,6 +11,7 @@
   const WINDOW_S = 20; // task stream span
   const MAX_RECTS = 20000;
   const LABEL_PX = 64; // the task stream's margin for worker names
+  const ERRED_COLOUR = "#d13b3b"; // runs that raised (the --erred of the stylesheet)
   const STREAM_LIMIT = 10000; // runs per task-stream poll (the scheduler keeps 10,000)
   const PENDING = ["waiting", "queued", "no-worker", "processing"];
   const BAR_STATES = ["memory", "processing", "queued", "waiting", "erred"];
@@ -145,6 +146,7 @@
     const tasks = data.tasks || {};
     const ps = tasks.prefix || [], ws = tasks.worker || [];
     const starts = tasks.start || [], durations = tasks.duration || [];
+    const erred = new Set(tasks.erred || []);  // indices of the runs that raised
     const prefixes = data.prefixes || [];
     const workers = data.workers || [];
     const t0 = Number(data.t0) || 0;
@@ -156,13 +158,15 @@
       const start = t0 + starts[j] / 1000;
       const stop = start + durations[j] / 1000;
       if (stop - nowBrowser > state.clockOffset) state.clockOffset = stop - nowBrowser;
+      const failed = erred.has(j);
       const prev = state.lastRect.get(worker);
-      if (prev && prev.prefix === prefix && start <= prev.stop + gap && stop >= prev.start - gap) {
+      if (!failed && prev && !prev.erred && prev.prefix === prefix &&
+          start <= prev.stop + gap && stop >= prev.start - gap) {
         if (stop > prev.stop) prev.stop = stop;
         if (start < prev.start) prev.start = start;
         prev.n += 1;
       } else {
-        const rect = { prefix: prefix, worker: worker, start: start, stop: stop, n: 1 };
+        const rect = { prefix: prefix, worker: worker, start: start, stop: stop, n: 1, erred: failed };
         state.stream.push(rect);
         state.lastRect.set(worker, rect);
       }
@@ -348,7 +352,7 @@
       if (t.stop < t0) continue;
       let c = colours.get(t.prefix);
       if (!c) { c = colour(t.prefix); colours.set(t.prefix, c); }
-      ctx.fillStyle = c;
+      ctx.fillStyle = t.erred ? ERRED_COLOUR : c;
       const x = left + (Math.max(t.start, t0) - t0) * scale;
       const w = Math.max(1, (t.stop - Math.max(t.start, t0)) * scale);
       ctx.fillRect(x, rowOf.get(t.worker) * rowHeight + 1, w, rowHeight - 2);
