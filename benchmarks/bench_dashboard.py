@@ -3,7 +3,7 @@
 
 Run from the repository root (needs Debian's ``chromium``)::
 
-    python benchmarks/bench_dashboard.py [--tasks 30000] [--rounds 5]
+    python benchmarks/bench_dashboard.py [--tasks 30000] [--rounds 5] [--system both]
 
 One LocalCluster (2 worker processes, 1 thread each, dashboard on 127.0.0.1, every server
 on 127.0.0.1) runs ``client.map(inc, ...)`` in rounds that alternate (ABBA order) between
@@ -12,7 +12,9 @@ page, started before the round and closed after it, so its cost is included). Ev
 round starts once the scheduler has forgotten the previous round's tasks, after a pause
 of a second. Prints each round's throughput and the CPU the benchmark's own process (the
 scheduler and the client) spent per task, the medians with their ranges, Chromium's CPU
-and the cost: ``1 - open / closed``. Correctness is checked (every round verifies its
+and the cost: ``1 - open / closed``. ``--system distributed`` (or ``both``, one after
+the other in one run) measures distributed's Bokeh dashboard the same way (its /status
+page; a fifteenth of the tasks a round, for its slower rate). Correctness is checked (every round verifies its
 results); nothing here passes or fails on a time.
 """
 
@@ -20,11 +22,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import statistics
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 # workers import the task function by reference, like a user's library
@@ -68,7 +73,7 @@ def cpu_seconds(pid: int | None) -> float:
     return total
 
 
-async def one_round(client: Client, n: int, offset: int, cpu: list[float] | None = None) -> float:
+async def one_round(client: Any, n: int, offset: int, cpu: list[float] | None = None) -> float:
     """Tasks per second for ``n`` independent ``inc`` tasks, results checked; appends
     to ``cpu`` this process's CPU microseconds per task (the scheduler and the client
     run here: a figure that other jobs on the machine disturb less than throughput)."""
@@ -85,14 +90,14 @@ async def one_round(client: Client, n: int, offset: int, cpu: list[float] | None
     return n / elapsed
 
 
-async def settle(cluster: LocalCluster, pause: float = 1.0) -> None:
+async def settle(cluster: Any, pause: float = 1.0) -> None:
     """Wait until the scheduler has forgotten the previous round's tasks, then ``pause``
     seconds: every round starts from the same quiet state. (Without it, a round right
     after another shares the CPU with the clean-up of the last one, while a round after
     a browser's start does not: that favoured "open" by about 10%.)"""
     s = cluster.scheduler
     deadline = time.monotonic() + 60
-    while s is not None and s.state.tasks and time.monotonic() < deadline:
+    while s is not None and s.tasks and time.monotonic() < deadline:
         await asyncio.sleep(0.02)
     await asyncio.sleep(pause)
 
@@ -102,22 +107,54 @@ def spread(values: list[float]) -> str:
     return f"{statistics.median(values):.0f} [{min(values):.0f}-{max(values):.0f}]"
 
 
-async def main(n: int, rounds: int) -> int:
-    if chromium_path() is None:
-        print("chromium is not installed", file=sys.stderr)
-        return 2
+@contextlib.asynccontextmanager
+async def cluster_and_client(system: str) -> AsyncIterator[tuple[Any, Any, str]]:
+    """A 2-process cluster of ``system`` with its dashboard on 127.0.0.1, an
+    asynchronous client, and the URL of the page to open."""
+    if system == "conveyor":
+        async with (
+            LocalCluster(
+                n_workers=2,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address="127.0.0.1:0",
+                asynchronous=True,
+            ) as cluster,
+            Client(cluster, asynchronous=True) as client,
+        ):
+            assert cluster.dashboard_link is not None
+            yield cluster, client, cluster.dashboard_link
+        return
+    import distributed
+
     async with (
-        LocalCluster(
+        distributed.LocalCluster(
             n_workers=2,
             threads_per_worker=1,
             processes=True,
+            host="127.0.0.1",
             dashboard_address="127.0.0.1:0",
             asynchronous=True,
-        ) as cluster,
-        Client(cluster, asynchronous=True) as client,
+        ) as dcluster,
+        distributed.Client(dcluster, asynchronous=True) as dclient,
     ):
-        link = cluster.dashboard_link
-        assert link is not None
+        yield dcluster, dclient, dcluster.dashboard_link  # its /status page
+
+
+async def distributed_page_live(browser: Browser, timeout: float = 60.0) -> None:
+    """Wait until distributed's Bokeh page has rendered its documents."""
+    deadline = time.monotonic() + timeout
+    expr = "!!(window.Bokeh && Bokeh.documents && Bokeh.documents.length)"
+    while not await browser.evaluate(expr):
+        if time.monotonic() > deadline:
+            raise RuntimeError("distributed's dashboard page never rendered")
+        await asyncio.sleep(0.05)
+
+
+async def measure(system: str, n: int, rounds: int) -> float:
+    """Rounds of ``n`` tasks, page closed and open in ABBA order; prints the figures
+    and returns the cost (a fraction of map throughput)."""
+    async with cluster_and_client(system) as (cluster, client, link):
         await one_round(client, min(n, 1000), 0)  # warm up
         figures: dict[str, list[float]] = {"closed": [], "open": []}
         own_cpu: dict[str, list[float]] = {"closed": [], "open": []}
@@ -128,37 +165,57 @@ async def main(n: int, rounds: int) -> int:
             if mode == "open":
                 async with Browser() as browser:
                     await browser.goto(link)
-                    await page_live(browser, 2)
+                    if system == "conveyor":
+                        await page_live(browser, 2)
+                    else:
+                        await distributed_page_live(browser)
                     await settle(cluster)
                     cpu0, t0 = cpu_seconds(browser.pid), time.perf_counter()
                     rate = await one_round(client, n, r * n, own_cpu[mode])
                     share = (cpu_seconds(browser.pid) - cpu0) / (time.perf_counter() - t0)
                     browser_cpu.append(share)
-                    if browser.errors:
+                    if browser.errors and system == "conveyor":
                         raise RuntimeError(f"JavaScript errors: {browser.errors}")
             else:
                 await settle(cluster)
                 rate = await one_round(client, n, r * n, own_cpu[mode])
             figures[mode].append(rate)
             print(
-                f"round {r + 1:2d} {mode:6s} {rate:10.0f} tasks/s"
+                f"{system} round {r + 1:2d} {mode:6s} {rate:10.0f} tasks/s"
                 f" {own_cpu[mode][-1]:6.1f} us CPU/task (scheduler + client)",
                 file=sys.stderr,
             )
     closed = statistics.median(figures["closed"])
-    assert browser_cpu
     opened = statistics.median(figures["open"])
-    print(f"map throughput, page closed: {spread(figures['closed'])} tasks/s (median [range])")
-    print(f"map throughput, page open:   {spread(figures['open'])} tasks/s (median [range])")
+    cost = 1 - opened / closed
+    print(f"{system}: {n} tasks a round, {rounds} rounds of each mode")
+    print(f"  map throughput, page closed: {spread(figures['closed'])} tasks/s (median [range])")
+    print(f"  map throughput, page open:   {spread(figures['open'])} tasks/s (median [range])")
     cpu_closed = statistics.median(own_cpu["closed"])
     cpu_open = statistics.median(own_cpu["open"])
     print(
-        f"scheduler + client CPU per task: closed {cpu_closed:.1f} us, open {cpu_open:.1f} us"
+        f"  scheduler + client CPU per task: closed {cpu_closed:.1f} us, open {cpu_open:.1f} us"
         f" (median): {100 * (cpu_open / cpu_closed - 1):+.1f}%"
     )
     cpu = statistics.median(browser_cpu)
-    print(f"chromium's CPU while the page is open: {100 * cpu:.0f}% of one core (median)")
-    print(f"dashboard cost: {100 * (1 - opened / closed):.1f}% of map throughput")
+    print(f"  chromium's CPU while the page is open: {100 * cpu:.0f}% of one core (median)")
+    print(f"  dashboard cost: {100 * cost:.1f}% of map throughput")
+    return cost
+
+
+async def main(n: int, rounds: int, systems: list[str]) -> int:
+    if chromium_path() is None:
+        print("chromium is not installed", file=sys.stderr)
+        return 2
+    costs = {}
+    for system in systems:
+        # distributed runs about 30 times fewer tasks a second: fewer tasks a round
+        costs[system] = await measure(system, n if system == "conveyor" else n // 15, rounds)
+    if len(costs) == 2:
+        print(
+            f"dashboard cost: conveyor {100 * costs['conveyor']:.1f}%, "
+            f"distributed {100 * costs['distributed']:.1f}% of map throughput"
+        )
     return 0
 
 
@@ -166,5 +223,12 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=30000, help="tasks per round")
     parser.add_argument("--rounds", type=int, default=5, help="rounds of each mode")
+    parser.add_argument(
+        "--system",
+        choices=["conveyor", "distributed", "both"],
+        default="conveyor",
+        help="whose dashboard (distributed's needs bokeh)",
+    )
     args = parser.parse_args()
-    sys.exit(asyncio.run(main(args.tasks, args.rounds)))
+    chosen = ["conveyor", "distributed"] if args.system == "both" else [args.system]
+    sys.exit(asyncio.run(main(args.tasks, args.rounds, chosen)))
