@@ -14,8 +14,8 @@ of a second. Prints each round's throughput and the CPU the benchmark's own proc
 scheduler and the client) spent per task, the medians with their ranges, Chromium's CPU
 and the cost: ``1 - open / closed``. ``--system distributed`` (or ``both``, one after
 the other in one run) measures distributed's Bokeh dashboard the same way (its /status
-page; a fifteenth of the tasks a round, for its slower rate). Correctness is checked (every round verifies its
-results); nothing here passes or fails on a time.
+page; a fifteenth of the tasks a round, for its slower rate). Correctness is checked
+(every round verifies its results); nothing here passes or fails on a time.
 """
 
 from __future__ import annotations

@@ -59,6 +59,15 @@ def test_defaults_are_registered_with_dask() -> None:
         "max-message-size": "4GiB",
         "max-outgoing-buffer": "512MiB",
         "retry": {"count": 0},
+        "require-encryption": False,
+        "tls": {
+            "ca-file": None,
+            "ciphers": None,
+            "min-version": "1.2",
+            "scheduler": {"cert": None, "key": None},
+            "worker": {"cert": None, "key": None},
+            "client": {"cert": None, "key": None},
+        },
     }
     assert d["client"] == {"heartbeat": "5s"}
     assert d["admin"] == {"log-length": 10_000}

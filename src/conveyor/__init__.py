@@ -15,6 +15,7 @@ from conveyor.client.waiting import (
     wait,
 )
 from conveyor.client.worker_client import get_client, worker_client
+from conveyor.comm.security import Security
 from conveyor.deploy.local import LocalCluster
 from conveyor.diagnostics.progress import progress
 from conveyor.diagnostics.report import performance_report
@@ -45,6 +46,7 @@ __all__ = [
     "RemoteError",
     "Scheduler",
     "SchedulerPlugin",
+    "Security",
     "Semaphore",
     "Variable",
     "Worker",

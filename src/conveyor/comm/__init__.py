@@ -1,4 +1,5 @@
-"""Transports behind one small interface: tcp and inproc, addressing and handshake."""
+"""Transports behind one small interface: tcp, tls and inproc, addressing, handshake and
+TLS settings (:class:`Security`)."""
 
 from conveyor.comm.addressing import (
     get_address_host,
@@ -13,6 +14,8 @@ from conveyor.comm.addressing import (
 from conveyor.comm.core import Backend, Comm, CommClosedError, Listener
 from conveyor.comm.handshake import PROTOCOL_VERSION, HandshakeError, handshake
 from conveyor.comm.registry import connect, listen, register_backend
+from conveyor.comm.security import Security
+from conveyor.comm.tls import TLSRefusedError
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -21,6 +24,8 @@ __all__ = [
     "CommClosedError",
     "HandshakeError",
     "Listener",
+    "Security",
+    "TLSRefusedError",
     "connect",
     "get_address_host",
     "get_ip_interface",

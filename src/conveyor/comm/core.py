@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 __all__ = [
     "DEFAULT_MAX_FRAME_SIZE",
@@ -139,6 +139,15 @@ class Backend(ABC):
     Locations are addresses without the ``scheme://`` prefix. Retries, timeouts and
     handshakes are done by :func:`conveyor.comm.connect` and :func:`conveyor.comm.listen`.
     """
+
+    #: True when what is sent cannot be read on the network: encrypted (``tls://``) or
+    #: never on one (``inproc://``). Only such transports are allowed when encryption is
+    #: required (``require_encryption``).
+    private: ClassVar[bool] = False
+    #: True when ``connect`` and ``listen`` take ``ssl_context`` and
+    #: ``ssl_handshake_timeout`` keywords; :func:`conveyor.comm.connect` refuses an
+    #: ``ssl_context`` for any other transport.
+    uses_ssl: ClassVar[bool] = False
 
     @abstractmethod
     async def connect(self, loc: str, **kwargs: Any) -> Comm:

@@ -140,6 +140,8 @@ class InProcListener(Listener):
 class InProcBackend(Backend):
     """The ``inproc://`` transport; its listeners are known to this backend only."""
 
+    private = True  # messages never leave the process
+
     def __init__(self) -> None:
         self._prefix = uuid.uuid4().hex[:12]
         self._counter = itertools.count(1)

@@ -1,21 +1,28 @@
 """Entry points: ``connect`` and ``listen``, dispatching on the address scheme.
 
 Backends make single connection attempts and raw listeners; this module adds what every
-transport shares: retries until a deadline, the handshake, and a guard around handlers so
-a failing handler is logged and its comm closed without harming the listener.
+transport shares: retries until a deadline, the handshake, a guard around handlers so
+a failing handler is logged and its comm closed without harming the listener, and the
+encryption policy: ``require_encryption`` (default ``conveyor.comm.require-encryption``)
+refuses transports that put plain bytes on the network, and an ``ssl_context`` is
+refused for a transport that would not use it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
+from typing import Any
 
+from conveyor import config
 from conveyor.comm.addressing import parse_address
 from conveyor.comm.core import Backend, Comm, CommClosedError, Handler, Listener
 from conveyor.comm.handshake import HandshakeError
 from conveyor.comm.handshake import handshake as exchange_handshakes
 from conveyor.comm.inproc import InProcBackend
 from conveyor.comm.tcp import TCPBackend
+from conveyor.comm.tls import TLSBackend, TLSRefusedError
 
 __all__ = ["DEFAULT_HANDSHAKE_TIMEOUT", "connect", "get_backend", "listen", "register_backend"]
 
@@ -25,7 +32,11 @@ DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 _FIRST_RETRY_DELAY = 0.005
 _MAX_RETRY_DELAY = 0.25
 
-_backends: dict[str, Backend] = {"tcp": TCPBackend(), "inproc": InProcBackend()}
+_backends: dict[str, Backend] = {
+    "tcp": TCPBackend(),
+    "tls": TLSBackend(),
+    "inproc": InProcBackend(),
+}
 
 
 def register_backend(scheme: str, backend: Backend) -> None:
@@ -68,10 +79,15 @@ async def _connect_until(
             except OSError as e:
                 if isinstance(e, ConnectionRefusedError) and not retry_refused:
                     raise  # nothing listens there, and nothing will: it is gone
+                if isinstance(e, TLSRefusedError):
+                    raise
+                if isinstance(e, ssl.SSLError):
+                    # a refused certificate or TLS version: trying again will not help
+                    raise TLSRefusedError(f"TLS handshake with {addr} failed: {e}") from e
                 last_error = e
         remaining = deadline - loop.time()
         if remaining <= 0:
-            reason = f": {last_error}" if last_error is not None else ""
+            reason = f": {last_error or type(last_error).__name__}" if last_error else ""
             raise TimeoutError(
                 f"Timed out trying to connect to {addr} after {timeout} s{reason}"
             ) from last_error
@@ -97,19 +113,35 @@ async def connect(
 
     Then, unless ``handshake=False``, exchange handshakes (within ``handshake_timeout``
     and what is left of ``timeout``); the peer's is ``comm.peer_info``. Other keyword
-    arguments (``max_frame_size`` ...) go to the backend. Raises ``TimeoutError`` (an
+    arguments (``max_frame_size``, ``ssl_context``, ``require_encryption`` ...) go to the
+    backend (see the module docstring for the last two). Raises ``TimeoutError`` (an
     ``OSError``) when no connection could be made in time, ``CommClosedError`` when the
-    handshake fails.
+    TLS or conveyor handshake fails.
     """
     scheme, loc = parse_address(addr)
     backend = get_backend(scheme)
+    kwargs = _transport_options(addr, backend, handshake_timeout, kwargs, "connect to")
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     comm = await _connect_until(backend, loc, addr, timeout, retry_refused, **kwargs)
     comm.name = name
     if handshake:
         remaining = max(deadline - loop.time(), 0.0)
-        await exchange_handshakes(comm, role, min(handshake_timeout, remaining), handshake_extra)
+        try:
+            await exchange_handshakes(
+                comm, role, min(handshake_timeout, remaining), handshake_extra
+            )
+        except HandshakeError:
+            raise
+        except CommClosedError as e:
+            if not backend.uses_ssl:
+                raise
+            # under TLS 1.3 a server refuses a client's certificate after the client
+            # finished its side of the TLS handshake: the refusal shows up here
+            raise TLSRefusedError(
+                f"{e} before the conveyor handshake: the server may have refused this "
+                "side's TLS certificate (is it signed by the cluster's CA?)"
+            ) from e
     return comm
 
 
@@ -127,10 +159,12 @@ def listen(
 
     Each accepted comm is handshaken (unless ``handshake=False``) and then passed to
     ``handler``. Failed handshakes are logged and closed; a handler that raises is
-    logged and its comm aborted. Other keyword arguments go to the backend.
+    logged and its comm aborted. Other keyword arguments go to the backend (see the
+    module docstring for ``ssl_context`` and ``require_encryption``).
     """
     scheme, loc = parse_address(addr)
     backend = get_backend(scheme)
+    kwargs = _transport_options(addr, backend, handshake_timeout, kwargs, "listen on")
 
     async def serve(comm: Comm) -> None:
         if handshake:
@@ -145,6 +179,36 @@ def listen(
         await _run_handler(handler, comm)
 
     return backend.listen(loc, serve, **kwargs)
+
+
+def _transport_options(
+    addr: str,
+    backend: Backend,
+    handshake_timeout: float,
+    kwargs: dict[str, Any],
+    action: str,
+) -> dict[str, Any]:
+    """Apply the encryption policy and return the keyword arguments for the backend."""
+    kwargs = dict(kwargs)
+    required = kwargs.pop("require_encryption", None)
+    if required is None:
+        required = config.get("comm.require-encryption", False)
+    if not isinstance(required, bool):
+        raise ValueError(f"require_encryption must be True or False, got {required!r}")
+    if required and not backend.private:
+        raise ValueError(
+            f"Cannot {action} {addr}: encryption is required (require_encryption or "
+            "conveyor.comm.require-encryption) and this address is not encrypted; use a "
+            "tls:// address"
+        )
+    if backend.uses_ssl:
+        kwargs.setdefault("ssl_handshake_timeout", handshake_timeout)
+    elif kwargs.pop("ssl_context", None) is not None:
+        raise ValueError(
+            f"Cannot {action} {addr} with an ssl_context: it is not a tls:// address "
+            "(the context would not be used)"
+        )
+    return kwargs
 
 
 async def _run_handler(handler: Handler, comm: Comm) -> None:

@@ -16,7 +16,7 @@ import socket
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 from conveyor import config
 from conveyor.comm.addressing import (
@@ -38,7 +38,7 @@ from conveyor.comm.prefault import receive_buffer
 from conveyor.protocol import FrameDecoder, ProtocolError, decode, encode
 from conveyor.protocol.framing import format_bytes, frame_lengths, pack_header
 
-__all__ = ["TCPBackend", "TCPComm", "TCPListener"]
+__all__ = ["TCPBackend", "TCPComm", "TCPListener", "open_comm"]
 
 logger = logging.getLogger("conveyor.comm")
 
@@ -82,10 +82,10 @@ class _Limits:
         )
 
 
-def _tcp_address(sockaddr: Any) -> str:
+def _tcp_address(sockaddr: Any, scheme: str = "tcp") -> str:
     if not isinstance(sockaddr, tuple):
-        return "tcp://<unknown>"
-    return unparse_address("tcp", unparse_host_port(str(sockaddr[0]), int(sockaddr[1])))
+        return f"{scheme}://<unknown>"
+    return unparse_address(scheme, unparse_host_port(str(sockaddr[0]), int(sockaddr[1])))
 
 
 def _nbytes(frame: bytes | memoryview) -> int:
@@ -104,21 +104,26 @@ def _configure_socket(transport: asyncio.BaseTransport) -> None:
 
 
 class _FrameProtocol(asyncio.BufferedProtocol):
-    """Receives framed messages into a queue and exposes flow control to the comm."""
+    """Receives framed messages into a queue and exposes flow control to the comm.
+
+    ``scheme`` names the addresses it reports (``"tls"`` under an SSL transport).
+    """
 
     def __init__(
         self,
         decoder: FrameDecoder,
         server_side: bool,
         on_connect: Callable[[_FrameProtocol], None] | None = None,
+        scheme: str = "tcp",
     ) -> None:
         self._decoder = decoder
         self._server_side = server_side
         self._on_connect = on_connect
+        self._scheme = scheme
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._native_writelines = False
-        self.local_address = self.peer_address = "tcp://<unknown>"
+        self.local_address = self.peer_address = f"{scheme}://<unknown>"
         self._messages: deque[tuple[list[memoryview], int]] = deque()
         self._queued_bytes = 0
         self._reading_paused = False
@@ -143,13 +148,16 @@ class _FrameProtocol(asyncio.BufferedProtocol):
         transport = cast(asyncio.Transport, transport)
         self._transport = transport
         # asyncio's default writelines joins (copies) everything; uvloop and
-        # Python >= 3.12 override it with a zero-copy version.
+        # Python >= 3.12 override it with a zero-copy version. Under TLS, where every
+        # byte is copied to be encrypted anyway, joining small pieces makes one TLS
+        # record of them instead of one each.
         self._native_writelines = (
             type(transport).writelines is not asyncio.WriteTransport.writelines
+            and transport.get_extra_info("sslcontext") is None
         )
         _configure_socket(transport)
-        self.local_address = _tcp_address(transport.get_extra_info("sockname"))
-        self.peer_address = _tcp_address(transport.get_extra_info("peername"))
+        self.local_address = _tcp_address(transport.get_extra_info("sockname"), self._scheme)
+        self.peer_address = _tcp_address(transport.get_extra_info("peername"), self._scheme)
         if self._on_connect is not None:
             self._on_connect(self)
 
@@ -379,6 +387,9 @@ class TCPComm(Comm):
 class TCPListener(Listener):
     """Accepts TCP connections and runs ``handler`` on each new :class:`TCPComm`."""
 
+    #: the scheme of the addresses it reports
+    scheme: ClassVar[str] = "tcp"
+
     def __init__(self, loc: str, handler: Handler, limits: _Limits) -> None:
         self._host, self._port = parse_host_port(loc, default_port=0)
         self._handler = handler
@@ -391,15 +402,25 @@ class TCPListener(Listener):
             return
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            self._make_protocol, host=self._host or None, port=self._port, reuse_address=True
+            self._make_protocol,
+            host=self._host or None,
+            port=self._port,
+            reuse_address=True,
+            **self._server_options(),
         )
+
+    def _server_options(self) -> dict[str, Any]:
+        """Extra keyword arguments for ``loop.create_server`` (TLS adds ``ssl``)."""
+        return {}
 
     def stop(self) -> None:
         if self._server is not None:
             self._server.close()
 
     def _make_protocol(self) -> _FrameProtocol:
-        return _FrameProtocol(self._limits.decoder(), server_side=True, on_connect=self._accept)
+        return _FrameProtocol(
+            self._limits.decoder(), server_side=True, on_connect=self._accept, scheme=self.scheme
+        )
 
     def _accept(self, protocol: _FrameProtocol) -> None:
         comm = TCPComm(protocol, self._limits)
@@ -410,15 +431,27 @@ class TCPListener(Listener):
     @property
     def listen_address(self) -> str:
         if self._server is not None and self._server.sockets:
-            return _tcp_address(self._server.sockets[0].getsockname())
-        return unparse_address("tcp", unparse_host_port(self._host, self._port))
+            return _tcp_address(self._server.sockets[0].getsockname(), self.scheme)
+        return unparse_address(self.scheme, unparse_host_port(self._host, self._port))
 
     @property
     def contact_address(self) -> str:
         host, port = parse_host_port(parse_address(self.listen_address)[1])
         if host in _ANY_HOSTS:
             host = get_ip()
-        return unparse_address("tcp", unparse_host_port(host, port))
+        return unparse_address(self.scheme, unparse_host_port(host, port))
+
+
+async def open_comm(loc: str, limits: _Limits, scheme: str = "tcp", **options: Any) -> TCPComm:
+    """Make one connection to ``loc``; ``options`` go to ``loop.create_connection``
+    (TLS passes ``ssl`` and its handshake timeout)."""
+    host, port = parse_host_port(loc)
+    loop = asyncio.get_running_loop()
+    decoder = limits.decoder()
+    _, protocol = await loop.create_connection(
+        lambda: _FrameProtocol(decoder, server_side=False, scheme=scheme), host, port, **options
+    )
+    return TCPComm(protocol, limits)
 
 
 class TCPBackend(Backend):
@@ -432,14 +465,7 @@ class TCPBackend(Backend):
     """
 
     async def connect(self, loc: str, **kwargs: Any) -> TCPComm:
-        limits = _Limits.from_config(**kwargs)
-        host, port = parse_host_port(loc)
-        loop = asyncio.get_running_loop()
-        decoder = limits.decoder()
-        _, protocol = await loop.create_connection(
-            lambda: _FrameProtocol(decoder, server_side=False), host, port
-        )
-        return TCPComm(protocol, limits)
+        return await open_comm(loc, _Limits.from_config(**kwargs))
 
     def listen(self, loc: str, handler: Handler, **kwargs: Any) -> TCPListener:
         return TCPListener(loc, handler, _Limits.from_config(**kwargs))
