@@ -12,8 +12,8 @@ from conveyor.testing.cluster import in_process_cluster
 
 
 def test_features_conveyor_lacks_are_refused_with_what_is_missing() -> None:
-    with pytest.raises(NotImplementedError, match="no TLS yet"):
-        Scheduler(security=object())
+    with pytest.raises(TypeError, match=r"takes a conveyor\.Security"):
+        Scheduler(security=object())  # type: ignore[arg-type]
     with pytest.raises(NotImplementedError, match="Jupyter"):
         Scheduler(jupyter=True)
     with pytest.raises(TypeError):

@@ -24,6 +24,7 @@ from conveyor import config
 from conveyor.cli.demo import run_demo
 from conveyor.cli.logging_setup import FORMATS, configure_logging
 from conveyor.cli.plugins import load_plugins, plugin_option
+from conveyor.comm.security import Security
 from conveyor.rpc.gcpause import tune_server_gc
 from conveyor.rpc.loop import new_event_loop
 from conveyor.server.nanny import Nanny, WorkerStartError
@@ -60,6 +61,47 @@ def main() -> None:
     """conveyor: a dynamic distributed task scheduler with the dask.distributed API."""
 
 
+def _tls_options(command: Any) -> Any:
+    """``--tls-ca-file``, ``--tls-cert``, ``--tls-key`` and ``--require-encryption``,
+    shared by the server commands."""
+    command = click.option(
+        "--require-encryption/--no-require-encryption",
+        default=None,
+        show_default="the comm.require-encryption configuration: false",
+        help="Refuse plain tcp:// listeners and connections.",
+    )(command)
+    for flag, what in (
+        ("--tls-key", "This server's private key (PEM), if not in the --tls-cert file."),
+        ("--tls-cert", "This server's certificate (PEM), signed by the --tls-ca-file CA."),
+        ("--tls-ca-file", "The cluster's CA certificate (PEM): peers must hold one it signed."),
+    ):
+        command = click.option(
+            flag,
+            type=click.Path(exists=True, dir_okay=False),
+            default=None,
+            show_default="the comm.tls configuration: none",
+            help=what,
+        )(command)
+    return command
+
+
+def _security(
+    role: str, ca: str | None, cert: str | None, key: str | None, require: bool | None
+) -> Security | None:
+    """The ``Security`` of the TLS options (None when none is given: the configuration's
+    then applies); a bad combination is a usage error."""
+    if ca is None and cert is None and key is None and require is None:
+        return None
+    try:
+        return Security(
+            tls_ca_file=ca,
+            require_encryption=require,
+            **{f"tls_{role}_cert": cert, f"tls_{role}_key": key},
+        )
+    except (ValueError, OSError) as e:
+        raise click.BadParameter(str(e), param_hint="--tls-*") from None
+
+
 def _preload_options(command: Any) -> Any:
     """``--preload``, ``--preload-argv`` and ``--log-format``, shared by the server
     commands."""
@@ -87,6 +129,7 @@ def _preload_options(command: Any) -> Any:
 
 @main.command()
 @_preload_options
+@_tls_options
 @plugin_option("SchedulerPlugin")
 @click.option(
     "--host",
@@ -104,8 +147,8 @@ def _preload_options(command: Any) -> Any:
 @click.option(
     "--protocol",
     default=None,
-    show_default="tcp",
-    help="Transport: tcp (inproc is for in-process clusters only).",
+    show_default="tls with TLS credentials, else tcp",
+    help="Transport: tcp or tls (inproc is for in-process clusters only).",
 )
 @click.option(
     "--scheduler-file",
@@ -148,10 +191,15 @@ def scheduler(
     preload: tuple[str, ...],
     preload_argv: tuple[str, ...],
     log_format: str | None,
+    tls_ca_file: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+    require_encryption: bool | None,
     plugins: tuple[str, ...],
 ) -> None:
     """Start a scheduler and serve until SIGINT or SIGTERM."""
     _configure_logging(log_format)
+    security = _security("scheduler", tls_ca_file, tls_cert, tls_key, require_encryption)
     try:
         idle = config.parse_duration(idle_timeout)
     except ValueError as e:
@@ -164,7 +212,8 @@ def scheduler(
                 host=host,
                 port=port,
                 interface=interface,
-                protocol=protocol or "tcp",
+                protocol=protocol,
+                security=security,
                 scheduler_file=scheduler_file,
                 idle_timeout=idle,
                 allow_remote_code=allow_remote_code,
@@ -181,6 +230,7 @@ def scheduler(
 
 @main.command()
 @_preload_options
+@_tls_options
 @plugin_option("WorkerPlugin (in each worker) or NannyPlugin (in each nanny)")
 @click.argument("address", required=False)
 @click.option(
@@ -206,7 +256,7 @@ def scheduler(
     "--protocol",
     default=None,
     show_default="the scheduler address's",
-    help="Transport: tcp (inproc is for in-process clusters only).",
+    help="Transport: tcp or tls (inproc is for in-process clusters only).",
 )
 @click.option(
     "--nthreads",
@@ -261,6 +311,13 @@ def scheduler(
 )
 @click.option("--nanny-address", default=None, hidden=True, help="Set by the nanny.")
 @click.option("--running-file", default=None, hidden=True, help="Set by the nanny.")
+@click.option(
+    "--security-fd",
+    type=int,
+    default=None,
+    hidden=True,
+    help="Set by a nanny or LocalCluster: a descriptor holding the TLS settings.",
+)
 def worker(
     address: str | None,
     scheduler_file: str | None,
@@ -280,11 +337,26 @@ def worker(
     preload: tuple[str, ...],
     preload_argv: tuple[str, ...],
     log_format: str | None,
+    tls_ca_file: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+    require_encryption: bool | None,
+    security_fd: int | None,
     plugins: tuple[str, ...],
 ) -> None:
     """Start NWORKERS workers connected to the scheduler at ADDRESS (each under a
     nanny unless --no-nanny)."""
     _configure_logging(log_format)
+    security = _security("worker", tls_ca_file, tls_cert, tls_key, require_encryption)
+    if security_fd is not None:
+        if security is not None:
+            raise click.BadParameter(
+                "give the TLS options or --security-fd, not both", param_hint="--security-fd"
+            )
+        try:
+            security = Security.from_fd(security_fd)
+        except (OSError, ValueError) as e:
+            raise click.BadParameter(str(e), param_hint="--security-fd") from None
     if (address is None) == (scheduler_file is None):
         raise click.ClickException(
             "give the scheduler's ADDRESS or --scheduler-file (exactly one of them)"
@@ -326,6 +398,7 @@ def worker(
         "interface": interface,
         "protocol": protocol,
         "local_directory": local_directory,
+        "security": security,
     }
     if nanny:  # the nanny passes --resources, preloads and worker plugins on; each worker
         # process loads them

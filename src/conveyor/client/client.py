@@ -43,6 +43,7 @@ from conveyor.client.secession import seceding_if_in_task
 from conveyor.client.structure import collect_futures, substitute
 from conveyor.client.task_stream import TaskStreamMixin
 from conveyor.comm import connect
+from conveyor.comm.security import Security, client_security
 from conveyor.deploy.local import LocalCluster
 from conveyor.protocol import unpickle_bytes
 from conveyor.rpc import Msg, Peer, PeerPool, read_scheduler_file, serve_peer
@@ -94,6 +95,7 @@ class Client(
         asynchronous: bool = False,
         name: str | None = None,
         direct_to_workers: bool | None = None,
+        security: Security | bool | None = None,
         **cluster_kwargs: Any,
     ) -> None:
         self.id = f"Client-{name + '-' if name else ''}{uuid.uuid4()}"
@@ -114,9 +116,13 @@ class Client(
         if address is not None and not isinstance(address, str):
             self.cluster = address
         elif address is None and scheduler_file is None:
-            self._cluster_kwargs = cluster_kwargs
+            # the LocalCluster made on start (security=True there: temporary credentials)
+            self._cluster_kwargs = {**cluster_kwargs, "security": security}
+            security = None  # the cluster's, once it is made
         elif cluster_kwargs:
             raise TypeError(f"unexpected keyword arguments {sorted(cluster_kwargs)}")
+        #: TLS credentials and policy: given, the cluster's, or ``conveyor.comm.tls.*``
+        self.security: Security = client_security(self.cluster, security)
         self._address = address if isinstance(address, str) else None
         self.futures: dict[Any, FutureState] = {}
         #: keys of actor futures, with their classes: their results are Actor handles
@@ -165,6 +171,7 @@ class Client(
         if self._cluster_kwargs is not None:
             self.cluster = await LocalCluster(asynchronous=True, **self._cluster_kwargs)
             self._own_cluster = True
+            self.security = self.cluster.security
         if self.cluster is not None:
             address = self.cluster.scheduler_address
         elif self.scheduler_file is not None:
@@ -172,14 +179,24 @@ class Client(
         else:
             address = self._address
         try:
-            comm = await connect(address, self._timeout, role="client")
+            comm = await connect(
+                address,
+                self._timeout,
+                role="client",
+                **self.security.get_connection_args("client"),
+            )
         except OSError as e:
             await self._close_cluster()
             raise OSError(f"Could not connect to the scheduler at {address}: {e}") from e
         self.scheduler = Peer(comm, self.loop)
         self.scheduler.on_unsendable = self._on_unsendable
         self._serve_task = self.loop.create_task(self._serve(self.scheduler))
-        self.pool = PeerPool("client", {}, self._timeout)
+        self.pool = PeerPool(
+            "client",
+            {},
+            self._timeout,
+            connection_args=self.security.get_connection_args("client"),
+        )
         reply = await self.scheduler.request({"op": "register-client", "client": self.id})
         self._scheduler_dashboard = reply.get("dashboard") if isinstance(reply, dict) else None
         self.status = "running"
@@ -213,7 +230,12 @@ class Client(
         delay = _FIRST_RECONNECT_DELAY
         while self.status == "connecting":
             try:
-                comm = await connect(address, min(self._timeout, 2.0), role="client")
+                comm = await connect(
+                    address,
+                    min(self._timeout, 2.0),
+                    role="client",
+                    **self.security.get_connection_args("client"),
+                )
             except OSError:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _MAX_RECONNECT_DELAY)

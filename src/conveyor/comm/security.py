@@ -12,6 +12,7 @@ after loading, and no key material is ever written to a disk.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import ssl
 import tempfile
@@ -20,7 +21,7 @@ from typing import Any
 
 from conveyor import config
 
-__all__ = ["ROLES", "Security"]
+__all__ = ["ROLES", "Security", "as_security", "client_security", "default_protocol"]
 
 #: roles that ask for connection or listen arguments, and whose credentials they use
 ROLES = {"scheduler": "scheduler", "worker": "worker", "nanny": "worker", "client": "client"}
@@ -305,6 +306,34 @@ class Security:
             "require_encryption": self.require_encryption,
         }
 
+    def to_fd(self) -> int:
+        """An inheritable file descriptor of an anonymous in-memory file holding these
+        settings (PEM text included), for a process this one starts (``conveyor worker
+        --security-fd N``, read by :meth:`from_fd`). The caller closes its copy once the
+        child started. Needs Linux (``memfd_create``): key material never touches a
+        disk, nor a command line or environment a task could read from ``ps``."""
+        memfd_create = getattr(os, "memfd_create", None)
+        if memfd_create is None:
+            raise NotImplementedError(
+                "passing TLS credentials to a worker process needs os.memfd_create (Linux)"
+            )
+        settings = dict(self._settings())
+        settings["tls_min_version"] = "1.3" if self.tls_min_version.name == "TLSv1_3" else "1.2"
+        fd: int = memfd_create("conveyor-security", 0)
+        os.write(fd, json.dumps(settings).encode())
+        os.lseek(fd, 0, os.SEEK_SET)
+        return fd
+
+    @classmethod
+    def from_fd(cls, fd: int) -> Security:
+        """The ``Security`` a parent process passed with :meth:`to_fd` (the descriptor
+        is read, then closed)."""
+        with os.fdopen(fd, "rb") as f:
+            settings = json.loads(f.read())
+        if not isinstance(settings, dict):
+            raise ValueError("the security descriptor holds no settings")
+        return _restore(settings)
+
     def _settings(self) -> dict[str, Any]:
         names = ["require_encryption", "tls_ca_file", "tls_ciphers", "tls_min_version"]
         names += [f"tls_{role}_{part}" for role in _CREDENTIAL_ROLES for part in ("cert", "key")]
@@ -329,3 +358,34 @@ def _restore(settings: dict[str, Any]) -> Security:
     security = Security.__new__(Security)
     security._setup(settings)
     return security
+
+
+def as_security(value: object, what: str) -> Security:
+    """``security=`` of ``what``: a :class:`Security` is used as given; ``None`` or
+    ``False`` mean the configuration's (``conveyor.comm.tls.*``: no TLS unless it names
+    credentials). Anything else is refused: ``True`` (fresh temporary credentials) is
+    for ``LocalCluster``, which starts every process that must share them."""
+    if value is None or value is False:
+        return Security()
+    if isinstance(value, Security):
+        return value
+    if value is True:
+        raise TypeError(
+            f"{what}(security=True) would make credentials no other process has: pass a "
+            "Security (LocalCluster(security=True) makes and shares temporary ones)"
+        )
+    raise TypeError(f"{what}(security=...) takes a conveyor.Security, not {value!r}")
+
+
+def default_protocol(security: Security, role: str) -> str:
+    """``"tls"`` when ``security`` holds credentials for ``role``, else ``"tcp"``."""
+    has_credentials = security.get_listen_args(role)["ssl_context"] is not None
+    return "tls" if has_credentials else "tcp"
+
+
+def client_security(cluster: object | None, security: object) -> Security:
+    """A client's ``security=``: as given, else its cluster object's, else the
+    configuration's."""
+    if security is None and cluster is not None:
+        security = getattr(cluster, "security", None)
+    return as_security(security, "Client")

@@ -33,6 +33,7 @@ import dask.config
 from dask.utils import format_bytes
 
 from conveyor import config
+from conveyor.comm.security import Security, as_security
 from conveyor.deploy.reprs import cluster_html, link, rows_from_state
 from conveyor.rpc.loop import LoopRunner
 from conveyor.server.nanny import Nanny
@@ -137,6 +138,7 @@ class LocalCluster:
         protocol: str | None = None,
         timeout: float | str | None = None,
         worker_class: type | None = None,
+        security: Security | bool | None = None,
         **kwargs: Any,
     ) -> None:
         self.processes = processes
@@ -145,6 +147,13 @@ class LocalCluster:
             n_workers, threads_per_worker, processes
         )
         self.memory_limit = config.memory_limit(memory_limit, 1 / max(1, self.n_workers))
+        #: the cluster's TLS credentials and policy: ``security=True`` makes temporary
+        #: ones (in memory only) that every process of the cluster shares
+        self.security = (
+            Security.temporary() if security is True else as_security(security, "LocalCluster")
+        )
+        if protocol is None and security not in (None, False):
+            protocol = "tls"  # credentials given for this cluster: use them
         self.protocol, self.host = _protocol_and_host(protocol, host, processes, scheduler_port)
         self.name = name
         self.asynchronous = asynchronous
@@ -291,6 +300,7 @@ class LocalCluster:
                 host=self.host,
                 port=self._scheduler_port,
                 protocol=self.protocol,
+                security=self.security,
                 **self._scheduler_kwargs,
             )
             await self.scheduler.start()
@@ -356,6 +366,7 @@ class LocalCluster:
             "host": self.host,
             "protocol": self.protocol,
             "local_directory": self._directory(),
+            "security": self.security,
             **self._worker_kwargs,
         }
         return Worker(self.scheduler_address, **kwargs)
@@ -392,7 +403,15 @@ class LocalCluster:
             **os.environ,
             "DASK_INTERNAL_INHERIT_CONFIG": dask.config.serialize(_worker_process_config()),
         }
-        proc = WorkerProcess(name, args, log_path, env)
+        # the TLS settings travel through a descriptor of an in-memory file, never argv
+        fd = self.security.to_fd() if self.protocol == "tls" else None
+        if fd is not None:
+            args += ["--security-fd", str(fd)]
+        try:
+            proc = WorkerProcess(name, args, log_path, env, pass_fds=() if fd is None else (fd,))
+        finally:
+            if fd is not None:
+                os.close(fd)
         self._resources.processes[name] = proc
         return proc
 

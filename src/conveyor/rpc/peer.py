@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from conveyor.comm import Comm, CommClosedError, connect
@@ -383,11 +383,14 @@ class PeerPool:
         timeout: float,
         *,
         retry_refused: bool = True,
+        connection_args: Mapping[str, Any] | None = None,
     ) -> None:
         self.role = role
         self.handlers = handlers
         self.timeout = timeout
         self.retry_refused = retry_refused
+        #: transport options for every connection (``Security.get_connection_args``)
+        self.connection_args = dict(connection_args or {})
         self._peers: dict[str, Peer] = {}
         self._connecting: dict[str, asyncio.Future[Peer]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -405,7 +408,11 @@ class PeerPool:
         self._connecting[address] = fut
         try:
             comm = await connect(
-                address, self.timeout, role=self.role, retry_refused=self.retry_refused
+                address,
+                self.timeout,
+                role=self.role,
+                retry_refused=self.retry_refused,
+                **self.connection_args,
             )
             peer = Peer(comm, loop)
             self._peers[address] = peer

@@ -43,6 +43,7 @@ import psutil
 
 from conveyor import config
 from conveyor.comm import Listener, get_address_host, listen
+from conveyor.comm.security import Security, as_security, default_protocol
 from conveyor.protocol import unpickle_bytes
 from conveyor.rpc import Handler, Msg, Peer, PeerPool, serve_peer
 from conveyor.rpc.schedfile import read_scheduler_file
@@ -108,9 +109,13 @@ class Nanny(Server):
         worker_args: list[str] | None = None,
         env: dict[str, str] | None = None,
         plugins: Iterable[NannyPlugin] = (),
+        security: Security | None = None,
     ) -> None:
         if (scheduler_address is None) == (scheduler_file is None):
             raise ValueError("Nanny needs a scheduler address or a scheduler_file (one)")
+        #: TLS credentials and policy, the worker's too (``conveyor.comm.tls.*`` when
+        #: not given); the worker process gets them through an inherited descriptor
+        self.security = as_security(security, "Nanny")
         #: plugins given here, set up at start (before the worker process starts)
         self._initial_plugins = list(plugins)
         for plugin in self._initial_plugins:
@@ -120,8 +125,12 @@ class Nanny(Server):
         self.scheduler_file = scheduler_file
         self.name = name
         self.memory_limit = int(memory_limit or 0)
-        if protocol is None:
-            protocol = scheduler_address.split("://")[0] if scheduler_address else "tcp"
+        if protocol is None:  # the scheduler's, or TLS when there are credentials for it
+            protocol = (
+                scheduler_address.split("://")[0]
+                if scheduler_address and "://" in scheduler_address
+                else default_protocol(self.security, "nanny")
+            )
         if host is None and scheduler_address:
             host = get_address_host(scheduler_address)
         self._listen_at = listen_address(protocol, host, port, interface)
@@ -161,7 +170,12 @@ class Nanny(Server):
         self._plugins = PluginHost(self, "nanny")
         process_logs()  # its log lines, for Client.get_worker_logs(nanny=True)
         #: the connection to the scheduler, for reports on the worker's end
-        self._pool = PeerPool("nanny", {}, _PROBE_TIMEOUT)
+        self._pool = PeerPool(
+            "nanny",
+            {},
+            _PROBE_TIMEOUT,
+            connection_args=self.security.get_connection_args("nanny"),
+        )
         self._plugin_bytes: dict[str, bytes] = {}
         self._handlers: dict[str, Handler] = {
             "worker-up": self._worker_up,
@@ -191,7 +205,12 @@ class Nanny(Server):
         if self.status == "running":
             return self
         self._restart_lock = asyncio.Lock()
-        self._listener = listen(self._listen_at, self._handle_comm, role="nanny")
+        self._listener = listen(
+            self._listen_at,
+            self._handle_comm,
+            role="nanny",
+            **self.security.get_listen_args("nanny"),
+        )
         await self._listener.start()
         self.address = self._listener.contact_address
         self.status = "running"
@@ -229,7 +248,7 @@ class Nanny(Server):
 
     # ---------------------------------------------------------- the worker
 
-    def _worker_command(self) -> list[str]:
+    def _worker_command(self, security_fd: int | None) -> list[str]:
         target = (
             [self.scheduler_address]
             if self.scheduler_address is not None
@@ -246,8 +265,17 @@ class Nanny(Server):
             self.address,
             "--running-file",
             self._running_path,
+            *([] if security_fd is None else ["--security-fd", str(security_fd)]),
             *self._worker_options,
         ]
+
+    def _security_in_use(self) -> bool:
+        """Whether the worker needs this nanny's TLS settings (credentials, or a policy
+        that differs from the configuration's)."""
+        return (
+            self.security.get_listen_args("worker")["ssl_context"] is not None
+            or self.security.require_encryption
+        )
 
     async def _start_worker(self) -> None:
         """Start a worker process and wait for it to come up (or fail clearly)."""
@@ -255,8 +283,21 @@ class Nanny(Server):
         self._up = loop.create_future()
         self.worker_address = None
         self._kill_cause = None
-        # same process group as the nanny: whoever ends the nanny's group ends both
-        proc = WorkerProcess(str(self.name), self._worker_command(), None, self._env, False)
+        # the worker gets the TLS settings through a descriptor of an in-memory file
+        fd = self.security.to_fd() if self._security_in_use() else None
+        try:
+            # same process group as the nanny: whoever ends the nanny's group ends both
+            proc = WorkerProcess(
+                str(self.name),
+                self._worker_command(fd),
+                None,
+                self._env,
+                False,
+                pass_fds=() if fd is None else (fd,),
+            )
+        finally:
+            if fd is not None:
+                os.close(fd)
         self.process = proc
         exited: asyncio.Future[Any] = asyncio.ensure_future(proc.wait(None))
         up: asyncio.Future[Any] = self._up

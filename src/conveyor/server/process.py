@@ -25,7 +25,8 @@ STDERR_TAIL_LINES = 20
 
 class WorkerProcess:
     """A ``conveyor worker`` subprocess: in its own process group unless ``own_group`` is
-    False, its output in ``log_path`` or, if None, where this process writes."""
+    False, its output in ``log_path`` or, if None, where this process writes;
+    ``pass_fds`` are inherited (the TLS settings of ``Security.to_fd``)."""
 
     def __init__(
         self,
@@ -34,19 +35,24 @@ class WorkerProcess:
         log_path: Path | None,
         env: dict[str, str] | None = None,
         own_group: bool = True,
+        pass_fds: tuple[int, ...] = (),
     ) -> None:
         self.name = name
         self.log_path = log_path
         self._own_group = own_group
         if log_path is None:  # output goes where this process's goes
-            self.popen = self._start(args, env, own_group, None)
+            self.popen = self._start(args, env, own_group, None, pass_fds)
         else:
             with log_path.open("wb") as log:
-                self.popen = self._start(args, env, own_group, log)
+                self.popen = self._start(args, env, own_group, log, pass_fds)
 
     @staticmethod
     def _start(
-        args: list[str], env: dict[str, str] | None, own_group: bool, log: Any
+        args: list[str],
+        env: dict[str, str] | None,
+        own_group: bool,
+        log: Any,
+        pass_fds: tuple[int, ...],
     ) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
             args,
@@ -55,6 +61,7 @@ class WorkerProcess:
             stderr=subprocess.STDOUT if log is not None else None,
             env=env,
             process_group=0 if own_group else None,
+            pass_fds=pass_fds,
         )
 
     @property

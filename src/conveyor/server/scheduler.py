@@ -17,6 +17,7 @@ from typing import Any
 
 from conveyor import config
 from conveyor.comm import Listener, get_ip_interface, listen, unparse_host_port
+from conveyor.comm.security import Security, as_security, default_protocol
 from conveyor.core import events as se
 from conveyor.core.control import OPERATOR_FINISHES
 from conveyor.core.housekeeping import TaskDurations
@@ -58,14 +59,9 @@ logger = logging.getLogger("conveyor.scheduler")
 FIRE_AND_FORGET = "fire-and-forget"
 
 
-def _refuse_unsupported(security: Any, jupyter: bool) -> None:
-    """distributed's keywords whose features conveyor does not have yet: their default
-    (off) is accepted, anything else is refused with what is missing."""
-    if security not in (None, False):
-        raise NotImplementedError(
-            "security=: conveyor has no TLS yet (only plain tcp:// and inproc://); pass "
-            "security=None"
-        )
+def _refuse_unsupported(jupyter: bool) -> None:
+    """distributed's keywords whose features conveyor does not have: their default (off)
+    is accepted, anything else is refused with what is missing."""
     if jupyter:
         raise NotImplementedError("jupyter=True: conveyor serves no Jupyter server")
 
@@ -100,7 +96,7 @@ class Scheduler(Server):
         host: str | None = None,
         port: int | None = 0,
         interface: str | None = None,
-        protocol: str = "tcp",
+        protocol: str | None = None,
         scheduler_file: str | None = None,
         validate: bool | None = None,
         allowed_failures: int | None = None,
@@ -118,12 +114,16 @@ class Scheduler(Server):
         loop: asyncio.AbstractEventLoop | None = None,
         services: Mapping[Any, Any] | None = None,
         service_kwargs: Mapping[Any, Any] | None = None,
-        security: Any = None,
+        security: Security | None = None,
         jupyter: bool = False,
         delete_interval: float | str | None = None,
         synchronize_worker_interval: float | str | None = None,
     ) -> None:
-        _refuse_unsupported(security, jupyter)
+        _refuse_unsupported(jupyter)
+        #: TLS credentials and policy (``conveyor.comm.tls.*`` when not given)
+        self.security = as_security(security, "Scheduler")
+        if protocol is None:  # TLS when there are credentials for it
+            protocol = default_protocol(self.security, "scheduler")
         #: extra services started with the scheduler (see conveyor.server.services)
         self._service_specs = parse_services(services, service_kwargs)
         #: how often empty task prefixes are forgotten, and workers' memory reconciled
@@ -393,6 +393,7 @@ class Scheduler(Server):
             self._handle_comm,
             role="scheduler",
             handshake_timeout=handshake_timeout,
+            **self.security.get_listen_args("scheduler"),
         )
         await self._listener.start()
         self.address = self._listener.contact_address

@@ -18,6 +18,7 @@ from typing import Any
 
 from conveyor import config
 from conveyor.comm import Listener, connect, get_address_host, listen
+from conveyor.comm.security import Security, as_security, default_protocol
 from conveyor.core import worker_events as we
 from conveyor.core.types import Key
 from conveyor.core.worker import WorkerState
@@ -90,9 +91,12 @@ class Worker(Server):
         preload: str | Sequence[str] | None = None,
         preload_argv: Sequence[Any] | None = None,
         plugins: Iterable[WorkerPlugin] = (),
+        security: Security | None = None,
     ) -> None:
         if scheduler_address is None and scheduler_file is None:
             raise ValueError("Worker needs a scheduler address or a scheduler_file")
+        #: TLS credentials and policy (``conveyor.comm.tls.*`` when not given)
+        self.security = as_security(security, "Worker")
         #: plugins given here, set up at start (before the worker registers)
         self._initial_plugins = list(plugins)
         for plugin in self._initial_plugins:
@@ -119,9 +123,11 @@ class Worker(Server):
         self.name = name
         self.memory_limit = config.memory_limit(memory_limit) or 0
         self.local_directory = local_directory
-        if protocol is None:
+        if protocol is None:  # the scheduler's, or TLS when there are credentials for it
             protocol = (
-                (scheduler_address or "tcp://").split("://")[0] if scheduler_address else "tcp"
+                scheduler_address.split("://")[0]
+                if scheduler_address and "://" in scheduler_address
+                else default_protocol(self.security, "worker")
             )
         if host is None and protocol != "inproc" and scheduler_address:
             host = get_address_host(scheduler_address)
@@ -169,6 +175,7 @@ class Worker(Server):
             {},
             config.parse_duration(config.get("comm.timeouts.connect")) or 30.0,
             retry_refused=False,
+            connection_args=self.security.get_connection_args("worker"),
         )
         #: seconds a peer may take to answer a request (plus time for the bytes to
         #: arrive at SLOWEST_TRANSFER), after which it is taken for stuck
@@ -221,6 +228,7 @@ class Worker(Server):
             self._listen_at,
             self._handle_comm,
             role="worker",
+            **self.security.get_listen_args("worker"),
         )
         await self._listener.start()
         self.address = self._listener.contact_address
@@ -269,7 +277,12 @@ class Worker(Server):
         return self
 
     async def _register(self, timeout: float) -> None:
-        comm = await connect(self.scheduler_address, timeout, role="worker")
+        comm = await connect(
+            self.scheduler_address,
+            timeout,
+            role="worker",
+            **self.security.get_connection_args("worker"),
+        )
         self.scheduler = Peer(comm, asyncio.get_running_loop())
         self._spawn(self._serve_scheduler(self.scheduler))
         await self.scheduler.request(
@@ -288,7 +301,9 @@ class Worker(Server):
 
     async def _report_to_nanny(self, address: str, timeout: float) -> None:
         """Tell the nanny this worker is up, and close when the nanny goes away."""
-        comm = await connect(address, timeout, role="worker")
+        comm = await connect(
+            address, timeout, role="worker", **self.security.get_connection_args("worker")
+        )
         peer = Peer(comm, asyncio.get_running_loop())
         peer.send({"op": "worker-up", "address": self.address, "pid": os.getpid()})
 

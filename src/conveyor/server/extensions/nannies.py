@@ -38,7 +38,12 @@ class NannyExtension(SchedulerPlugin):
         #: nanny plugins by name, as the ``plugin-add`` message that installs them
         self.plugins: dict[str, Msg] = {}
         timeout = config.parse_duration(config.get("comm.timeouts.connect")) or 30.0
-        self.pool = PeerPool("scheduler", {}, timeout)
+        self.pool = PeerPool(
+            "scheduler",
+            {},
+            timeout,
+            connection_args=scheduler.security.get_connection_args("scheduler"),
+        )
         self._installing: set[asyncio.Future[None]] = set()
         scheduler.handlers.update(
             {
