@@ -273,6 +273,8 @@ def test_dashboard_page_renders_known_numbers_and_disconnection() -> None:
             queries = api["stream_queries"]
             assert len(queries) >= 2
             assert {q["limit"] for q in queries} == {"10000"}
+            # and asked the scheduler to merge runs closer than a pixel of the stream
+            assert all(1 <= float(q["merge_ms"]) <= 1000 for q in queries)
             assert [q["since"] for q in queries] == [str(i) for i in range(len(queries))]
             # the 503s themselves are logged by the browser as failed loads, not JS errors
             assert [e for e in browser.errors if "503" not in e] == []

@@ -212,6 +212,22 @@ def test_task_stream_limit_and_compact_form() -> None:
         async with http.get(s.dashboard_link + "api/v1/snapshot?since=y") as r:
             assert r.status == 400
 
+        # merged: runs of a prefix on a worker closer than merge_ms travel as one span
+        merged = await get_json(http, stream + "?format=compact&merge_ms=100000")
+        spans = merged["tasks"]
+        assert sum(spans["count"]) == 30 and spans["erred"] == []
+        assert len(spans["prefix"]) == len({w.address for w in workers}) == 2
+        for j, w in enumerate(spans["worker"]):  # each span covers its worker's runs
+            mine = [r for r in runs if r["worker"] == merged["workers"][w]]
+            assert spans["count"][j] == len(mine)
+            begin = merged["t0"] + spans["start"][j] / 1000
+            assert abs(begin - min(r["start"] for r in mine)) <= 0.0005 + 1e-9
+        separate = await get_json(http, stream + "?format=compact&merge_ms=0")
+        assert sum(separate["tasks"]["count"]) == 30
+        for bad in ("-1", "x", "nan"):
+            async with http.get(stream + "?format=compact&merge_ms=" + bad) as r:
+                assert r.status == 400
+
     run(body)
 
 

@@ -141,18 +141,24 @@
   }
   // the task stream in its compact form: no keys, the runs as columns (prefix and
   // worker indices, start ms after t0, duration ms); at most STREAM_LIMIT runs a poll
+  // the time one pixel of the task stream spans, in seconds
+  function pixelSeconds() {
+    return WINDOW_S / Math.max(200, $("task-stream").clientWidth || 800);
+  }
   function onStream(data) {
     if (typeof data.next === "number") state.cursor = data.next;
     const tasks = data.tasks || {};
     const ps = tasks.prefix || [], ws = tasks.worker || [];
     const starts = tasks.start || [], durations = tasks.duration || [];
     const erred = new Set(tasks.erred || []);  // indices of the runs that raised
+    const counts = tasks.count || null;  // runs per span, when the scheduler merged them
     const prefixes = data.prefixes || [];
     const workers = data.workers || [];
     const t0 = Number(data.t0) || 0;
     const nowBrowser = Date.now() / 1000;
-    const gap = WINDOW_S / Math.max(200, $("task-stream").clientWidth || 800);
+    const gap = pixelSeconds();
     for (let j = 0; j < ps.length; j++) {
+      const n = counts ? counts[j] : 1;
       const prefix = prefixes[ps[j]];
       const worker = workers[ws[j]];
       const start = t0 + starts[j] / 1000;
@@ -164,9 +170,9 @@
           start <= prev.stop + gap && stop >= prev.start - gap) {
         if (stop > prev.stop) prev.stop = stop;
         if (start < prev.start) prev.start = start;
-        prev.n += 1;
+        prev.n += n;
       } else {
-        const rect = { prefix: prefix, worker: worker, start: start, stop: stop, n: 1, erred: failed };
+        const rect = { prefix: prefix, worker: worker, start: start, stop: stop, n: n, erred: failed };
         state.stream.push(rect);
         state.lastRect.set(worker, rect);
       }
@@ -183,7 +189,9 @@
   function start() {
     // one request a second for everything: a request costs the browser (and the
     // scheduler) more than its bytes, so the page asks for one snapshot, not four parts
-    const url = () => "api/v1/snapshot?limit=" + STREAM_LIMIT + "&since=" + state.cursor;
+    // the scheduler merges runs closer than a pixel: the answer is what can be drawn
+    const url = () => "api/v1/snapshot?limit=" + STREAM_LIMIT + "&since=" + state.cursor +
+      "&merge_ms=" + Math.max(1, Math.round(pixelSeconds() * 1000));
     poll("snapshot", url, (data) => {
       const a = onStatus(data.status);
       const b = onWorkers(data.workers);
