@@ -23,8 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from dask.utils import format_bytes, format_time
 
-from conveyor.client.current import default_client
-from conveyor.client.task_stream import TaskStreamRecords, _cursor, _task_stream
+from conveyor.client.task_stream import TaskStreamRecords, get_task_stream
 from conveyor.rpc.versions import versions
 
 if TYPE_CHECKING:
@@ -44,21 +43,8 @@ svg text{font-size:11px;font-family:sans-serif}
 """
 
 
-class _Snapshot:
-    """What the report needs from the scheduler at its start: the stream's cursor."""
-
-    def __init__(self, cursor: int) -> None:
-        self.cursor = cursor
-
-
-async def _snapshot(client: ClientShape) -> _Snapshot:
-    return _Snapshot(await _cursor(client))
-
-
-async def _collect(client: ClientShape, since: int) -> tuple[TaskStreamRecords, Any]:
-    records = await _task_stream(client, since, None, None, None)
-    info = await client._request({"op": "scheduler-info"})
-    return records, info
+async def _scheduler_info(client: ClientShape) -> Any:
+    return await client._request({"op": "scheduler-info"})
 
 
 class performance_report:
@@ -78,31 +64,24 @@ class performance_report:
         title: str = "conveyor performance report",
     ) -> None:
         self.filename = Path(filename)
-        self.client = client
         self.title = title
-        #: the task-stream records of the block (filled on exit)
-        self.records: TaskStreamRecords = TaskStreamRecords()
-        self._start: _Snapshot | None = None
+        #: the block's task stream (the report's timeline and table)
+        self._stream = get_task_stream(client)
         self._t0 = 0.0
+
+    @property
+    def records(self) -> TaskStreamRecords:
+        """The task-stream records of the block (filled on exit)."""
+        return self._stream.data
 
     @property
     def dropped(self) -> int:
         """Runs of the block that were no longer kept when the report was written."""
-        return self.records.dropped
-
-    def _client(self) -> Client:
-        if self.client is None:
-            self.client = default_client()
-        return self.client
+        return self._stream.dropped
 
     def __enter__(self) -> performance_report:
-        c = self._client()
-        if c.asynchronous:
-            raise RuntimeError(
-                "use `async with performance_report(...)` with an asynchronous client"
-            )
         self._t0 = time.time()
-        self._start = c.sync(_snapshot, c)
+        self._stream.__enter__()
         return self
 
     def __exit__(
@@ -111,13 +90,13 @@ class performance_report:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        c = self._client()
-        assert self._start is not None
-        self._write(time.time(), *c.sync(_collect, c, self._start.cursor))
+        self._stream.__exit__(exc_type, exc, tb)
+        c = self._stream._client()
+        self._write(time.time(), self._stream.data, c.sync(_scheduler_info, c))
 
     async def __aenter__(self) -> performance_report:
         self._t0 = time.time()
-        self._start = await _snapshot(self._client())
+        await self._stream.__aenter__()
         return self
 
     async def __aexit__(
@@ -126,12 +105,11 @@ class performance_report:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        assert self._start is not None
-        self._write(time.time(), *await _collect(self._client(), self._start.cursor))
+        await self._stream.__aexit__(exc_type, exc, tb)
+        info = await _scheduler_info(self._stream._client())
+        self._write(time.time(), self._stream.data, info)
 
     def _write(self, t1: float, records: TaskStreamRecords, info: Any) -> None:
-        assert self._start is not None
-        self.records = records
         erred = Counter(r["prefix"] for r in records if r["status"] == "error")
         page = render_report(
             title=self.title,
