@@ -58,6 +58,7 @@ def test_defaults_are_registered_with_dask() -> None:
         "max-frame-size": "1GiB",
         "max-message-size": "4GiB",
         "max-outgoing-buffer": "512MiB",
+        "max-connections": 10000,
         "require-encryption": False,
         "tls": {
             "ca-file": None,

@@ -362,3 +362,43 @@ def test_writer_waits_for_a_slow_reader(run: Runner) -> None:
         assert received == [chunk.nbytes] * 20
 
     run(main())
+
+
+def test_connections_over_the_limit_are_closed_with_one_warning(
+    caplog: pytest.LogCaptureFixture, run: Runner
+) -> None:
+    async def main() -> None:
+        release = asyncio.Event()
+
+        async def hold(comm: Comm) -> None:
+            await comm.write({"op": "hello"})
+            await release.wait()
+            comm.abort()
+
+        with dask.config.set({"conveyor.comm.max-connections": 2}):
+            listener = listen(LOCAL, hold)
+        await listener.start()
+        try:
+            held = [await connect(listener.listen_address, 5) for _ in range(2)]
+            for c in held:
+                assert await c.read() == {"op": "hello"}
+            for _ in range(3):  # over the limit: closed at once, one warning for the run
+                with pytest.raises((CommClosedError, OSError)):
+                    extra = await connect(listener.listen_address, 2, retry_refused=False)
+                    await asyncio.wait_for(extra.read(), 2)
+            warnings = [r for r in caplog.records if "max-connections" in r.getMessage()]
+            assert len(warnings) == 1
+            release.set()  # the held ones end: new connections are served again
+            for c in held:
+                with pytest.raises(CommClosedError):
+                    await c.read()
+            await asyncio.sleep(0)
+            again = await connect(listener.listen_address, 5)
+            assert await again.read() == {"op": "hello"}
+            again.abort()
+        finally:
+            release.set()
+            listener.stop()
+
+    with caplog.at_level(logging.WARNING, logger="conveyor.comm"):
+        run(main())

@@ -396,6 +396,11 @@ class TCPListener(Listener):
         self._limits = limits
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Future[None]] = set()
+        #: connections served at once at most (``conveyor.comm.max-connections``); one
+        #: more is closed at once, and the first refusal of a run of them logged
+        limit = config.get("comm.max-connections", None)
+        self.max_connections: int | None = None if limit is None else int(limit)
+        self._refusing = False
 
     async def start(self) -> None:
         if self._server is not None:
@@ -424,6 +429,18 @@ class TCPListener(Listener):
 
     def _accept(self, protocol: _FrameProtocol) -> None:
         comm = TCPComm(protocol, self._limits)
+        if self.max_connections is not None and len(self._tasks) >= self.max_connections:
+            if not self._refusing:
+                self._refusing = True
+                logger.warning(
+                    "%s serves %d connections (conveyor.comm.max-connections): closing "
+                    "new ones until one ends",
+                    self.listen_address,
+                    len(self._tasks),
+                )
+            comm.abort()
+            return
+        self._refusing = False
         task = asyncio.ensure_future(self._handler(comm))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
