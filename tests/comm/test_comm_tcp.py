@@ -126,7 +126,8 @@ def test_http_request_is_rejected_with_one_warning(
         run(main())
     [warning] = warnings_from(caplog)
     assert warning.startswith("Closing connection from tcp://127.0.0.1:")
-    assert "frames, exceeding limit 1000000" in warning
+    # before its handshake a peer is a stranger: it may declare a few small frames only
+    assert "frames, exceeding limit 4" in warning
     assert all(r.exc_info is None for r in caplog.records if r.levelno >= logging.WARNING)
 
 
@@ -402,3 +403,25 @@ def test_connections_over_the_limit_are_closed_with_one_warning(
 
     with caplog.at_level(logging.WARNING, logger="conveyor.comm"):
         run(main())
+
+
+def test_a_stranger_may_not_declare_a_large_frame_but_a_peer_may(
+    caplog: pytest.LogCaptureFixture, run: Runner
+) -> None:
+    async def main() -> None:
+        async with listen(LOCAL, echo) as listener:
+            reader, writer = await asyncio.open_connection(*host_port(listener.listen_address))
+            # no handshake yet: one frame of 100 MB declared, then a few of its bytes
+            writer.write(struct.pack("<IQ", 1, 100_000_000) + b"x" * 10)
+            await asyncio.wait_for(read_until_closed(reader), 5)  # its handshake, then EOF
+            writer.close()
+            # after the handshake the configured limits apply: 5 MB frames travel
+            async with await connect(listener.contact_address, timeout=5) as comm:
+                big = np.arange(5_000_000 // 8, dtype=np.float64)
+                await comm.write(dumps(big))
+                assert np.array_equal(loads(await comm.read()), big)
+
+    with caplog.at_level(logging.WARNING, logger="conveyor.comm"):
+        run(main())
+    [warning] = warnings_from(caplog)
+    assert "exceeds limit 64.00 KiB" in warning, warning

@@ -62,6 +62,11 @@ class Comm(ABC):
         transport without flow control (inproc) never makes them."""
         return None  # no flow control here: never paused
 
+    def handshake_done(self) -> None:
+        """The conveyor handshake succeeded: lift the limits a listening transport keeps
+        for a stranger until then (see ``TCPComm``)."""
+        return None
+
     @property
     @abstractmethod
     def local_address(self) -> str:

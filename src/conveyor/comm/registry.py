@@ -151,7 +151,7 @@ def listen(
     *,
     handshake: bool = True,
     role: str = "unknown",
-    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+    handshake_timeout: float | None = None,
     handshake_extra: dict[str, object] | None = None,
     **kwargs: object,
 ) -> Listener:
@@ -159,9 +159,13 @@ def listen(
 
     Each accepted comm is handshaken (unless ``handshake=False``) and then passed to
     ``handler``. Failed handshakes are logged and closed; a handler that raises is
-    logged and its comm aborted. Other keyword arguments go to the backend (see the
-    module docstring for ``ssl_context`` and ``require_encryption``).
+    logged and its comm aborted. ``handshake_timeout`` defaults to
+    ``conveyor.comm.timeouts.handshake``. Other keyword arguments go to the backend (see
+    the module docstring for ``ssl_context`` and ``require_encryption``).
     """
+    if handshake_timeout is None:
+        configured = config.parse_duration(config.get("comm.timeouts.handshake", None))
+        handshake_timeout = configured or DEFAULT_HANDSHAKE_TIMEOUT
     scheme, loc = parse_address(addr)
     backend = get_backend(scheme)
     kwargs = _transport_options(addr, backend, handshake_timeout, kwargs, "listen on")
@@ -176,6 +180,7 @@ def listen(
             except CommClosedError as e:  # already logged by the transport if it was bad bytes
                 logger.debug("Connection from %s closed during handshake: %s", comm.peer_address, e)
                 return
+        comm.handshake_done()
         await _run_handler(handler, comm)
 
     return backend.listen(loc, serve, **kwargs)

@@ -42,6 +42,12 @@ __all__ = ["TCPBackend", "TCPComm", "TCPListener", "open_comm"]
 
 logger = logging.getLogger("conveyor.comm")
 
+#: what a listener accepts from a peer before the conveyor handshake succeeds: a frame of
+#: at most this many bytes, at most this many frames a message (a handshake is a few
+#: hundred bytes in one frame)
+STRANGER_FRAME_SIZE = 64 * 1024
+STRANGER_FRAMES = 4
+
 #: Pause reading from the socket when this many received bytes wait to be read ...
 _READ_HIGH_WATER = 64 * 1024 * 1024
 #: ... and resume once the reader has brought them down to this.
@@ -321,6 +327,18 @@ class TCPComm(Comm):
         self._protocol = protocol
         self._limits = limits
         self._closing = False
+        if protocol._server_side:
+            # Until the conveyor handshake succeeds the peer is a stranger: a declared
+            # frame is allocated (and paged in) when its header arrives, so a stranger
+            # may declare only what a handshake needs, not a 1 GiB frame per connection.
+            decoder = protocol._decoder
+            decoder.max_frame_size = min(decoder.max_frame_size, STRANGER_FRAME_SIZE)
+            decoder.max_frames = min(decoder.max_frames, STRANGER_FRAMES)
+
+    def handshake_done(self) -> None:
+        decoder = self._protocol._decoder
+        decoder.max_frame_size = self._limits.max_frame_size
+        decoder.max_frames = self._limits.max_frames
 
     @property
     def local_address(self) -> str:

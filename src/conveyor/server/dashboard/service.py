@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from conveyor.comm.addressing import parse_address as parse_comm_address
 from conveyor.comm.addressing import parse_host_port, unparse_host_port
@@ -34,6 +35,19 @@ DEFAULT_HOST = "127.0.0.1"
 
 #: hosts that mean "every interface": a server can bind them, nobody can connect to them
 WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::", "[::]"})
+
+
+class _RequestErrorLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """aiohttp's server log with a malformed request (one it answers with a 4xx) as one
+    warning line instead of an error with a traceback: a bad client is not a bug here.
+    Anything else keeps its traceback."""
+
+    def exception(self, msg: object, *args: object, exc_info: object = True, **kw: object) -> None:
+        if isinstance(exc_info, HttpProcessingError) and 400 <= exc_info.code < 500:
+            reason = str(exc_info.message).strip().splitlines()[:1] or [""]
+            self.warning(f"{msg}: HTTP %d %s", *args, exc_info.code, reason[0][:200])
+            return
+        self.error(msg, *args, exc_info=exc_info, **kw)  # type: ignore[arg-type]
 
 
 def parse_address(address: str) -> tuple[str, int]:
@@ -152,7 +166,12 @@ class Dashboard:
     async def start(self) -> None:
         """Listen (on a free port if the requested one is taken) and start measuring the
         event loop's lag."""
-        runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        runner = web.AppRunner(
+            self.app,
+            access_log=None,
+            handle_signals=False,
+            logger=_RequestErrorLog(logging.getLogger("aiohttp.server")),
+        )
         await runner.setup()
         try:
             try:
