@@ -199,6 +199,7 @@ class Client(
         )
         reply = await self.scheduler.request({"op": "register-client", "client": self.id})
         self._scheduler_dashboard = reply.get("dashboard") if isinstance(reply, dict) else None
+        self._admitted(reply)
         self.status = "running"
         return self
 
@@ -247,14 +248,21 @@ class Client(
                 old.abort()
             self._serve_task = asyncio.ensure_future(self._serve(peer))
             try:
-                await peer.request({"op": "register-client", "client": self.id})
+                reply = await peer.request({"op": "register-client", "client": self.id})
             except Exception as e:
                 logger.info("Registering again with %s failed: %s", address, e)
                 continue
+            self._admitted(reply)
             if self.status == "connecting":
                 self.status = "running"
                 self._lost = None
                 logger.info("Reconnected to the scheduler at %s", address)
+
+    def _admitted(self, reply: Any) -> None:
+        """Show workers and nannies the cluster token the scheduler's reply gave."""
+        token = reply.get("token") if isinstance(reply, dict) else None
+        if self.pool is not None:
+            self.pool.connection_args["handshake_extra"] = {"token": token or ""}
 
     def _check_connected(self) -> None:
         """Raise a clear error if calls cannot reach the scheduler now."""

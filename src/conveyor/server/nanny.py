@@ -31,6 +31,7 @@ import contextlib
 import inspect
 import logging
 import os
+import secrets
 import signal
 import sys
 import tempfile
@@ -47,6 +48,7 @@ from conveyor.comm.security import Security, as_security, default_protocol
 from conveyor.protocol import unpickle_bytes
 from conveyor.rpc import Handler, Msg, Peer, PeerPool, serve_peer
 from conveyor.rpc.schedfile import read_scheduler_file
+from conveyor.server.admission import NANNY_SECRET_ENV, matches, presented, refuse
 from conveyor.server.calls import error_reply
 from conveyor.server.lifecycle import Server
 from conveyor.server.logs import logs_reply, process_logs
@@ -149,6 +151,10 @@ class Nanny(Server):
         ]
         self._worker_options += list(worker_args or [])
         self._env = env
+        #: the secret this nanny's worker process shows it, and the cluster token the
+        #: worker passes on, which the scheduler and clients show (server/admission.py)
+        self._secret = secrets.token_urlsafe(32)
+        self.cluster_token: str | None = None
         self.id = f"Nanny-{uuid.uuid4()}"
         #: where the worker's task threads note what they run (running_file.py)
         self._running_path = os.path.join(
@@ -291,7 +297,12 @@ class Nanny(Server):
                 str(self.name),
                 self._worker_command(fd),
                 None,
-                self._env,
+                # the worker shows this secret when it reports (it takes it out of its
+                # environment at start, before any task could see it)
+                {
+                    **(os.environ if self._env is None else self._env),
+                    NANNY_SECRET_ENV: self._secret,
+                },
                 False,
                 pass_fds=() if fd is None else (fd,),
             )
@@ -430,10 +441,19 @@ class Nanny(Server):
     # -------------------------------------------------------------- requests
 
     async def _handle_comm(self, comm: Any) -> None:
+        token = presented(comm)
+        if not (matches(token, self._secret) or matches(token, self.cluster_token)):
+            refuse(comm, f"Nanny {self.address}")
+            return
         peer = Peer(comm, asyncio.get_running_loop())
         await serve_peer(peer, self._handlers)
 
     def _worker_up(self, peer: Peer, msg: Msg) -> None:
+        if not matches(presented(peer.comm), self._secret):
+            raise PermissionError("worker-up is for this nanny's own worker process")
+        token = msg.get("token")
+        if isinstance(token, str):
+            self.cluster_token = token
         up = self._up
         if up is not None and not up.done():
             self.worker_address = str(msg["address"])

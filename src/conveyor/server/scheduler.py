@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import secrets
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -169,6 +170,9 @@ class Scheduler(Server):
             config.get("scheduler.idle-timeout") if idle_timeout is None else idle_timeout
         )
         self.id = f"Scheduler-{uuid.uuid4()}"
+        #: what workers and nannies ask of a peer before serving it (see
+        #: ``server/admission.py``): given to every worker and client that registers
+        self.cluster_token = secrets.token_urlsafe(32)
         self.state = SchedulerState(
             allowed_failures=allowed_failures,
             validate=self.validate,
@@ -768,7 +772,7 @@ class Scheduler(Server):
             extra={"worker": address, "worker_name": str(name), "nthreads": msg["nthreads"]},
         )
         self._notify("add_worker", address)
-        return {"status": "OK", "address": self.address, "id": self.id}
+        return {"status": "OK", "address": self.address, "id": self.id, "token": self.cluster_token}
 
     def _register_client(self, peer: Peer, msg: Msg) -> dict[str, Any]:
         client_id = str(msg["client"])
@@ -782,4 +786,5 @@ class Scheduler(Server):
             "address": self.address,
             "id": self.id,
             "dashboard": self.dashboard_link,
+            "token": self.cluster_token,
         }

@@ -30,6 +30,7 @@ from conveyor.rpc.data import INLINE_RESULT_BYTES, pack_data, unpack_data
 from conveyor.rpc.sizes import nbytes
 from conveyor.rpc.threads import run_in_thread
 from conveyor.server.actors import ActorHost
+from conveyor.server.admission import NANNY_SECRET_ENV, matches, presented, refuse
 from conveyor.server.execute import Outcome, warm_imports
 from conveyor.server.lifecycle import Server
 from conveyor.server.logs import logs_reply, process_logs
@@ -59,6 +60,8 @@ SLOWEST_TRANSFER = 10_000_000
 #: exit status of a worker process that lost its scheduler or was dropped by it: its
 #: nanny replaces it if the scheduler still answers
 EXIT_REPLACE = 3
+#: seconds a connection waits for the worker's registration (its token) to be done
+ADMISSION_WAIT = 10.0
 
 
 class Worker(Server):
@@ -97,6 +100,11 @@ class Worker(Server):
             raise ValueError("Worker needs a scheduler address or a scheduler_file")
         #: TLS credentials and policy (``conveyor.comm.tls.*`` when not given)
         self.security = as_security(security, "Worker")
+        #: the cluster token peers must show (given by the scheduler at registration),
+        #: and the secret this worker's nanny gave it (server/admission.py)
+        self.cluster_token: str | None = None
+        self._nanny_secret = os.environ.pop(NANNY_SECRET_ENV, None)
+        self._token_known: asyncio.Event | None = None
         #: plugins given here, set up at start (before the worker registers)
         self._initial_plugins = list(plugins)
         for plugin in self._initial_plugins:
@@ -224,6 +232,7 @@ class Worker(Server):
             )
         # ready before the first task: a transfer of an array must not import numpy
         await run_in_thread(warm_imports, list(config.get("worker.warm-imports") or []))
+        self._token_known = asyncio.Event()
         self._listener = listen(
             self._listen_at,
             self._handle_comm,
@@ -285,7 +294,7 @@ class Worker(Server):
         )
         self.scheduler = Peer(comm, asyncio.get_running_loop())
         self._spawn(self._serve_scheduler(self.scheduler))
-        await self.scheduler.request(
+        reply = await self.scheduler.request(
             {
                 "op": "register-worker",
                 "address": self.address,
@@ -298,14 +307,30 @@ class Worker(Server):
                 "nanny": self.nanny,
             }
         )
+        self.cluster_token = str(reply["token"])
+        # peers check the token this worker shows them, as it checks theirs
+        self.pool.connection_args["handshake_extra"] = {"token": self.cluster_token}
+        if self._token_known is not None:
+            self._token_known.set()
 
     async def _report_to_nanny(self, address: str, timeout: float) -> None:
         """Tell the nanny this worker is up, and close when the nanny goes away."""
         comm = await connect(
-            address, timeout, role="worker", **self.security.get_connection_args("worker")
+            address,
+            timeout,
+            role="worker",
+            handshake_extra={"token": self._nanny_secret or ""},
+            **self.security.get_connection_args("worker"),
         )
         peer = Peer(comm, asyncio.get_running_loop())
-        peer.send({"op": "worker-up", "address": self.address, "pid": os.getpid()})
+        peer.send(
+            {
+                "op": "worker-up",
+                "address": self.address,
+                "pid": os.getpid(),
+                "token": self.cluster_token,  # the nanny serves the cluster's peers too
+            }
+        )
 
         async def watch() -> None:
             await serve_peer(peer, {})
@@ -587,5 +612,17 @@ class Worker(Server):
         return {"nbytes": sizes}
 
     async def _handle_comm(self, comm: Any) -> None:
+        if not await self._admits(comm):
+            refuse(comm, f"Worker {self.address}")
+            return
         peer = Peer(comm, asyncio.get_running_loop())
         await serve_peer(peer, self._handlers)
+
+    async def _admits(self, comm: Any) -> bool:
+        """Whether ``comm``'s peer showed the cluster token. A peer may learn of this
+        worker from the scheduler before the registration's reply (with the token)
+        reached it: wait for that reply a while."""
+        if self.cluster_token is None and self._token_known is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._token_known.wait(), ADMISSION_WAIT)
+        return matches(presented(comm), self.cluster_token)

@@ -157,9 +157,14 @@ def frames_bytes(msg: object) -> bytes:
     return b"".join(bytes(f) for f in encode_frames(encode(msg)))
 
 
-def handshake_bytes(role: str = "client", protocol: object = PROTOCOL_VERSION) -> bytes:
-    """The wire bytes of a handshake message."""
-    return frames_bytes({"op": "handshake", "protocol": protocol, "role": role})
+def handshake_bytes(
+    role: str = "client", protocol: object = PROTOCOL_VERSION, token: str | None = None
+) -> bytes:
+    """The wire bytes of a handshake message (showing ``token``, if given)."""
+    msg: dict[str, object] = {"op": "handshake", "protocol": protocol, "role": role}
+    if token is not None:
+        msg["token"] = token
+    return frames_bytes(msg)
 
 
 def tls_client_hello(server_hostname: str = "localhost") -> bytes:
@@ -194,19 +199,25 @@ def _wrong_message(rng: random.Random, ops: Sequence[str]) -> dict[object, objec
     return msg
 
 
-def _valid_exchange(rng: random.Random, role: str, ops: Sequence[str]) -> bytes:
-    hs = handshake_bytes(role)
+def _valid_exchange(rng: random.Random, hs: bytes, ops: Sequence[str]) -> bytes:
     return hs + frames_bytes({"op": rng.choice(ops), "reply": rng.randint(1, 1000)})
 
 
 def comm_cases(
-    seed: int, n: int, ops: Sequence[str] = SCHEDULER_OPS, role: str = "client"
+    seed: int,
+    n: int,
+    ops: Sequence[str] = SCHEDULER_OPS,
+    role: str = "client",
+    token: str | None = None,
 ) -> Iterator[FuzzCase]:
     """Yield ``n`` malformed inputs for a conveyor TCP listener, cycling through the
-    kinds; ``ops`` are the listener's known ops (sent with wrong field types)."""
+    kinds; ``ops`` are the listener's known ops (sent with wrong field types). With
+    ``token`` (the cluster token workers and nannies ask for), half the handshakes show
+    it, so that the malformed messages after them reach the handlers."""
     rng = random.Random(seed)
     hello = tls_client_hello()
-    hs = handshake_bytes(role)
+    plain = handshake_bytes(role)
+    admitted = handshake_bytes(role, token=token) if token is not None else plain
     kinds = (
         "random",
         "bitflip",
@@ -224,10 +235,11 @@ def comm_cases(
     for i in range(n):
         kind = kinds[i % len(kinds)]
         eof = rng.random() < 0.8
+        hs = admitted if rng.random() < 0.5 else plain
         if kind == "random":
             yield FuzzCase(kind, rng.randbytes(rng.choice([1, 3, 4, 12, 100, 4096])), eof=eof)
         elif kind == "bitflip":
-            data = bytearray(_valid_exchange(rng, role, ops))
+            data = bytearray(_valid_exchange(rng, hs, ops))
             flipped = [rng.randrange(len(data)) for _ in range(rng.randint(1, 8))]
             for at in flipped:
                 data[at] ^= 1 << rng.randrange(8)
@@ -235,7 +247,7 @@ def comm_cases(
             handshaken = True if min(flipped) >= len(hs) else None
             yield FuzzCase(kind, bytes(data), handshaken=handshaken, eof=eof)
         elif kind == "truncated":
-            whole = _valid_exchange(rng, role, ops)
+            whole = _valid_exchange(rng, hs, ops)
             cut = rng.randrange(1, len(whole))
             yield FuzzCase(kind, whole[:cut], handshaken=cut >= len(hs), eof=eof)
         elif kind == "absurd-length":

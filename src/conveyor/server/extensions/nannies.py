@@ -42,7 +42,11 @@ class NannyExtension(SchedulerPlugin):
             "scheduler",
             {},
             timeout,
-            connection_args=scheduler.security.get_connection_args("scheduler"),
+            connection_args={
+                **scheduler.security.get_connection_args("scheduler"),
+                # nannies serve the cluster's own peers only (server/admission.py)
+                "handshake_extra": {"token": scheduler.cluster_token},
+            },
         )
         self._installing: set[asyncio.Future[None]] = set()
         scheduler.handlers.update(
