@@ -179,12 +179,7 @@ class Client(
         else:
             address = self._address
         try:
-            comm = await connect(
-                address,
-                self._timeout,
-                role="client",
-                **self.security.get_connection_args("client"),
-            )
+            comm = await self._dial(address, self._timeout)
         except OSError as e:
             await self._close_cluster()
             raise OSError(f"Could not connect to the scheduler at {address}: {e}") from e
@@ -231,12 +226,7 @@ class Client(
         delay = _FIRST_RECONNECT_DELAY
         while self.status == "connecting":
             try:
-                comm = await connect(
-                    address,
-                    min(self._timeout, 2.0),
-                    role="client",
-                    **self.security.get_connection_args("client"),
-                )
+                comm = await self._dial(address, min(self._timeout, 2.0))
             except OSError:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _MAX_RECONNECT_DELAY)
@@ -258,11 +248,15 @@ class Client(
                 self._lost = None
                 logger.info("Reconnected to the scheduler at %s", address)
 
+    async def _dial(self, address: str, timeout: float) -> Any:
+        """A connection to the scheduler at ``address``, with this client's TLS settings."""
+        args = self.security.get_connection_args("client")
+        return await connect(address, timeout, role="client", **args)
+
     def _admitted(self, reply: Any) -> None:
-        """Show workers and nannies the cluster token the scheduler's reply gave."""
-        token = reply.get("token") if isinstance(reply, dict) else None
+        """Show workers and nannies the cluster token of the scheduler's reply."""
         if self.pool is not None:
-            self.pool.connection_args["handshake_extra"] = {"token": token or ""}
+            self.pool.connection_args["handshake_extra"] = {"token": reply.get("token", "")}
 
     def _check_connected(self) -> None:
         """Raise a clear error if calls cannot reach the scheduler now."""
