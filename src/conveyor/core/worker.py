@@ -42,6 +42,13 @@ way, ``missing`` that no holder is known (the scheduler will say where it went, 
 reschedule). A ``fetch`` or ``missing`` key the scheduler asks to compute here goes to
 ``waiting`` or ``ready``; so does a key in flight whose transfer brought nothing.
 
+A peer serving as many transfers as it allows answers "busy" and sends nothing: its
+keys go back to ``fetch`` (``flight -> fetch``), where any other holder may serve them
+at once, and the peer itself sits in ``busy_workers`` until the shell reports
+``RetryBusyWorkerEvent`` after the delay the ``RetryBusyWorkerLater`` instruction asked
+for (doubling while it stays busy). A busy answer is not a failure: the peer keeps its
+place among the holders, and the scheduler hears nothing of it.
+
 A task freed while its thread or transfer runs is ``cancelled``::
 
     executing, long-running, flight -> cancelled -> executing | long-running | flight
@@ -82,6 +89,11 @@ from conveyor.core.worker_transitions import (
     grown,
     without,
 )
+
+#: seconds before a peer that answered busy is asked again; doubled for each busy answer
+#: in a row, up to ``BUSY_RETRY_MAX``
+BUSY_RETRY_FIRST = 0.05
+BUSY_RETRY_MAX = 2.0
 
 __all__ = ["TRANSITIONS", "InvalidWorkerTransition", "ReplayableWTask", "WTask", "WorkerState"]
 
@@ -287,6 +299,10 @@ class WorkerState(WorkerTransitions):
 
     def _gather_dep_done(self, e: we.GatherDepDone) -> None:
         keys = self.in_flight_workers.pop(e.worker, [])
+        if e.busy:
+            self._peer_busy(e.worker, keys)
+            return
+        self.busy_streak.pop(e.worker, None)
         if e.worker in self.data_needed:  # it holds more that is needed here
             self.fetchable_peers[e.worker] = None
         added: dict[Key, int] = {}
@@ -316,6 +332,7 @@ class WorkerState(WorkerTransitions):
         if added:
             self._out.append(we.AddKeysMsg(added))
         if e.failed:
+            self.busy_streak.pop(e.worker, None)
             heap = self.data_needed.pop(e.worker, None)
             self.fetchable_peers.pop(e.worker, None)
             for ts in list(heap or ()):
@@ -324,6 +341,33 @@ class WorkerState(WorkerTransitions):
                     self._out.append(we.MissingDataMsg(ts.key, e.worker))
                     self._transition(ts, "missing")
                     self._drop_unwanted_copy(ts)
+
+    def _peer_busy(self, worker: str, keys: list[Key]) -> None:
+        """``worker`` sent none of ``keys``: it serves as many transfers as it allows.
+        They wait in ``fetch`` again, where another holder may serve them at once; the
+        busy peer is asked again after a wait that doubles while it stays busy."""
+        self.busy_workers.add(worker)
+        for key in keys:
+            ts = self.tasks.get(key)
+            if ts is None or ts.coming_from != worker:
+                continue
+            if ts.state == "cancelled":
+                self._release(ts)
+            elif ts.state != "flight":
+                ts.coming_from = None
+            elif ts.computed and ts.run_spec is not None:
+                # asked to compute the key while it travelled: compute it after all
+                self._transition(ts, "waiting" if ts.waiting_for_data else "ready")
+            else:
+                self._transition(ts, "fetch")
+        streak = self.busy_streak[worker] = self.busy_streak.get(worker, 0) + 1
+        delay = min(BUSY_RETRY_FIRST * 2 ** min(streak - 1, 16), BUSY_RETRY_MAX)
+        self._out.append(we.RetryBusyWorkerLater(worker, delay))
+
+    def _retry_busy_worker(self, e: we.RetryBusyWorkerEvent) -> None:
+        self.busy_workers.discard(e.worker)
+        if e.worker in self.data_needed and e.worker not in self.in_flight_workers:
+            self.fetchable_peers[e.worker] = None
 
     def _pause(self, e: we.PauseEvent) -> None:
         if e.paused != self.paused:
@@ -465,7 +509,10 @@ class WorkerState(WorkerTransitions):
             for dep in ts.dependencies:
                 assert ts in dep.dependents, (ts, dep)
                 assert dep.key in self.tasks, (ts, dep)
-        assert set(self.fetchable_peers) == set(self.data_needed) - set(self.in_flight_workers)
+        assert set(self.fetchable_peers) == (
+            set(self.data_needed) - set(self.in_flight_workers) - self.busy_workers
+        )
+        assert not self.busy_workers & set(self.in_flight_workers)
         for heap in self.data_needed.values():
             assert heap, "empty fetch queue kept"
             for ts in heap:
@@ -488,6 +535,7 @@ _HANDLERS: dict[type, Callable[[WorkerState, Any], None]] = {
     we.ExecuteSuccess: WorkerState._execute_success,
     we.ExecuteFailure: WorkerState._execute_failure,
     we.GatherDepDone: WorkerState._gather_dep_done,
+    we.RetryBusyWorkerEvent: WorkerState._retry_busy_worker,
     we.UpdateDataEvent: WorkerState._update_data,
     we.AcquireReplicasEvent: WorkerState._acquire_replicas,
     we.PauseEvent: WorkerState._pause,

@@ -67,12 +67,23 @@ class ExecuteFailure(WorkerEvent):
 @dataclass(slots=True)
 class GatherDepDone(WorkerEvent):
     """A fetch from ``worker`` ended: the shell stored ``received``; ``missing`` were
-    not there; ``failed`` means the peer could not be reached at all."""
+    not there; ``failed`` means the peer could not be reached at all; ``busy`` means it
+    was serving as many transfers as it allows (``worker.connections.incoming``) and
+    sent nothing."""
 
     worker: str
     received: dict[Key, int]
     missing: list[Key] = field(default_factory=list)
     failed: bool = False
+    busy: bool = False
+
+
+@dataclass(slots=True)
+class RetryBusyWorkerEvent(WorkerEvent):
+    """The wait asked for by ``RetryBusyWorkerLater`` is over: ``worker`` may be asked
+    again."""
+
+    worker: str
 
 
 @dataclass(slots=True)
@@ -128,6 +139,15 @@ class GatherDep:
     worker: str
     keys: list[Key]
     total_nbytes: int
+
+
+@dataclass(slots=True)
+class RetryBusyWorkerLater:
+    """``worker`` answered busy: send ``RetryBusyWorkerEvent`` after ``delay`` seconds.
+    Meanwhile what it holds is fetched from other holders, if there are any."""
+
+    worker: str
+    delay: float
 
 
 @dataclass(slots=True)
@@ -195,6 +215,7 @@ class PausedMsg:
 WorkerInstruction = (
     Execute
     | GatherDep
+    | RetryBusyWorkerLater
     | DeleteData
     | TaskFinishedMsg
     | TaskErredMsg

@@ -24,7 +24,8 @@ Containers kept in step by these functions, one per state that has one:
 * ``data_needed``: per peer, the ``fetch`` tasks it holds, in priority order;
 * ``in_flight_workers``: per peer, the keys of the transfer under way (``coming_from``
   names the peer on each task, ``flight`` or ``cancelled``);
-* ``fetchable_peers``: the peers of ``data_needed`` not in ``in_flight_workers``;
+* ``fetchable_peers``: the peers of ``data_needed`` not in ``in_flight_workers`` nor in
+  ``busy_workers`` (peers that answered busy, until their retry is due);
 * ``missing``: dependencies with no known holder.
 
 A ``cancelled`` task tells where it came from by ``coming_from``: set, a transfer is
@@ -191,6 +192,10 @@ class WorkerTransitions:
         #: became so: the only ones a new transfer may start from (an ordered dict,
         #: whose first entry is O(1) to reach however many came and went before it)
         self.fetchable_peers: OrderedDict[str, None] = OrderedDict()
+        #: peers that answered a fetch with "busy", until ``RetryBusyWorkerEvent``
+        self.busy_workers: set[str] = set()
+        #: busy answers in a row, by peer (cleared by its next real answer)
+        self.busy_streak: dict[str, int] = {}
         self.missing: set[WTask] = set()
         self.log: deque[tuple[Key, str, str, float]] = deque(maxlen=log_length)
         #: called as ``hook(key, start, finish, now)`` after every transition, once its
@@ -272,7 +277,7 @@ class WorkerTransitions:
             heap = self.data_needed.get(worker)
             if heap is None:
                 heap = self.data_needed[worker] = HeapSet()
-                if worker not in self.in_flight_workers:
+                if worker not in self.in_flight_workers and worker not in self.busy_workers:
                     self.fetchable_peers[worker] = None
             heap.add(ts)
 

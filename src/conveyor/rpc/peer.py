@@ -45,6 +45,18 @@ class ProtocolViolation(Exception):
     """The peer sent something it may not: the connection is closed with one log line."""
 
 
+class Answer:
+    """A handler's result that wants to know when its reply is written: ``on_written``
+    is called once the reply has been handed to the connection (or cannot be: it
+    closed). A server counts work that holds memory until then (``get-data``)."""
+
+    __slots__ = ("on_written", "value")
+
+    def __init__(self, value: Any, on_written: Callable[[], None]) -> None:
+        self.value = value
+        self.on_written = on_written
+
+
 class EventFailed(ProtocolViolation):
     """A state machine raised on an event a peer's message caused. Its partial output
     was dropped, but what it changed before failing stays changed: the connection is
@@ -63,6 +75,8 @@ class Peer:
         #: the worker address or client id the peer registered as
         self.ident = ""
         self._buffer: list[Msg] = []
+        #: called once the messages now in ``_buffer`` are written (or dropped)
+        self._on_written: list[Callable[[], None]] = []
         self._flush_scheduled = False
         self._writing = False
         self._write_task: asyncio.Task[None] | None = None
@@ -110,11 +124,16 @@ class Peer:
 
     # ------------------------------------------------------------- sending
 
-    def send(self, msg: Msg) -> None:
-        """Queue ``msg``; it leaves with everything else queued this loop turn."""
+    def send(self, msg: Msg, on_written: Callable[[], None] | None = None) -> None:
+        """Queue ``msg``; it leaves with everything else queued this loop turn.
+        ``on_written`` is called once it has been written, or dropped."""
         if self.closed:
+            if on_written is not None:
+                on_written()
             return
         self._buffer.append(msg)
+        if on_written is not None:
+            self._on_written.append(on_written)
         # True while a flush is scheduled, and while a write is in flight (its end
         # flushes) unless that write waits for a peer with a bound (_write_paused)
         if not self._flush_scheduled:
@@ -132,10 +151,11 @@ class Peer:
         if self.closed or not self._buffer:
             return
         batch, self._buffer = self._buffer, []
+        written, self._on_written = self._on_written, []
         if self._measured:
             self._measured = self.queued_bytes = 0
         self._writing = self._flush_scheduled = True  # its end flushes what comes meanwhile
-        self._write_task = self.loop.create_task(self._write(batch))
+        self._write_task = self.loop.create_task(self._write(batch, written))
 
     def _check_backlog(self, limit: int) -> None:
         """Messages wait behind a write that waits for the peer to read: count them,
@@ -154,7 +174,7 @@ class Peer:
             )
             self.abort()
 
-    async def _write(self, batch: list[Msg]) -> None:
+    async def _write(self, batch: list[Msg], written: list[Callable[[], None]]) -> None:
         try:
             await self.comm.write(batch)
             self.messages_sent += len(batch)
@@ -171,6 +191,8 @@ class Peer:
             self.abort()
         finally:
             self._writing = self._flush_scheduled = False
+            for callback in written:
+                callback()
             if self._buffer and not self.closed:
                 self._flush()
 
@@ -252,6 +274,9 @@ class Peer:
             return
         self.closed = True
         self._buffer = []
+        written, self._on_written = self._on_written, []
+        for callback in written:
+            callback()
         self.comm.abort()
         self._fail_pending()
 
@@ -338,6 +363,16 @@ def _dispatch(peer: Peer, handler: Handler, msg: Msg, rid: Any) -> None:
         return
     if isinstance(result, Awaitable):
         peer.loop.create_task(_finish(peer, msg, rid, result))
+    else:
+        _reply(peer, rid, result)
+
+
+def _reply(peer: Peer, rid: Any, result: Any) -> None:
+    if type(result) is Answer:
+        if rid is None:
+            result.on_written()
+        else:
+            peer.send({"op": "reply", "id": rid, "result": result.value}, result.on_written)
     elif rid is not None:
         peer.send({"op": "reply", "id": rid, "result": result})
 
@@ -350,8 +385,7 @@ async def _finish(peer: Peer, msg: Msg, rid: Any, result: Awaitable[Any]) -> Non
     except Exception as e:
         _failed(peer, msg, rid, e)
         return
-    if rid is not None:
-        peer.send({"op": "reply", "id": rid, "result": value})
+    _reply(peer, rid, value)
 
 
 def _failed(peer: Peer, msg: Msg, rid: Any, e: Exception) -> None:

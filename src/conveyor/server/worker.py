@@ -26,11 +26,12 @@ from conveyor.protocol import FunctionStore, loads, pickle_bytes
 from conveyor.protocol.messages import worker_event_from_msg, worker_instruction_to_msg
 from conveyor.rpc import Handler, Msg, Peer, PeerPool, read_scheduler_file, serve_peer
 from conveyor.rpc.context import current_task
-from conveyor.rpc.data import INLINE_RESULT_BYTES, pack_data, unpack_data
+from conveyor.rpc.data import INLINE_RESULT_BYTES, unpack_data
 from conveyor.rpc.sizes import nbytes
 from conveyor.rpc.threads import run_in_thread
 from conveyor.server.actors import ActorHost
 from conveyor.server.admission import NANNY_SECRET_ENV, matches, presented, refuse
+from conveyor.server.data_serving import DataServer, is_busy
 from conveyor.server.execute import Outcome, warm_imports
 from conveyor.server.lifecycle import Server
 from conveyor.server.logs import logs_reply, process_logs
@@ -150,6 +151,10 @@ class Worker(Server):
         #: memory limit and spilling; ``data`` is its mapping (in memory, and on disk)
         self.memory = WorkerMemory(self.memory_limit, local_directory)
         self.data: SpillBuffer = self.memory.data
+        #: answers ``get-data``, serving at most ``worker.connections.incoming`` peers
+        self.data_server = DataServer(
+            self.data, self._known_size, int(config.get("worker.connections.incoming"))
+        )
         #: bytes of data fetched from peers so far (in heartbeats, for the dashboard)
         self.transfer_incoming_bytes = 0
         #: functions the scheduler sent, shared by the tasks that call them
@@ -169,7 +174,7 @@ class Worker(Server):
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = asyncio.Event()
         self._handlers: dict[str, Handler] = {
-            "get-data": self._get_data,
+            "get-data": self.data_server.get_data,
             "update-data": self._update_data,
             "identity": lambda p, m: {"type": "Worker", "id": self.id, "address": self.address},
             "get-logs": lambda p, m: logs_reply(m),
@@ -459,6 +464,8 @@ class Worker(Server):
                 self._execute(instr.key)  # type: ignore[union-attr]
             elif kind is we.GatherDep:
                 self._spawn(self._gather_dep(instr))  # type: ignore[arg-type]
+            elif kind is we.RetryBusyWorkerLater:
+                self._retry_later(instr)  # type: ignore[arg-type]
             elif kind is we.DeleteData:
                 for key in instr.keys:  # type: ignore[union-attr]
                     self.data.discard(key)
@@ -576,7 +583,11 @@ class Worker(Server):
             peer = await self.pool.get(instr.worker)
             # a stopped peer must not hold the keys forever: past this, fetch elsewhere
             timeout = self._tcp_timeout + max(instr.total_nbytes, 0) / SLOWEST_TRANSFER
-            reply = await peer.request({"op": "get-data", "keys": instr.keys}, timeout)
+            msg = {"op": "get-data", "keys": instr.keys, "who": self.address}
+            reply = await peer.request(msg, timeout)
+            if is_busy(reply):
+                self.apply(we.GatherDepDone(time.time(), instr.worker, {}, busy=True))
+                return
             values, received, missing = unpack_data(reply)
             for k, value in values.items():
                 self.data.put(k, value, received.get(k, 0))
@@ -589,19 +600,16 @@ class Worker(Server):
             failed = True
         self.apply(we.GatherDepDone(time.time(), instr.worker, received, missing, failed))
 
-    def _get_data(self, peer: Peer, msg: Msg) -> Any:
-        keys = msg["keys"]
-        if self.data.spilled(keys):
-            return self._get_spilled_data(keys)
-        tasks = self.state.tasks if self.state is not None else {}
-        sizes = {key: ts.nbytes for key in keys if (ts := tasks.get(key)) is not None}
-        return pack_data(self.data, keys, sizes)  # sized when made: not measured again
+    def _retry_later(self, instr: we.RetryBusyWorkerLater) -> None:
+        assert self.loop is not None
+        worker = instr.worker
+        self.loop.call_later(
+            instr.delay, lambda: self.apply(we.RetryBusyWorkerEvent(time.time(), worker))
+        )
 
-    async def _get_spilled_data(self, keys: list[Key]) -> dict[str, Any]:
-        await self.data.load(keys)  # read off the loop, then served from memory
-        tasks = self.state.tasks if self.state is not None else {}
-        sizes = {key: ts.nbytes for key in keys if (ts := tasks.get(key)) is not None}
-        return pack_data(self.data, keys, sizes)
+    def _known_size(self, key: Key) -> int | None:
+        ts = self.state.tasks.get(key) if self.state is not None else None
+        return ts.nbytes if ts is not None else None
 
     def _update_data(self, peer: Peer, msg: Msg) -> dict[str, Any]:
         sizes: dict[Key, int] = {}

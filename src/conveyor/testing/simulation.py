@@ -200,10 +200,17 @@ class SimCluster:
         nbytes: Callable[[Key, Any], int] | None = None,
         max_tick: float = 0.01,
         nannies: bool = False,
+        serve_limit: int | None = None,
     ) -> None:
         self.rng = random.Random(seed)
         #: workers have nannies, which report each death with what was running
         self.nannies = nannies
+        #: a worker answers fetches busy while this many of its replies travel
+        self.serve_limit = serve_limit
+        #: replies in transit, by the worker that sent them
+        self.serving: Counter[str] = Counter()
+        #: fetches answered busy, in all
+        self.busy_answers = 0
         self.seed = seed
         self.now = 0.0
         self.step_count = 0
@@ -649,6 +656,8 @@ class SimCluster:
                 self._start_execution(address, instr.key)
             elif isinstance(instr, we.GatherDep):
                 self._send((address, instr.worker, "data"), self._fetch(address, instr))
+            elif isinstance(instr, we.RetryBusyWorkerLater):  # "later": a link of its own
+                self._send((address, instr.worker, "retry"), self._retry(address, instr.worker))
             elif isinstance(instr, we.DeleteData):
                 for key in instr.keys:
                     data.pop(key, None)
@@ -723,12 +732,33 @@ class SimCluster:
             self._fetch_over(fetch)
             self._worker_handle(fetcher, we.GatherDepDone(self.now, peer, {}, [], failed=True))
             return
+        if self.serve_limit is not None and self.serving[peer] >= self.serve_limit:
+            self.busy_answers += 1
+            self._send((peer, fetcher, "data"), lambda: self._receive_busy(fetch))
+            return
+        self.serving[peer] += 1
         store = self.data[peer]
         values = {k: store[k] for k in fetch.keys if k in store}
         missing = [k for k in fetch.keys if k not in store]
         self._send((peer, fetcher, "data"), lambda: self._receive(fetch, values, missing))
 
+    def _receive_busy(self, fetch: _Fetch) -> None:
+        if fetch.done:
+            return
+        self._fetch_over(fetch)
+        if fetch.fetcher in self.workers:
+            done = we.GatherDepDone(self.now, fetch.peer, {}, busy=True)
+            self._worker_handle(fetch.fetcher, done)
+
+    def _retry(self, address: str, peer: str) -> Callable[[], None]:
+        def retry() -> None:
+            if address in self.workers:
+                self._worker_handle(address, we.RetryBusyWorkerEvent(self.now, peer))
+
+        return retry
+
     def _receive(self, fetch: _Fetch, values: dict[Key, Any], missing: list[Key]) -> None:
+        self.serving[fetch.peer] -= 1  # the reply is out of the peer's hands
         if fetch.done:
             return  # the fetcher gave up on it
         self._fetch_over(fetch)
