@@ -249,3 +249,18 @@ def test_a_silent_worker_is_dropped_its_work_moves_and_its_nanny_replaces_it(
 def _two_workers_without(client: Client, pid: int) -> bool:
     pids = client.run(os.getpid, on_error="ignore")
     return len(pids) == 2 and pid not in pids.values()
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [("1GiB", 2**30), (500_000_000, 500_000_000), (0, 0), (None, 0), ("0.5", None)],
+)
+def test_nanny_reads_memory_limits_as_a_worker_does(given: Any, expected: int | None) -> None:
+    from conveyor import Nanny, config
+
+    nanny = Nanny("tcp://127.0.0.1:1", memory_limit=given, nthreads=1)
+    if expected is None:  # a fraction of this machine's memory
+        expected = int(0.5 * config.system_memory())
+    assert nanny.memory_limit == expected
+    with pytest.raises(ValueError, match="memory"):
+        Nanny("tcp://127.0.0.1:1", memory_limit="lots")

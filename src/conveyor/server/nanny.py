@@ -85,7 +85,9 @@ class Nanny(Server):
     """Runs one ``conveyor worker`` process for the scheduler at ``scheduler_address``
     (or in ``scheduler_file``) and keeps it running.
 
-    ``nthreads``, ``name``, ``memory_limit`` (bytes; 0 for none), ``local_directory`` and
+    ``nthreads``, ``name``, ``memory_limit`` (as for a worker: bytes, a size such as
+    ``"4GiB"``, a fraction of the machine's memory or ``"auto"``; 0 for none),
+    ``local_directory`` and
     ``resources`` are the worker's (``conveyor worker`` options); ``worker_args`` adds
     further options. ``host``/``port``/``interface``/``protocol`` are where the nanny
     listens (the worker listens on the same host). ``env`` is the worker's environment
@@ -101,7 +103,7 @@ class Nanny(Server):
         scheduler_file: str | None = None,
         nthreads: int | None = None,
         name: str | int | None = None,
-        memory_limit: int = 0,
+        memory_limit: int | float | str | None = 0,
         host: str | None = None,
         port: int | None = 0,
         interface: str | None = None,
@@ -126,7 +128,9 @@ class Nanny(Server):
         self.scheduler_address = scheduler_address
         self.scheduler_file = scheduler_file
         self.name = name
-        self.memory_limit = int(memory_limit or 0)
+        # as a worker reads it ("auto", "4GiB", a fraction, bytes), for nthreads threads
+        share = min(1.0, nthreads / config.cpu_count()) if nthreads else 1.0
+        self.memory_limit = config.memory_limit(memory_limit, share) or 0
         if protocol is None:  # the scheduler's, or TLS when there are credentials for it
             protocol = (
                 scheduler_address.split("://")[0]
