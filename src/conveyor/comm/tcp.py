@@ -34,7 +34,7 @@ from conveyor.comm.core import (
     Handler,
     Listener,
 )
-from conveyor.comm.prefault import receive_buffer
+from conveyor.comm.prefault import receive_buffer, receive_progress
 from conveyor.protocol import FrameDecoder, ProtocolError, decode, encode
 from conveyor.protocol.framing import format_bytes, frame_lengths, pack_header
 
@@ -84,7 +84,11 @@ class _Limits:
 
     def decoder(self) -> FrameDecoder:
         return FrameDecoder(
-            self.max_frame_size, self.max_frames, self.max_message_size, receive_buffer
+            self.max_frame_size,
+            self.max_frames,
+            self.max_message_size,
+            receive_buffer,
+            receive_progress,
         )
 
 

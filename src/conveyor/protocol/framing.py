@@ -62,15 +62,15 @@ def format_bytes(n: int) -> str:
 def allocate_frame(nbytes: int) -> memoryview:
     """Return a writable buffer of ``nbytes`` (the decoder's default allocator).
 
-    Large buffers are anonymous memory maps populated up front: that spares the pass
-    over the whole buffer that zero-filling a ``bytearray`` costs in Python (as much
-    time as receiving the data over loopback) and the page fault per 4 KiB that a lazily
-    mapped buffer would take as data arrives.
+    Large buffers are anonymous memory maps: that spares the pass over the whole buffer
+    that zero-filling a ``bytearray`` costs in Python (as much time as receiving the data
+    over loopback). Transports that can bound it page them in ahead of the data
+    (:mod:`conveyor.comm.prefault`).
     """
     if nbytes >= _MMAP_THRESHOLD:
-        # MAP_POPULATE: the kernel maps (and zeroes) every page in one call, which is
-        # much cheaper than a page fault per 4 KiB as the socket data lands.
-        flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_POPULATE", 0)
+        # not MAP_POPULATE: a peer could declare frames and send nothing, and the memory
+        # would be taken all the same
+        flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
         return memoryview(mmap.mmap(-1, nbytes, flags=flags))
     return memoryview(bytearray(nbytes))
 
@@ -121,6 +121,7 @@ class FrameDecoder:
         "_index",
         "_lengths",
         "_need",
+        "_progress",
         "_scratch",
         "_stage",
         "max_frame_size",
@@ -134,6 +135,7 @@ class FrameDecoder:
         max_frames: int = 10_000,
         max_message_size: int | None = None,
         allocate: Callable[[int], memoryview] = allocate_frame,
+        progress: Callable[[memoryview, int], None] | None = None,
     ) -> None:
         if max_frame_size < 0 or max_frames < 1:
             raise ValueError("max_frame_size must be >= 0 and max_frames >= 1")
@@ -142,6 +144,9 @@ class FrameDecoder:
         self.max_message_size = max_message_size
         #: makes the buffer a frame is received into (see allocate_frame)
         self._allocate = allocate
+        #: told ``(buffer, bytes received)`` as a large frame arrives directly into its
+        #: buffer (conveyor.comm.prefault pages the buffer in behind the data)
+        self._progress = progress
         self._scratch = memoryview(bytearray(_SCRATCH_SIZE))
         self._direct = False
         self._failed: ProtocolError | None = None
@@ -209,6 +214,9 @@ class FrameDecoder:
             return self.feed(self._scratch[:nbytes])
         self._direct = False
         self._filled += nbytes
+        if self._progress is not None:
+            assert self._frame_view is not None
+            self._progress(self._frame_view, self._filled)
         out: list[list[memoryview]] = []
         if self._filled == self._lengths[self._index]:
             self._complete_frame(out)
@@ -309,6 +317,8 @@ class FrameDecoder:
         take = min(length - self._filled, end - pos)
         self._frame_view[self._filled : self._filled + take] = view[pos : pos + take]
         self._filled += take
+        if self._progress is not None:
+            self._progress(self._frame_view, self._filled)
         if self._filled == length:
             self._complete_frame(out)
         return pos + take
