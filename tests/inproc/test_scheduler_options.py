@@ -77,3 +77,25 @@ def test_scheduler_retire_workers_refuses_what_it_would_ignore() -> None:
             assert len(retired) == 1 and len(s.workers) == 1
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    ("listen_at", "warned"),
+    [
+        ("tcp://0.0.0.0:8786", True),
+        ("tcp://[::]:8786", True),
+        ("tcp://127.0.0.1:8786", False),
+        ("tcp://10.0.0.5:8786", False),
+        ("tls://0.0.0.0:8786", False),
+        ("inproc://", False),
+    ],
+)
+def test_a_scheduler_open_to_every_interface_without_tls_is_called_out(
+    listen_at: str, warned: bool
+) -> None:
+    from conveyor.server.scheduler import exposure_warning
+
+    text = exposure_warning(listen_at)
+    assert (text is not None) == warned
+    if text is not None:
+        assert "run any code on the workers" in text and "--host" in text

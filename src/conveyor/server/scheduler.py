@@ -17,7 +17,13 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from conveyor import config
-from conveyor.comm import Listener, get_ip_interface, listen, unparse_host_port
+from conveyor.comm import (
+    Listener,
+    get_address_host,
+    get_ip_interface,
+    listen,
+    unparse_host_port,
+)
 from conveyor.comm.security import Security, as_security, default_protocol
 from conveyor.core import events as se
 from conveyor.core.control import OPERATOR_FINISHES
@@ -83,6 +89,21 @@ def listen_address(protocol: str, host: str | None, port: int | None, interface:
             raise ValueError("pass either host or interface, not both")
         host = get_ip_interface(interface)
     return f"{protocol}://{unparse_host_port(host or '0.0.0.0', port or 0)}"
+
+
+def exposure_warning(listen_at: str) -> str | None:
+    """What to tell the operator of a scheduler listening at ``listen_at``: on every
+    interface without TLS, anyone on the network can run code on its workers."""
+    if not listen_at.startswith("tcp://") or get_address_host(listen_at) not in _WILDCARDS:
+        return None
+    return (
+        "Listening on every interface without TLS: anyone who can reach this port can "
+        "submit tasks, which run any code on the workers (give a host to listen on, "
+        "such as --host 127.0.0.1, or use TLS)"
+    )
+
+
+_WILDCARDS = frozenset({"0.0.0.0", "::", ""})
 
 
 class Scheduler(Server):
@@ -441,6 +462,9 @@ class Scheduler(Server):
         for preload in self.preloads:
             await preload.setup(self)
         logger.info("Scheduler started at %s", self.address, extra={"address": self.address})
+        exposed = exposure_warning(self._listen_at)
+        if exposed:
+            logger.warning(exposed)
         return self
 
     async def close(self) -> None:
