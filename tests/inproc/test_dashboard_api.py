@@ -387,3 +387,29 @@ def test_the_dashboard_link_of_a_wildcard_bound_board() -> None:
             assert "0.0.0.0" not in Dashboard(s, "[::]:1").link
 
     asyncio.run(main())
+
+
+def test_the_dashboard_only_reads() -> None:
+    """No route changes the cluster or shows logs: every route answers GET (and HEAD)
+    only, and any other method is refused, on every route."""
+
+    async def body(
+        s: Scheduler, workers: list[Worker], c: Client, http: aiohttp.ClientSession
+    ) -> None:
+        board = s.services["dashboard"]
+        assert isinstance(board, Dashboard)
+        paths = set()
+        for route in board.app.router.routes():
+            assert route.method in ("GET", "HEAD"), route
+            info = route.resource.get_info() if route.resource is not None else {}
+            path = info.get("path") or info.get("prefix")
+            assert path is not None and "log" not in path, route
+            paths.add(path)
+        assert len(paths) >= 7
+        for path in sorted(paths):
+            url = f"{s.dashboard_link}{path.lstrip('/')}"
+            for method in ("POST", "PUT", "DELETE", "PATCH"):
+                async with http.request(method, url) as r:
+                    assert r.status == 405, (method, path, r.status)
+
+    run(body)
