@@ -181,3 +181,22 @@ def test_frames_paged_in_up_front_share_a_budget_given_back_when_received() -> N
     gc.collect()
     assert prefaulter.populated == 0
     assert prefaulter.allocate(MMAP_THRESHOLD - 1).obj.__class__ is bytearray
+
+
+def test_a_stream_closed_mid_frame_gives_its_share_back_at_once() -> None:
+    from conveyor.comm.prefault import populated_bytes
+
+    before = populated_bytes()
+    gc.disable()  # given back when the connection ends, not at some later collection
+    try:
+        decoder, view = _feed_declared(4 * MiB, 100_000)
+        if populated_bytes() == before:
+            pytest.skip("the populate budget is taken by frames of other tests")
+        assert populated_bytes() == before + 4 * MiB
+        del view
+        decoder.close()
+        assert populated_bytes() == before
+        with pytest.raises(Exception, match="closed"):
+            decoder.feed(b"x")
+    finally:
+        gc.enable()

@@ -1,6 +1,7 @@
 """``conveyor.worker.connections.incoming``: a worker serves at most that many transfers
 to other workers at once and answers the rest "busy"; they fetch again later (or from
-another holder) and the computation is unaffected. Clients are served regardless."""
+another holder) and the computation is unaffected. Clients are served regardless, and
+not counted."""
 
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ def test_fetches_beyond_the_bound_are_answered_busy_and_retried() -> None:
         assert not any(y.done() for y in ys)
         # a client is served although the bound is reached
         assert await c.gather(x, direct=True) == blob(1_000_000)
+        assert server.serving == 1  # and not counted
         server.serving -= 1  # the pretend transfer is over: the retries are served
         assert await asyncio.wait_for(c.gather(ys), 30) == [1_000_000] * len(others)
         assert server.serving == 0

@@ -114,12 +114,16 @@ def test_compression_is_checked() -> None:
         check_compression("snappy")
 
 
+#: spill by managed bytes only: the process's memory is the test runner's, not the worker's
+SETTINGS = {
+    "conveyor.worker.memory.target": 0.5,
+    "conveyor.worker.memory.spill": False,
+    "conveyor.worker.memory.pause": False,
+}
+
+
 def test_a_worker_spills_computes_from_spilled_data_and_serves_it(tmp_path: Path) -> None:
-    settings = {
-        "conveyor.worker.memory.target": 0.5,
-        "conveyor.worker.memory.spill": False,  # the test process's own memory: not ours
-        "conveyor.worker.memory.pause": False,
-    }
+    settings = SETTINGS
 
     async def main() -> None:
         with dask.config.set(settings):
@@ -139,3 +143,75 @@ def test_a_worker_spills_computes_from_spilled_data_and_serves_it(tmp_path: Path
             assert not os.path.exists(directory)  # removed with the worker
 
     asyncio.run(main())
+
+
+def test_prefetched_tasks_read_back_at_most_one_more_input_set_than_threads(
+    tmp_path: Path,
+) -> None:
+    """Tasks handed to the threads ahead of time do not all read their spilled inputs
+    back at once: at most nthreads + 1 hold inputs read back for them."""
+
+    async def main() -> None:
+        async with in_process_cluster(
+            n_workers=1,
+            nthreads=1,
+            worker_kwargs={"memory_limit": "8MB", "local_directory": str(tmp_path)},
+        ) as (_s, [w], c):
+            parts = c.map(np.full, [125_000] * 16, range(16), pure=False)  # 1 MB each
+            await c.gather(parts)
+            await until(lambda: len(w.data.slow) >= 10, what="spilled")
+            most = 0
+            real_load = w.data.load
+
+            async def load(keys: Any) -> None:
+                nonlocal most
+                most = max(most, len(w._unspilled))
+                await real_load(keys)
+
+            w.data.load = load  # type: ignore[method-assign]
+            sums = c.map(total, parts)  # known to be short: prefetched
+            assert await c.gather(sums) == [125_000.0 * i for i in range(16)]
+            assert 1 <= most <= w.nthreads + 1
+            assert not w._unspilled  # every slot given back
+
+    short = {"conveyor.scheduler.default-task-durations": {"total": 0.0001}}
+    with dask.config.set({**SETTINGS, **short}):
+        asyncio.run(main())
+
+
+def total(x: np.ndarray) -> float:
+    return float(x.sum())
+
+
+def test_a_task_cancelled_while_it_waits_to_read_back_frees_its_thread(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with in_process_cluster(
+            n_workers=1,
+            nthreads=1,
+            worker_kwargs={"memory_limit": "8MB", "local_directory": str(tmp_path)},
+        ) as (_s, [w], c):
+            parts = c.map(np.full, [125_000] * 12, range(12), pure=False)
+            await c.gather(parts)
+            await until(lambda: parts[0].key in w.data.slow, what="spilled")
+            slots = w._unspill_slots
+            assert slots is not None
+            for _ in range(w.nthreads + 1):  # every slot taken: the task must wait
+                await slots.acquire()
+            y = c.submit(lambda x: float(x.sum()), parts[0])
+            assert w.state is not None
+            await until(lambda: y.key in w.state.executing_keys, what="started")
+            await c.cancel(y)
+            await until(
+                lambda: (
+                    w.state.tasks.get(y.key) is None or w.state.tasks[y.key].state == "cancelled"
+                ),
+                what="cancelled",
+            )
+            for _ in range(w.nthreads + 1):
+                slots.release()
+            await until(lambda: y.key not in w.state.executing_keys, what="thread freed")
+            z = c.submit(lambda x: float(x.sum()), parts[1])
+            assert await z == 125_000.0
+
+    with dask.config.set(SETTINGS):
+        asyncio.run(main())

@@ -20,7 +20,9 @@ is bounded, in two ways:
   data arrives.
 
 A peer that declares a 1 GiB frame and sends a few bytes of it costs this process those
-bytes (at most twice over) and a share of the budget, not the gigabyte.
+bytes (at most twice over) and a share of the budget, not the gigabyte. Below 1 MiB a
+frame's buffer is a zeroed bytearray, taken whole when its first bytes arrive: at most
+1 MiB per connection (``conveyor.comm.max-connections`` bounds those).
 """
 
 from __future__ import annotations
@@ -39,7 +41,9 @@ from conveyor.protocol.framing import allocate_frame
 
 logger = logging.getLogger("conveyor.comm")
 
-#: frames from this size are mapped (smaller ones are bytearrays)
+#: frames from this size are mapped; smaller ones are bytearrays, zeroed when made (a
+#: map and its bookkeeping would halve the speed of 100 kB messages), so one of those
+#: costs its size when its first bytes arrive: at most 1 MiB per connection
 MMAP_THRESHOLD = 1024 * 1024
 #: frames at least this large are paged in by the helper thread, where it can
 PREFAULT_THRESHOLD = 8 * 1024 * 1024
@@ -92,7 +96,10 @@ class _Prefaulter:
         #: the job of each buffer still being received, by buffer
         self._jobs: weakref.WeakKeyDictionary[mmap.mmap, _Job] = weakref.WeakKeyDictionary()
         self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
+        self._start_lock = threading.Lock()
+        #: guards ``populated``; reentrant, as a buffer's finalizer may run (in a garbage
+        #: collection) on a thread that holds it
+        self._lock = threading.RLock()
         #: bytes of the populate budget taken
         self.populated = 0
 
@@ -145,7 +152,7 @@ class _Prefaulter:
             job.charged = 0
 
     def _start(self) -> None:
-        with self._lock:
+        with self._start_lock:
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="conveyor-prefault", daemon=True

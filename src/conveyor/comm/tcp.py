@@ -198,6 +198,7 @@ class _FrameProtocol(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.is_closed = True
+        self._decoder.close()  # a frame received in part: its memory goes now
         if exc is not None and self._error is None:
             self._error = exc
             self._reason = f"lost: {exc!r}"

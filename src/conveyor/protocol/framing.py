@@ -222,6 +222,14 @@ class FrameDecoder:
             self._complete_frame(out)
         return out
 
+    def close(self) -> None:
+        """The stream ended: let go of a message received in part (its buffers are
+        freed now, not at the next garbage collection); later input raises."""
+        self._frame_view = None
+        self._frames = []
+        if self._failed is None:
+            self._failed = ProtocolError("the stream was closed")
+
     def _check_failed(self) -> None:
         if self._failed is not None:
             raise ProtocolError(f"Decoder already failed: {self._failed}")

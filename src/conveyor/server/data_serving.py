@@ -7,8 +7,9 @@ make it hold many such replies, so a worker serves at most
 asking beyond that gets ``{"status": "busy"}`` at once: its state machine fetches the
 keys from another holder, or from this one after a short wait (see
 :mod:`conveyor.core.worker`). A busy answer costs no failure, no timeout and no report to
-the scheduler. Clients gathering results are served regardless (they count towards the
-bound): the user waits for them, and they have nowhere else to go.
+the scheduler. Clients gathering results are neither refused (the user waits for them,
+and they have nowhere else to go) nor counted: a client that stops reading must not
+keep this worker from serving its peers.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ class DataServer:
         self.sizes = sizes
         #: transfers to workers served at once, at most
         self.limit = limit
-        #: replies being made or written now
+        #: replies to workers being made or written now
         self.serving = 0
         #: fetches answered busy so far
         self.busy_answers = 0
@@ -52,7 +53,11 @@ class DataServer:
     def get_data(self, peer: Peer, msg: Msg) -> Any:
         """The ``get-data`` handler: ``{"keys": [...], "who": worker address or None}``."""
         keys = msg["keys"]
-        if msg.get("who") is not None and self.serving >= self.limit:
+        if msg.get("who") is None:  # a client
+            if self.data.spilled(keys):
+                return self._get_spilled_for_client(keys)
+            return self._pack(keys)
+        if self.serving >= self.limit:
             self.busy_answers += 1
             return BUSY
         self.serving += 1
@@ -71,6 +76,10 @@ class DataServer:
         except BaseException:
             self.serving -= 1
             raise
+
+    async def _get_spilled_for_client(self, keys: list[Key]) -> dict[str, Any]:
+        await self.data.load(keys)
+        return self._pack(keys)
 
     def _pack(self, keys: list[Key]) -> dict[str, Any]:
         sizes: Mapping[Key, int] = {

@@ -168,6 +168,10 @@ class Worker(Server):
         self.scheduler: Peer | None = None
         #: the client tasks here use (``get_client()``), made by the first that asks
         self.client: Any = None
+        #: tasks holding inputs read back from disk for them, until they end or secede
+        #: (at most nthreads + 1: see _execute_after_loading)
+        self._unspilled: set[Key] = set()
+        self._unspill_slots: asyncio.Semaphore | None = None
         #: seceded tasks waiting to rejoin, by key: set once a thread is theirs again
         self._rejoining: dict[Key, threading.Event] = {}
         self._listener: Listener | None = None
@@ -263,6 +267,7 @@ class Worker(Server):
         if self._running_path is not None:  # room for threads of seceded tasks too
             self._running = RunningFile(self._running_path, max(64, 4 * self.nthreads))
             self._running.set_address(self.address)
+        self._unspill_slots = asyncio.Semaphore(self.nthreads + 1)
         self.runner = TaskRunner(
             self.nthreads,
             self.loop,
@@ -486,7 +491,11 @@ class Worker(Server):
         takes its place) and becomes long-running."""
         assert self.runner is not None and self.loop is not None
         self.runner.secede_current()
-        self.loop.call_soon_threadsafe(self.apply, we.SecedeEvent(time.time(), key))
+        self.loop.call_soon_threadsafe(self._seceded, key)
+
+    def _seceded(self, key: Key) -> None:
+        self._unspill_done(key)  # waiting on other tasks, it must not hold an unspill slot
+        self.apply(we.SecedeEvent(time.time(), key))
 
     def rejoin_task(self, key: Key) -> None:
         """From a seceded task's thread: wait until the worker has a thread for it."""
@@ -523,35 +532,62 @@ class Worker(Server):
         self._submit(key)
 
     async def _execute_after_loading(self, key: Key) -> None:
-        """Read spilled dependencies back (off the loop), then run the task."""
-        assert self.state is not None
-        ts = self.state.tasks.get(key)
-        if ts is not None:
-            try:
-                await self.data.load([d.key for d in ts.dependencies])
-            except Exception as e:  # a spill file gone bad: the task fails, clearly
-                now = time.time()
-                text = f"{type(e).__name__}: could not read a spilled dependency: {e}"
-                self.apply(we.ExecuteFailure(now, key, None, None, text, "", now, now))
-                return
-        ts = self.state.tasks.get(key) if self.state is not None else None
-        if ts is not None and ts.state in ("executing", "long-running"):
-            self._submit(key)
+        """Read spilled dependencies back (off the loop), then run the task.
 
-    def _submit(self, key: Key) -> None:
+        Tasks handed to the threads ahead of time (prefetched) would all read their
+        inputs back at once: at most ``nthreads + 1`` tasks hold inputs read back for
+        them until they end (or secede), the rest wait for a slot, in the order they
+        were started."""
+        assert self._unspill_slots is not None
+        await self._unspill_slots.acquire()
+        self._unspilled.add(key)
+        ts = self.state.tasks.get(key) if self.state is not None else None
+        try:
+            if ts is not None and ts.state in ("executing", "long-running"):
+                await self.data.load([d.key for d in ts.dependencies])
+        except Exception as e:  # a spill file gone bad: the task fails, clearly
+            self._unspill_done(key)
+            text = f"{type(e).__name__}: could not read a spilled dependency: {e}"
+            self._not_run(key, text)
+            return
+        except BaseException:
+            self._unspill_done(key)
+            raise
+        ts = self.state.tasks.get(key) if self.state is not None else None
+        if ts is not None and ts.state in ("executing", "long-running") and self._submit(key):
+            return  # its slot is given back with its outcome (_executed)
+        self._unspill_done(key)
+        if ts is not None and ts.state == "cancelled":  # freed while it waited: its
+            self._not_run(key, "cancelled before it ran")  # thread slot is free again
+
+    def _unspill_done(self, key: Key) -> None:
+        if key in self._unspilled:
+            self._unspilled.discard(key)
+            assert self._unspill_slots is not None
+            self._unspill_slots.release()
+
+    def _not_run(self, key: Key, text: str) -> None:
+        now = time.time()
+        self.apply(we.ExecuteFailure(now, key, None, None, text, "", now, now))
+
+    def _submit(self, key: Key) -> bool:
+        """Hand ``key`` to the threads with its dependencies' values; False (and the
+        task failed) if one is missing."""
         assert self.state is not None
         ts = self.state.tasks[key]
         try:
             deps = {d.key: self.data[d.key] for d in ts.dependencies}
         except KeyError as e:
-            text = f"KeyError: dependency {e.args[0]!r} of {key!r} is not on this worker"
-            now = time.time()
-            self.apply(we.ExecuteFailure(now, key, None, None, text, "", now, now))
-            return
+            missing = f"dependency {e.args[0]!r} of {key!r} is not on this worker"
+            self._not_run(key, f"KeyError: {missing}")
+            return False
         assert self.runner is not None
         self.runner.submit(key, ts.run_spec, deps)
+        return True
 
     def _executed(self, key: Key, outcome: Outcome) -> None:
+        if self._unspilled:
+            self._unspill_done(key)
         now = time.time()
         if outcome.ok:
             self.data.put(key, outcome.value, outcome.nbytes)
@@ -578,27 +614,26 @@ class Worker(Server):
     async def _gather_dep(self, instr: we.GatherDep) -> None:
         received: dict[Key, int] = {}
         missing: list[Key] = []
-        failed = False
+        failed = busy = False
         try:
             peer = await self.pool.get(instr.worker)
             # a stopped peer must not hold the keys forever: past this, fetch elsewhere
             timeout = self._tcp_timeout + max(instr.total_nbytes, 0) / SLOWEST_TRANSFER
             msg = {"op": "get-data", "keys": instr.keys, "who": self.address}
             reply = await peer.request(msg, timeout)
-            if is_busy(reply):
-                self.apply(we.GatherDepDone(time.time(), instr.worker, {}, busy=True))
-                return
-            values, received, missing = unpack_data(reply)
-            for k, value in values.items():
-                self.data.put(k, value, received.get(k, 0))
-            self.transfer_incoming_bytes += sum(received.values())
+            busy = is_busy(reply)
+            if not busy:
+                values, received, missing = unpack_data(reply)
+                for k, value in values.items():
+                    self.data.put(k, value, received.get(k, 0))
+                self.transfer_incoming_bytes += sum(received.values())
         except (TimeoutError, OSError) as e:
             logger.info("Could not fetch %d keys from %s: %s", len(instr.keys), instr.worker, e)
             failed = True
         except Exception:
             logger.exception("Fetching %d keys from %s failed", len(instr.keys), instr.worker)
             failed = True
-        self.apply(we.GatherDepDone(time.time(), instr.worker, received, missing, failed))
+        self.apply(we.GatherDepDone(time.time(), instr.worker, received, missing, failed, busy))
 
     def _retry_later(self, instr: we.RetryBusyWorkerLater) -> None:
         assert self.loop is not None
