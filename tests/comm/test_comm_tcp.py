@@ -210,7 +210,7 @@ def test_silent_peer_hits_the_handshake_timeout(
             reader, writer = await asyncio.open_connection(*host_port(listener.listen_address))
             received = await read_until_closed(reader)  # sends nothing, waits to be dropped
             writer.close()
-            assert received.startswith(struct.pack("<I", 1))  # the listener's own handshake
+            assert received == b""  # the listener answers a handshake, never speaks first
 
     with caplog.at_level(logging.WARNING, logger="conveyor.comm"):
         run(main())
@@ -425,3 +425,31 @@ def test_a_stranger_may_not_declare_a_large_frame_but_a_peer_may(
         run(main())
     [warning] = warnings_from(caplog)
     assert "exceeds limit 64.00 KiB" in warning, warning
+
+
+def test_a_peer_may_send_a_large_message_as_soon_as_it_has_the_answer(run: Runner) -> None:
+    """The listening side answers a handshake only once it has accepted it (and lifted
+    the stranger's limits): a peer that sends 1 MB the moment the answer arrives is
+    served. The listener used to answer at once, before reading the peer's handshake:
+    on a busy server the peer's next message could arrive while it was still a stranger
+    (64 KiB frames at most) and the connection was closed (seen once in CI)."""
+    from conveyor.testing.fuzz import frames_bytes, handshake_bytes
+
+    async def main() -> None:
+        async with listen(LOCAL, echo) as listener:
+            for _ in range(20):
+                reader, writer = await asyncio.open_connection(*host_port(listener.listen_address))
+                with pytest.raises(TimeoutError):  # no answer before the peer's handshake
+                    await asyncio.wait_for(reader.read(1), 0.05)
+                writer.write(handshake_bytes("client"))
+                count = struct.unpack("<I", await reader.readexactly(4))[0]
+                lengths = struct.unpack(f"<{count}Q", await reader.readexactly(8 * count))
+                assert b"handshake" in await reader.readexactly(sum(lengths))
+                big = b"x" * 1_000_000
+                writer.write(frames_bytes({"op": "echo", "data": big}))
+                reply = await asyncio.wait_for(reader.readexactly(4), 5)  # not EOF
+                assert struct.unpack("<I", reply)[0] >= 1
+                writer.close()
+                await writer.wait_closed()
+
+    run(main())

@@ -173,14 +173,17 @@ def listen(
     async def serve(comm: Comm) -> None:
         if handshake:
             try:
-                await exchange_handshakes(comm, role, handshake_timeout, handshake_extra)
+                await exchange_handshakes(
+                    comm, role, handshake_timeout, handshake_extra, server_side=True
+                )
             except HandshakeError as e:
                 logger.warning("Handshake with %s failed: %s", comm.peer_address, e)
                 return
             except CommClosedError as e:  # already logged by the transport if it was bad bytes
                 logger.debug("Connection from %s closed during handshake: %s", comm.peer_address, e)
                 return
-        comm.handshake_done()
+        else:
+            comm.handshake_done()
         await _run_handler(handler, comm)
 
     return backend.listen(loc, serve, **kwargs)
