@@ -80,6 +80,7 @@ def test_key_freed_while_its_fetch_was_refused_is_released() -> None:
     assert states(ws) == {}
     assert retry(ws, P1) == []
     assert not ws.busy_workers and not ws.fetchable_peers
+    assert ws.busy_streak == {}  # nothing more wanted from P1: its streak is forgotten
 
 
 def test_key_to_compute_here_is_computed_when_its_fetch_was_refused() -> None:
@@ -116,7 +117,7 @@ def test_graphs_stay_exact_when_workers_serve_one_transfer_at_a_time(seed: int) 
     # busy answers are not failures: no task was recomputed for want of its data
     assert all(n == 1 for n in sim.executions.values())
     for ws in sim.workers.values():
-        assert not ws.busy_workers and not ws.fetchable_peers
+        assert not ws.busy_workers and not ws.fetchable_peers and not ws.busy_streak
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -133,4 +134,4 @@ def test_a_busy_peer_that_dies_is_no_different_from_any_lost_peer(seed: int) -> 
     for key, value in expected.items():
         assert sim.result(key) == value
     for ws in sim.workers.values():
-        assert not ws.busy_workers and not ws.fetchable_peers
+        assert not ws.busy_workers and not ws.fetchable_peers and not ws.busy_streak

@@ -366,7 +366,9 @@ class WorkerState(WorkerTransitions):
 
     def _retry_busy_worker(self, e: we.RetryBusyWorkerEvent) -> None:
         self.busy_workers.discard(e.worker)
-        if e.worker in self.data_needed and e.worker not in self.in_flight_workers:
+        if e.worker not in self.data_needed:  # nothing more wanted from it: forget it
+            self.busy_streak.pop(e.worker, None)
+        elif e.worker not in self.in_flight_workers:
             self.fetchable_peers[e.worker] = None
 
     def _pause(self, e: we.PauseEvent) -> None:
