@@ -4,8 +4,10 @@ loop, come back when read, and leave no file behind."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,9 @@ import dask.config
 import numpy as np
 import pytest
 
+from conveyor import Client, Future
 from conveyor.server.spill import SpillBuffer, check_compression
+from conveyor.server.worker import Worker
 from conveyor.testing.cluster import in_process_cluster, until
 
 
@@ -145,6 +149,22 @@ def test_a_worker_spills_computes_from_spilled_data_and_serves_it(tmp_path: Path
     asyncio.run(main())
 
 
+@contextlib.asynccontextmanager
+async def one_spilling_worker(
+    tmp_path: Path, n: int
+) -> AsyncIterator[tuple[Worker, Client, list[Future]]]:
+    """A one-thread worker with an 8 MB limit holding ``n`` arrays of 1 MB (most of them
+    spilled soon after)."""
+    async with in_process_cluster(
+        n_workers=1,
+        nthreads=1,
+        worker_kwargs={"memory_limit": "8MB", "local_directory": str(tmp_path)},
+    ) as (_s, [w], c):
+        parts = c.map(np.full, [125_000] * n, range(n), pure=False)
+        await c.gather(parts)
+        yield w, c, parts
+
+
 def test_prefetched_tasks_read_back_at_most_one_more_input_set_than_threads(
     tmp_path: Path,
 ) -> None:
@@ -152,13 +172,7 @@ def test_prefetched_tasks_read_back_at_most_one_more_input_set_than_threads(
     back at once: at most nthreads + 1 hold inputs read back for them."""
 
     async def main() -> None:
-        async with in_process_cluster(
-            n_workers=1,
-            nthreads=1,
-            worker_kwargs={"memory_limit": "8MB", "local_directory": str(tmp_path)},
-        ) as (_s, [w], c):
-            parts = c.map(np.full, [125_000] * 16, range(16), pure=False)  # 1 MB each
-            await c.gather(parts)
+        async with one_spilling_worker(tmp_path, 16) as (w, c, parts):
             await until(lambda: len(w.data.slow) >= 10, what="spilled")
             most = 0
             real_load = w.data.load
@@ -185,13 +199,7 @@ def total(x: np.ndarray) -> float:
 
 def test_a_task_cancelled_while_it_waits_to_read_back_frees_its_thread(tmp_path: Path) -> None:
     async def main() -> None:
-        async with in_process_cluster(
-            n_workers=1,
-            nthreads=1,
-            worker_kwargs={"memory_limit": "8MB", "local_directory": str(tmp_path)},
-        ) as (_s, [w], c):
-            parts = c.map(np.full, [125_000] * 12, range(12), pure=False)
-            await c.gather(parts)
+        async with one_spilling_worker(tmp_path, 12) as (w, c, parts):
             await until(lambda: parts[0].key in w.data.slow, what="spilled")
             slots = w._unspill_slots
             assert slots is not None
