@@ -93,7 +93,7 @@ def test_scheduler_retire_workers_refuses_what_it_would_ignore() -> None:
 def test_a_scheduler_open_to_every_interface_without_tls_is_called_out(
     listen_at: str, warned: bool
 ) -> None:
-    from conveyor.server.scheduler import exposure_warning
+    from conveyor.server.addresses import exposure_warning
 
     text = exposure_warning(listen_at)
     assert (text is not None) == warned

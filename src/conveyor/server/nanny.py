@@ -48,6 +48,7 @@ from conveyor.comm.security import Security, as_security, default_protocol
 from conveyor.protocol import unpickle_bytes
 from conveyor.rpc import Handler, Msg, Peer, PeerPool, serve_peer
 from conveyor.rpc.schedfile import read_scheduler_file
+from conveyor.server.addresses import listen_address
 from conveyor.server.admission import NANNY_SECRET_ENV, matches, presented, refuse
 from conveyor.server.calls import error_reply
 from conveyor.server.lifecycle import Server
@@ -56,7 +57,6 @@ from conveyor.server.plugin import NannyPlugin
 from conveyor.server.plugin_host import PluginHost
 from conveyor.server.process import STOP_GRACE, WorkerProcess, exit_description
 from conveyor.server.running_file import read_running
-from conveyor.server.scheduler import listen_address
 from conveyor.server.worker import EXIT_REPLACE
 from conveyor.server.worker_control import run_call
 

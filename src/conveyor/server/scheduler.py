@@ -17,13 +17,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from conveyor import config
-from conveyor.comm import (
-    Listener,
-    get_address_host,
-    get_ip_interface,
-    listen,
-    unparse_host_port,
-)
+from conveyor.comm import Listener, listen
 from conveyor.comm.security import Security, as_security, default_protocol
 from conveyor.core import events as se
 from conveyor.core.control import OPERATOR_FINISHES
@@ -49,6 +43,7 @@ from conveyor.rpc import (
 )
 from conveyor.rpc.gcpause import BurstFreezer, gc_paused
 from conveyor.rpc.outgoing import outgoing_limit
+from conveyor.server.addresses import exposure_warning, listen_address
 from conveyor.server.extensions import DEFAULT_EXTENSIONS
 from conveyor.server.housekeeping import (
     forget_prefixes_loop,
@@ -78,32 +73,6 @@ def _blocked(op: str) -> Handler:
         raise PermissionError(f"{op!r} is blocked on this scheduler (blocked_handlers)")
 
     return refuse
-
-
-def listen_address(protocol: str, host: str | None, port: int | None, interface: str | None) -> str:
-    """The address to listen on from the usual host/port/interface/protocol options."""
-    if protocol == "inproc":
-        return "inproc://"
-    if interface:
-        if host:
-            raise ValueError("pass either host or interface, not both")
-        host = get_ip_interface(interface)
-    return f"{protocol}://{unparse_host_port(host or '0.0.0.0', port or 0)}"
-
-
-def exposure_warning(listen_at: str) -> str | None:
-    """What to tell the operator of a scheduler listening at ``listen_at``: on every
-    interface without TLS, anyone on the network can run code on its workers."""
-    if not listen_at.startswith("tcp://") or get_address_host(listen_at) not in _WILDCARDS:
-        return None
-    return (
-        "Listening on every interface without TLS: anyone who can reach this port can "
-        "submit tasks, which run any code on the workers (give a host to listen on, "
-        "such as --host 127.0.0.1, or use TLS)"
-    )
-
-
-_WILDCARDS = frozenset({"0.0.0.0", "::", ""})
 
 
 class Scheduler(Server):

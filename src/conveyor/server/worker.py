@@ -30,6 +30,7 @@ from conveyor.rpc.data import INLINE_RESULT_BYTES, unpack_data
 from conveyor.rpc.sizes import nbytes
 from conveyor.rpc.threads import run_in_thread
 from conveyor.server.actors import ActorHost
+from conveyor.server.addresses import listen_address
 from conveyor.server.admission import NANNY_SECRET_ENV, matches, presented, refuse
 from conveyor.server.data_serving import DataServer, is_busy
 from conveyor.server.execute import Outcome, warm_imports
@@ -40,7 +41,6 @@ from conveyor.server.preload import make_preloads
 from conveyor.server.resources import parse_resources
 from conveyor.server.runner import TaskRunner
 from conveyor.server.running_file import RunningFile
-from conveyor.server.scheduler import listen_address
 from conveyor.server.spill import SpillBuffer
 from conveyor.server.worker_control import WorkerControl
 from conveyor.server.worker_memory import WorkerMemory
